@@ -1,0 +1,61 @@
+"""Request dependencies: the session (the one place a request commits) and the authenticated key."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.orm import Session
+
+from service.api.errors import APIError
+from service.config import Settings
+from service.models import ApiKey
+from service.tenants import service as tenants
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    # scope="function" below: the commit happens before the response is sent, so a client that
+    # polls right after a 202 always finds its job.
+    with request.app.state.session_factory() as session:
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def _presented_secret(request: Request) -> str | None:
+    auth = request.headers.get("authorization")
+    if auth:
+        scheme, _, value = auth.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+    return request.headers.get("x-api-key") or None
+
+
+def current_key(request: Request, session: SessionDep) -> ApiKey:
+    secret = _presented_secret(request)
+    if secret is None:
+        raise APIError(
+            401,
+            "authentication_error",
+            "missing API key: send `Authorization: Bearer KEY` or `x-api-key: KEY`",
+        )
+    key = tenants.authenticate(session, secret=secret)
+    if key is None:
+        raise APIError(401, "authentication_error", "invalid or revoked API key")
+    return key
+
+
+CurrentKey = Annotated[ApiKey, Depends(current_key)]

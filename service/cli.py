@@ -1,0 +1,158 @@
+"""The `mmjobs` command: run each part of the service, or all of them at once with `mmjobs up`.
+
+The worker and scheduler commands exec their processes rather than import them: the intake package never
+imports worker code (DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from service.config import get_settings
+from service.db import make_engine, make_session_factory, transaction
+
+app = typer.Typer(help="minimax-jobs: asynchronous jobs for MiniMax models.", no_args_is_help=True)
+keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+console = Console()
+err = Console(stderr=True)
+
+
+def _fail(message: str) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}")
+    return typer.Exit(1)
+
+
+@app.command()
+def migrate() -> None:
+    """Create or upgrade the database schema (Alembic)."""
+    from service.migrate import upgrade
+
+    settings = get_settings()
+    upgrade(settings.database_url)
+    console.print("schema is up to date")
+
+
+@app.command()
+def api(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    workers: Annotated[int, typer.Option(help="Uvicorn worker processes.")] = 1,
+) -> None:
+    """Serve the REST API."""
+    import uvicorn
+
+    uvicorn.run(
+        "service.api.app:create_app", factory=True, host=host, port=port, workers=workers, proxy_headers=True
+    )
+
+
+def _exec(argv: list[str]) -> None:
+    sys.stdout.flush()
+    os.execv(sys.executable, [sys.executable, *argv])
+
+
+def _worker_argv(concurrency: int | None) -> list[str]:
+    settings = get_settings()
+    return [
+        "-m", "celery", "-A", "workers.celery_app", "worker",
+        "--pool", "threads",
+        "--concurrency", str(concurrency or settings.worker_concurrency),
+        "--queues", "mmjobs",
+        "--without-gossip", "--without-mingle", "--without-heartbeat",
+        "--loglevel", settings.log_level,
+    ]  # fmt: skip
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[int | None, typer.Option(help="Upstream calls in flight in this process.")] = None,
+) -> None:
+    """Run a Celery worker (threads pool: one process holds many calls in flight)."""
+    _exec(_worker_argv(concurrency))
+
+
+@app.command()
+def scheduler() -> None:
+    """Run the scheduler: dispatch due jobs, recover expired leases, expire overdue jobs."""
+    _exec(["-m", "workers.scheduler"])
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def simulator(ctx: typer.Context) -> None:
+    """Run the MiniMax simulator.
+
+    Options: --host --port --latency MIN[-MAX] --rpm N --tpm N --fault KIND=RATE (repeatable).
+    """
+    _exec(["-m", "simulator", *ctx.args])
+
+
+@keys_app.command("create")
+def keys_create(
+    tenant: Annotated[str, typer.Option(help="Tenant name; created if new.")],
+    name: Annotated[str, typer.Option(help="A label for the key.")] = "",
+) -> None:
+    """Create an API key. The secret is printed once and never stored."""
+    from service.tenants import service as tenants
+
+    with transaction(make_session_factory(make_engine(get_settings().database_url))) as session:
+        new = tenants.create_key(session, tenant_name=tenant, name=name)
+    console.print(f"key id: {new.key.id}  tenant: {tenant}")
+    console.print("secret (shown once):")
+    print(new.secret)  # noqa: T201 - plain stdout so scripts can capture it
+
+
+@keys_app.command("list")
+def keys_list(tenant: Annotated[str | None, typer.Option(help="Only this tenant's keys.")] = None) -> None:
+    """List API keys (never their secrets)."""
+    from service.tenants import service as tenants
+
+    with transaction(make_session_factory(make_engine(get_settings().database_url))) as session:
+        rows = tenants.list_keys(session, tenant_name=tenant)
+        table = Table("id", "tenant", "name", "prefix", "created", "revoked")
+        for k in rows:
+            table.add_row(
+                k.id,
+                k.tenant.name,
+                k.name,
+                k.prefix + "...",
+                f"{k.created_at:%Y-%m-%d %H:%M}",
+                f"{k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "",
+            )
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="The key id (key_...), as `keys list` shows.")],
+) -> None:
+    """Revoke an API key: it answers 401 from now on."""
+    from service.tenants import service as tenants
+
+    with transaction(make_session_factory(make_engine(get_settings().database_url))) as session:
+        if not tenants.revoke_key(session, key_id=key_id):
+            raise _fail(f"no active key {key_id!r}; see `mmjobs keys list`")
+    console.print(f"revoked {key_id}")
+
+
+@app.command()
+def up(
+    host: Annotated[str | None, typer.Option(help="API interface.")] = None,
+    port: Annotated[int | None, typer.Option(help="API port.")] = None,
+) -> None:
+    """Run everything on this machine: API, worker and scheduler on SQLite and the local Redis, and the
+    bundled simulator when MINIMAX_API_KEY is unset."""
+    from service.embedded import run_embedded
+
+    settings = get_settings()
+    run_embedded(settings, host=host or settings.api_host, port=port or settings.api_port, console=console)
+
+
+if __name__ == "__main__":
+    app()

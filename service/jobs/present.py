@@ -1,0 +1,74 @@
+"""ORM rows -> the JSON the API returns."""
+
+from __future__ import annotations
+
+from fastapi import Request
+
+from service.jobs.schemas import Attempt, JobDetail, JobError, JobSummary, Links, Progress, Result, Usage
+from service.models import Job, JobAttempt
+
+
+def _usage(row: Job | JobAttempt) -> Usage:
+    return Usage(
+        input_tokens=row.input_tokens,
+        output_tokens=row.output_tokens,
+        cache_read_tokens=row.cache_read_tokens,
+        cache_write_tokens=row.cache_write_tokens,
+    )
+
+
+def _links(request: Request, job_id: str) -> Links:
+    return Links(
+        self=str(request.url_for("get_job", job_id=job_id)),
+        cancel=str(request.url_for("cancel_job", job_id=job_id)),
+    )
+
+
+def summary(request: Request, job: Job) -> JobSummary:
+    return JobSummary(
+        id=job.id,
+        status=job.status,
+        model=job.model,
+        format=job.format,
+        priority=job.priority,
+        metadata=job.meta,
+        created_at=job.created_at,
+        updated_at=job.updated_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        expires_at=job.expires_at,
+        attempt_count=job.attempt_count,
+        max_attempts=job.max_attempts,
+        estimated_input_tokens=job.estimated_input_tokens,
+        usage=_usage(job),
+        error=JobError.model_validate(job.error) if job.error else None,
+        links=_links(request, job.id),
+    )
+
+
+def attempt(row: JobAttempt) -> Attempt:
+    duration = None
+    if row.ended_at is not None:
+        duration = int((row.ended_at - row.started_at).total_seconds() * 1000)
+    return Attempt(
+        number=row.number,
+        started_at=row.started_at,
+        ended_at=row.ended_at,
+        duration_ms=duration,
+        http_status=row.http_status,
+        minimax_code=row.minimax_code,
+        classification=row.classification,
+        error_type=row.error_type,
+        error_message=row.error_message,
+        upstream_request_id=row.upstream_request_id,
+        usage=_usage(row),
+    )
+
+
+def detail(request: Request, job: Job, attempts: list[JobAttempt]) -> JobDetail:
+    return JobDetail(
+        **summary(request, job).model_dump(),
+        progress=Progress(output_tokens_so_far=job.output_tokens_so_far),
+        attempts=[attempt(a) for a in attempts],
+        result=Result.model_validate(job.result) if job.result else None,
+    )

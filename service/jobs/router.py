@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+
+from service.api.deps import CurrentKey, SessionDep, SettingsDep
+from service.api.errors import APIError
+from service.jobs import present, service
+from service.jobs.schemas import JobCreate, JobDetail, JobList
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+
+@router.post("", status_code=202, response_model=JobDetail, summary="Submit a job")
+def create_job(
+    body: JobCreate, request: Request, session: SessionDep, key: CurrentKey, settings: SettingsDep
+) -> JobDetail:
+    job = service.create(session, key=key, body=body, settings=settings)
+    return present.detail(request, job, [])
+
+
+@router.get("/{job_id}", response_model=JobDetail, summary="Get a job, its attempts and its result")
+def get_job(job_id: str, request: Request, session: SessionDep, key: CurrentKey) -> JobDetail:
+    job, attempts = service.get(session, key=key, job_id=job_id)
+    return present.detail(request, job, attempts)
+
+
+@router.get(
+    "",
+    response_model=JobList,
+    summary="List jobs, newest first",
+    description="Filter by `status` (repeatable), `created_after` / `created_before` (RFC 3339) and "
+    "metadata with `metadata[KEY]=VALUE` (repeatable). Page with `cursor` = the previous `next_cursor`.",
+)
+def list_jobs(
+    request: Request,
+    session: SessionDep,
+    key: CurrentKey,
+    settings: SettingsDep,
+    limit: Annotated[int, Query(ge=1, le=200)] = 20,
+    cursor: str | None = None,
+    status: Annotated[list[str] | None, Query()] = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+) -> JobList:
+    metadata: dict[str, str] = {}
+    for name, value in request.query_params.multi_items():
+        if name.startswith("metadata["):
+            if not name.endswith("]") or len(name) <= len("metadata[]"):
+                raise APIError(422, "invalid_request", f"{name}: write metadata[KEY]=VALUE", field=name)
+            metadata[name[len("metadata[") : -1]] = value
+    for field, moment in (("created_after", created_after), ("created_before", created_before)):
+        if moment is not None and moment.tzinfo is None:
+            raise APIError(
+                422, "invalid_request", f"{field}: give a timezone, e.g. 2026-01-01T00:00:00Z", field=field
+            )
+    jobs, has_more = service.list_page(
+        session,
+        key=key,
+        limit=min(limit, settings.page_size_max),
+        cursor=cursor,
+        statuses=status or [],
+        created_after=created_after,
+        created_before=created_before,
+        metadata=metadata,
+    )
+    return JobList(
+        data=[present.summary(request, j) for j in jobs],
+        has_more=has_more,
+        next_cursor=jobs[-1].id if has_more and jobs else None,
+    )
+
+
+@router.post("/{job_id}/cancel", response_model=JobDetail, summary="Cancel a job that has not finished")
+def cancel_job(job_id: str, request: Request, session: SessionDep, key: CurrentKey) -> JobDetail:
+    job, attempts = service.cancel(session, key=key, job_id=job_id)
+    return present.detail(request, job, attempts)

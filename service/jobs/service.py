@@ -1,0 +1,95 @@
+"""The job use cases behind the HTTP routes. Functions flush; the request dependency commits."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+from sqlalchemy.orm import Session
+
+from service import dispatch
+from service.api.errors import APIError, not_found
+from service.config import Settings
+from service.db import new_id, utcnow
+from service.jobs import repository
+from service.jobs.schemas import JobCreate
+from service.jobs.validation import check_request
+from service.models import ApiKey, Job, JobAttempt, JobStatus
+
+
+def create(session: Session, *, key: ApiKey, body: JobCreate, settings: Settings) -> Job:
+    checked = check_request(model=body.model, fmt=body.format, params=body.params)
+    now = utcnow()
+    job = Job(
+        id=new_id("job"),
+        tenant_id=key.tenant_id,
+        api_key_id=key.id,
+        model=checked.model.name,
+        format=body.format,
+        status=JobStatus.QUEUED,
+        priority=body.priority,
+        meta=body.metadata,
+        params=body.params,
+        estimated_input_tokens=checked.estimated_input_tokens,
+        max_attempts=body.max_attempts or settings.default_max_attempts,
+        attempt_count=0,
+        output_tokens_so_far=0,
+        input_tokens=0,
+        output_tokens=0,
+        cache_read_tokens=0,
+        cache_write_tokens=0,
+        next_attempt_at=now,
+        created_at=now,
+        updated_at=now,
+        expires_at=now + timedelta(seconds=settings.job_expiry_seconds),
+    )
+    repository.add(session, job)
+    dispatch.wake_scheduler_after_commit(session, settings)
+    return job
+
+
+def get(session: Session, *, key: ApiKey, job_id: str) -> tuple[Job, list[JobAttempt]]:
+    job = repository.get(session, tenant_id=key.tenant_id, job_id=job_id, with_result=True)
+    if job is None:
+        raise not_found("job", job_id)
+    return job, repository.attempts(session, job_id=job.id)
+
+
+def list_page(
+    session: Session,
+    *,
+    key: ApiKey,
+    limit: int,
+    cursor: str | None,
+    statuses: Sequence[str],
+    created_after: datetime | None,
+    created_before: datetime | None,
+    metadata: dict[str, str],
+) -> tuple[list[Job], bool]:
+    unknown = [s for s in statuses if s not in JobStatus.__members__.values()]
+    if unknown:
+        allowed = ", ".join(JobStatus)
+        raise APIError(
+            422, "invalid_request", f"status: unknown {unknown[0]!r}; use {allowed}", field="status"
+        )
+    rows = repository.list_page(
+        session,
+        tenant_id=key.tenant_id,
+        limit=limit,
+        cursor=cursor,
+        statuses=statuses,
+        created_after=created_after,
+        created_before=created_before,
+        metadata=metadata,
+    )
+    return rows[:limit], len(rows) > limit
+
+
+def cancel(session: Session, *, key: ApiKey, job_id: str) -> tuple[Job, list[JobAttempt]]:
+    if not repository.cancel(session, tenant_id=key.tenant_id, job_id=job_id):
+        job = repository.get(session, tenant_id=key.tenant_id, job_id=job_id)
+        if job is None:
+            raise not_found("job", job_id)
+        raise APIError(409, "job_not_cancelable", f"job {job_id!r} has already finished ({job.status})")
+    session.expire_all()
+    return get(session, key=key, job_id=job_id)

@@ -1,0 +1,258 @@
+"""The guarded state transitions workers and the scheduler make. Each is one UPDATE that names the state it
+expects, so two processes racing for the same job cannot both win (DESIGN.md decisions 1-3)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from service.db import utcnow
+from service.models import WAITING, Job, JobAttempt, JobStatus
+
+
+@dataclass(frozen=True, kw_only=True)
+class Claim:
+    """A job a worker holds under lease; `number` is the attempt it is making (and its lease token)."""
+
+    job_id: str
+    number: int
+    tenant_id: str
+    model: str
+    format: str
+    params: dict[str, Any]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Outcome:
+    """How an attempt ended. `result` is set on success, `error` on failure."""
+
+    classification: str
+    http_status: int | None = None
+    minimax_code: int | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+    upstream_request_id: str | None = None
+    usage: Mapping[str, int] = field(default_factory=dict)
+    result: dict[str, Any] | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.result is not None
+
+
+USAGE_FIELDS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
+
+
+def claim(session: Session, *, job_id: str, owner: str, lease_seconds: float) -> Claim | None:
+    """Take a waiting job whose time has come, or None if someone else has it or it is not runnable."""
+    now = utcnow()
+    row = session.execute(
+        update(Job)
+        .where(
+            Job.id == job_id,
+            Job.status.in_(WAITING),
+            Job.next_attempt_at <= now,
+            Job.expires_at > now,
+        )
+        .values(
+            status=JobStatus.RUNNING,
+            attempt_count=Job.attempt_count + 1,
+            lease_owner=owner,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+            started_at=func.coalesce(Job.started_at, now),
+            output_tokens_so_far=0,
+            updated_at=now,
+        )
+        .returning(Job.attempt_count, Job.tenant_id, Job.model, Job.format, Job.params)
+    ).one_or_none()
+    if row is None:
+        return None
+    session.add(JobAttempt(job_id=job_id, number=row.attempt_count, worker=owner, started_at=now))
+    session.flush()
+    return Claim(
+        job_id=job_id,
+        number=row.attempt_count,
+        tenant_id=row.tenant_id,
+        model=row.model,
+        format=row.format,
+        params=row.params,
+    )
+
+
+def extend_leases(
+    session: Session, *, owner: str, held: Mapping[str, tuple[int, int]], lease_seconds: float
+) -> set[str]:
+    """Extend the leases of the jobs this process still holds; returns the ids still ours.
+
+    `held` maps job id -> (attempt number, output tokens so far). A job missing from the answer was
+    canceled or recovered by the sweeper: its call should stop.
+    """
+    if not held:
+        return set()
+    now = utcnow()
+    rows = session.execute(
+        update(Job)
+        .where(Job.id.in_(list(held)), Job.status == JobStatus.RUNNING, Job.lease_owner == owner)
+        .values(lease_expires_at=now + timedelta(seconds=lease_seconds))
+        .returning(Job.id, Job.attempt_count)
+    ).all()
+    alive = {r.id for r in rows if held[r.id][0] == r.attempt_count}
+    progress = [{"id": i, "output_tokens_so_far": held[i][1]} for i in alive]
+    if progress:
+        session.execute(update(Job), progress)
+    return alive
+
+
+def finish(session: Session, *, claim: Claim, outcome: Outcome) -> bool:
+    """Record the attempt and, if the job is still ours, its final state. Returns whether the job moved.
+
+    Tokens billed always count toward the job, even when it was canceled while the call ran.
+    """
+    now = utcnow()
+    usage = {k: int(outcome.usage.get(k, 0)) for k in USAGE_FIELDS}
+    session.execute(
+        update(JobAttempt)
+        .where(JobAttempt.job_id == claim.job_id, JobAttempt.number == claim.number)
+        .values(
+            ended_at=now,
+            classification=outcome.classification,
+            http_status=outcome.http_status,
+            minimax_code=outcome.minimax_code,
+            error_type=outcome.error_type,
+            error_message=outcome.error_message,
+            upstream_request_id=outcome.upstream_request_id,
+            **usage,
+        )
+    )
+    if any(usage.values()):
+        session.execute(
+            update(Job)
+            .where(Job.id == claim.job_id)
+            .values({getattr(Job, k): getattr(Job, k) + v for k, v in usage.items()})
+        )
+    final: dict[str, Any] = {
+        "finished_at": now,
+        "updated_at": now,
+        "lease_expires_at": None,
+        "lease_owner": None,
+    }
+    if outcome.succeeded:
+        final |= {"status": JobStatus.SUCCEEDED, "result": outcome.result, "error": None}
+    else:
+        final |= {
+            "status": JobStatus.FAILED,
+            "error": {
+                "type": outcome.error_type or "error",
+                "message": outcome.error_message or "the call failed",
+                "classification": outcome.classification,
+                "http_status": outcome.http_status,
+                "minimax_code": outcome.minimax_code,
+            },
+        }
+    moved = session.execute(
+        update(Job)
+        .where(Job.id == claim.job_id, Job.status == JobStatus.RUNNING, Job.attempt_count == claim.number)
+        .values(final)
+    )
+    return bool(moved.rowcount)  # type: ignore[attr-defined]
+
+
+LEASE_LOST_MESSAGE = (
+    "the worker stopped renewing its lease (crashed, killed or cut off); the job was handed back"
+)
+
+
+def recover_expired_leases(session: Session, *, now: datetime | None = None) -> list[str]:
+    """Hand back jobs whose worker vanished. A job out of attempts fails and says why."""
+    now = now or utcnow()
+    expired = (Job.status == JobStatus.RUNNING, Job.lease_expires_at < now)
+    exhausted = session.execute(
+        update(Job)
+        .where(*expired, Job.attempt_count >= Job.max_attempts)
+        .values(
+            status=JobStatus.FAILED,
+            finished_at=now,
+            updated_at=now,
+            lease_owner=None,
+            lease_expires_at=None,
+            error={
+                "type": "lease_expired",
+                "message": LEASE_LOST_MESSAGE + ", and it has no attempts left",
+                "classification": "lease_expired",
+            },
+        )
+        .returning(Job.id, Job.attempt_count)
+    ).all()
+    retried = session.execute(
+        update(Job)
+        .where(*expired)
+        .values(
+            status=JobStatus.RETRYING,
+            updated_at=now,
+            lease_owner=None,
+            lease_expires_at=None,
+            dispatched_at=None,
+            next_attempt_at=now,
+        )
+        .returning(Job.id, Job.attempt_count)
+    ).all()
+    for row in (*exhausted, *retried):
+        session.execute(
+            update(JobAttempt)
+            .where(
+                JobAttempt.job_id == row.id,
+                JobAttempt.number == row.attempt_count,
+                JobAttempt.ended_at.is_(None),
+            )
+            .values(
+                ended_at=now,
+                classification="lease_expired",
+                error_type="lease_expired",
+                error_message=LEASE_LOST_MESSAGE,
+            )
+        )
+    return [r.id for r in (*exhausted, *retried)]
+
+
+def expire_overdue(session: Session, *, now: datetime | None = None) -> int:
+    """Waiting jobs past their deadline become `expired`. Running ones may still finish."""
+    now = now or utcnow()
+    result = session.execute(
+        update(Job)
+        .where(Job.status.in_(WAITING), Job.expires_at <= now)
+        .values(
+            status=JobStatus.EXPIRED,
+            finished_at=now,
+            updated_at=now,
+            error={"type": "expired", "message": "the job did not start before its deadline (expires_at)"},
+        )
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def take_dispatchable(
+    session: Session, *, now: datetime, redispatch_before: datetime, limit: int
+) -> list[str]:
+    """Lock and mark the next waiting jobs to publish: never published, or published so long ago that the
+    message must be lost (Redis restarted empty, a worker died holding it). Highest priority first."""
+    ids = list(
+        session.scalars(
+            select(Job.id)
+            .where(
+                Job.status.in_(WAITING),
+                Job.next_attempt_at <= now,
+                (Job.dispatched_at.is_(None)) | (Job.dispatched_at < redispatch_before),
+            )
+            .order_by(Job.priority.desc(), Job.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+    )
+    if ids:
+        session.execute(update(Job).where(Job.id.in_(ids)).values(dispatched_at=now))
+    return ids

@@ -1,0 +1,110 @@
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint, text
+from sqlalchemy.orm import Mapped, deferred, mapped_column
+
+from service.db import BigIntPK, JSONType, utcnow
+from service.models.base import Base, CreatedAtMixin
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+    EXPIRED = "expired"
+
+
+WAITING = (JobStatus.QUEUED, JobStatus.RETRYING)
+ACTIVE = (JobStatus.QUEUED, JobStatus.RETRYING, JobStatus.RUNNING)
+TERMINAL = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED, JobStatus.EXPIRED)
+
+
+class Job(CreatedAtMixin, Base):
+    """One request to MiniMax and everything we know about its execution.
+
+    `params` and `result` can be megabytes: they are deferred so listing and scheduling never load them.
+    """
+
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    api_key_id: Mapped[str | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"))
+    model: Mapped[str] = mapped_column(String(64))
+    format: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED)
+    priority: Mapped[int] = mapped_column(default=0)
+    meta: Mapped[dict[str, str]] = mapped_column("metadata", JSONType, default=dict)
+    params: Mapped[dict[str, Any]] = deferred(mapped_column(JSONType))
+    estimated_input_tokens: Mapped[int] = mapped_column(default=0)
+
+    max_attempts: Mapped[int] = mapped_column(default=5)
+    attempt_count: Mapped[int] = mapped_column(default=0)
+    # When the job may next run; the scheduler dispatches waiting jobs whose time has come.
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    dispatched_at: Mapped[datetime | None]
+    lease_owner: Mapped[str | None] = mapped_column(String(200))
+    lease_expires_at: Mapped[datetime | None]
+    output_tokens_so_far: Mapped[int] = mapped_column(default=0)
+
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    expires_at: Mapped[datetime]
+
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    result: Mapped[dict[str, Any] | None] = deferred(mapped_column(JSONType))
+    input_tokens: Mapped[int] = mapped_column(default=0)
+    output_tokens: Mapped[int] = mapped_column(default=0)
+    cache_read_tokens: Mapped[int] = mapped_column(default=0)
+    cache_write_tokens: Mapped[int] = mapped_column(default=0)
+
+    __table_args__ = (
+        Index("ix_jobs_tenant_id_id", "tenant_id", "id"),
+        # The scheduler's scans touch only the few non-terminal rows.
+        Index(
+            "ix_jobs_waiting",
+            "next_attempt_at",
+            postgresql_where=text("status IN ('queued', 'retrying')"),
+            sqlite_where=text("status IN ('queued', 'retrying')"),
+        ),
+        Index(
+            "ix_jobs_running_lease",
+            "lease_expires_at",
+            postgresql_where=text("status = 'running'"),
+            sqlite_where=text("status = 'running'"),
+        ),
+    )
+
+
+class JobAttempt(Base):
+    """One call against MiniMax. A crashed worker's attempt ends with classification `lease_expired`."""
+
+    __tablename__ = "job_attempts"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    number: Mapped[int]
+    worker: Mapped[str | None] = mapped_column(String(200))
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    ended_at: Mapped[datetime | None]
+    http_status: Mapped[int | None]
+    minimax_code: Mapped[int | None]
+    # succeeded | retryable | permanent | rate_limited | lease_expired | canceled | internal
+    classification: Mapped[str | None] = mapped_column(String(32))
+    error_type: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    upstream_request_id: Mapped[str | None] = mapped_column(String(128))
+    input_tokens: Mapped[int] = mapped_column(default=0)
+    output_tokens: Mapped[int] = mapped_column(default=0)
+    cache_read_tokens: Mapped[int] = mapped_column(default=0)
+    cache_write_tokens: Mapped[int] = mapped_column(default=0)
+
+    __table_args__ = (UniqueConstraint("job_id", "number"),)

@@ -1,0 +1,37 @@
+"""The Celery application. Messages carry job ids only; Postgres holds everything else (DESIGN.md decision 1).
+
+Early acknowledgement on purpose: a worker killed mid-call loses its message, and the scheduler's lease sweep
+hands the job back. That avoids the redelivery duplicates of `acks_late` and the visibility timeout.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from service.config import Settings, get_settings
+
+QUEUE = "mmjobs"
+RUN_JOB = "mmjobs.run_job"
+
+
+def make_celery(settings: Settings) -> Celery:
+    app = Celery("mmjobs", broker=settings.redis_url, include=["workers.tasks"])
+    app.conf.update(
+        task_default_queue=QUEUE,
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        task_acks_late=False,
+        worker_prefetch_multiplier=1,
+        worker_pool="threads",
+        worker_concurrency=settings.worker_concurrency,
+        worker_hijack_root_logger=False,
+        broker_connection_retry_on_startup=True,
+        # Publishing must not block the scheduler for long when Redis is away: it retries next pass.
+        task_publish_retry=False,
+        broker_transport_options={"socket_timeout": 5, "socket_connect_timeout": 5},
+    )
+    return app
+
+
+app = make_celery(get_settings())

@@ -1,0 +1,112 @@
+"""Per-process resources shared by every task thread: settings, the database engine, one httpx client,
+and the registry of calls in flight whose leases a keeper thread renews."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from dataclasses import dataclass, field
+
+import httpx
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.config import Settings, get_settings
+from service.db import make_engine, make_session_factory, transaction
+from service.jobs import transitions
+
+log = logging.getLogger(__name__)
+
+
+class JobAborted(Exception):
+    """Raised inside a running call when its job is no longer ours (canceled, or the lease was lost)."""
+
+
+@dataclass
+class InFlight:
+    number: int
+    output_tokens: int = 0
+    aborted: threading.Event = field(default_factory=threading.Event)
+
+    def progress(self, output_tokens: int) -> None:
+        self.output_tokens = output_tokens
+        if self.aborted.is_set():
+            raise JobAborted
+
+
+class Runtime:
+    def __init__(self, settings: Settings) -> None:
+        if not settings.minimax_api_key:
+            raise RuntimeError(
+                "MINIMAX_API_KEY is not set: set it to your MiniMax key (or run `mmjobs up`, which starts "
+                "the bundled simulator and points the worker at it)"
+            )
+        self.settings = settings
+        self.api_key = settings.minimax_api_key
+        self.owner = f"{socket.gethostname()}:{os.getpid()}"
+        pool = settings.worker_concurrency + 5
+        self.session_factory: sessionmaker[Session] = make_session_factory(
+            make_engine(
+                settings.database_url,
+                **({} if settings.is_sqlite else {"pool_size": 10, "max_overflow": pool}),
+            )
+        )
+        self.http = httpx.Client(
+            timeout=httpx.Timeout(settings.upstream_read_timeout, connect=settings.upstream_connect_timeout),
+            limits=httpx.Limits(
+                max_connections=settings.upstream_max_connections,
+                max_keepalive_connections=settings.upstream_max_connections,
+            ),
+        )
+        self._inflight: dict[str, InFlight] = {}
+        self._lock = threading.Lock()
+        self._keeper = threading.Thread(target=self._keep_leases, name="lease-keeper", daemon=True)
+        self._keeper.start()
+
+    def register(self, job_id: str, number: int) -> InFlight:
+        handle = InFlight(number=number)
+        with self._lock:
+            self._inflight[job_id] = handle
+        return handle
+
+    def unregister(self, job_id: str) -> None:
+        with self._lock:
+            self._inflight.pop(job_id, None)
+
+    def in_flight(self) -> int:
+        return len(self._inflight)
+
+    def _keep_leases(self) -> None:
+        """Renew every held lease in one UPDATE per interval, and stop calls whose job is gone."""
+        while True:
+            threading.Event().wait(self.settings.lease_refresh_seconds)
+            with self._lock:
+                snapshot = dict(self._inflight)
+            if not snapshot:
+                continue
+            held = {job_id: (h.number, h.output_tokens) for job_id, h in snapshot.items()}
+            try:
+                with transaction(self.session_factory) as session:
+                    alive = transitions.extend_leases(
+                        session, owner=self.owner, held=held, lease_seconds=self.settings.lease_seconds
+                    )
+            except Exception:
+                log.exception("could not renew leases; retrying in %ss", self.settings.lease_refresh_seconds)
+                continue
+            for job_id, handle in snapshot.items():
+                if job_id not in alive:
+                    handle.aborted.set()
+
+
+_runtime: Runtime | None = None
+_runtime_lock = threading.Lock()
+
+
+def get_runtime() -> Runtime:
+    global _runtime
+    if _runtime is None:
+        with _runtime_lock:
+            if _runtime is None:
+                _runtime = Runtime(get_settings())
+    return _runtime

@@ -1,0 +1,12 @@
+"""Thin Celery tasks: load by id, call a plain function (STYLE.md practice 2)."""
+
+from __future__ import annotations
+
+from workers.celery_app import RUN_JOB, app
+from workers.execution import run_job
+from workers.runtime import get_runtime
+
+
+@app.task(name=RUN_JOB, ignore_result=True)
+def run_job_task(job_id: str) -> None:
+    run_job(job_id, rt=get_runtime())
