@@ -28,8 +28,12 @@ class Proc:
         self.log_path = log_dir / f"{name}.log"
         self._log = self.log_path.open("ab")
         self.popen = subprocess.Popen(
-            [sys.executable, *argv], env={**os.environ, **env}, stdout=self._log, stderr=subprocess.STDOUT,
-            cwd=ROOT, start_new_session=True,
+            [sys.executable, *argv],
+            env={**os.environ, **env},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            start_new_session=True,
         )
 
     @property

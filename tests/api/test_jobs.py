@@ -14,7 +14,10 @@ from tests.conftest import make_key
 
 
 def body(**overrides: Any) -> dict[str, Any]:
-    params = {"max_tokens": 256, "messages": [{"role": "user", "content": "Summarize the attached contract."}]}
+    params = {
+        "max_tokens": 256,
+        "messages": [{"role": "user", "content": "Summarize the attached contract."}],
+    }
     out: dict[str, Any] = {"model": "MiniMax-M2.7", "params": params}
     out.update(overrides)
     return out
@@ -52,7 +55,10 @@ def test_x_api_key_header_works_too(client: TestClient, api_key: str) -> None:
 def test_openai_format_is_accepted(client: TestClient, auth: dict[str, str]) -> None:
     r = client.post(
         "/v1/jobs",
-        json=body(format="openai", params={"max_completion_tokens": 50, "messages": [{"role": "user", "content": "x"}]}),
+        json=body(
+            format="openai",
+            params={"max_completion_tokens": 50, "messages": [{"role": "user", "content": "x"}]},
+        ),
         headers=auth,
     )
     assert r.status_code == 202
@@ -102,7 +108,9 @@ def test_keys_are_stored_hashed(session: Session) -> None:
     assert stored.key_hash == tenants.hash_key(new.secret)
 
 
-def test_another_tenants_job_is_404_everywhere(client: TestClient, auth: dict[str, str], session: Session) -> None:
+def test_another_tenants_job_is_404_everywhere(
+    client: TestClient, auth: dict[str, str], session: Session
+) -> None:
     job_id = client.post("/v1/jobs", json=body(), headers=auth).json()["id"]
     other = {"Authorization": f"Bearer {make_key(session, 'globex')}"}
     assert client.get(f"/v1/jobs/{job_id}", headers=other).status_code == 404
@@ -117,31 +125,77 @@ def test_another_tenants_job_is_404_everywhere(client: TestClient, auth: dict[st
     [
         ({"model": "MiniMax-M9"}, 422, "model", "invalid_request"),
         ({"format": "gemini"}, 422, "format", "invalid_request"),
-        ({"params": {"messages": [{"role": "user", "content": "x"}], "temperature": 2.5}}, 422,
-         "params.temperature", "invalid_request"),
-        ({"params": {"messages": [{"role": "user", "content": "x"}], "temperature": -0.1}}, 422,
-         "params.temperature", "invalid_request"),
-        ({"params": {"messages": [{"role": "user", "content": "x"}], "top_p": 1.5}}, 422,
-         "params.top_p", "invalid_request"),
-        ({"params": {"messages": [{"role": "user", "content": "x"}], "max_tokens": 0}}, 422,
-         "params.max_tokens", "invalid_request"),
+        (
+            {"params": {"messages": [{"role": "user", "content": "x"}], "temperature": 2.5}},
+            422,
+            "params.temperature",
+            "invalid_request",
+        ),
+        (
+            {"params": {"messages": [{"role": "user", "content": "x"}], "temperature": -0.1}},
+            422,
+            "params.temperature",
+            "invalid_request",
+        ),
+        (
+            {"params": {"messages": [{"role": "user", "content": "x"}], "top_p": 1.5}},
+            422,
+            "params.top_p",
+            "invalid_request",
+        ),
+        (
+            {"params": {"messages": [{"role": "user", "content": "x"}], "max_tokens": 0}},
+            422,
+            "params.max_tokens",
+            "invalid_request",
+        ),
         ({"params": {"messages": []}}, 422, "params.messages", "invalid_request"),
-        ({"params": {"messages": [{"role": "user", "content": "x"}], "stream": True}}, 422,
-         "params.stream", "invalid_request"),
-        ({"params": {"messages": [{"role": "user", "content": "x"}], "model": "MiniMax-M3"}}, 422,
-         "params.model", "invalid_request"),
+        (
+            {"params": {"messages": [{"role": "user", "content": "x"}], "stream": True}},
+            422,
+            "params.stream",
+            "invalid_request",
+        ),
+        (
+            {"params": {"messages": [{"role": "user", "content": "x"}], "model": "MiniMax-M3"}},
+            422,
+            "params.model",
+            "invalid_request",
+        ),
         ({"metadata": {"k": 1}}, 422, "metadata.k", "invalid_request"),
         ({"priority": 1000}, 422, "priority", "invalid_request"),
         ({"unknown": 1}, 422, "unknown", "invalid_request"),
-        ({"params": {"messages": [{"role": "user", "content": [
-            {"type": "text", "text": "what is this?"},
-            {"type": "image", "source": {"type": "url", "url": "https://example.com/a.png"}}]}]}},
-         422, "params.messages[0].content[1]", "invalid_request"),
+        (
+            {
+                "params": {
+                    "messages": [
+                        {
+                            "role": "user",
+                            "content": [
+                                {"type": "text", "text": "what is this?"},
+                                {
+                                    "type": "image",
+                                    "source": {"type": "url", "url": "https://example.com/a.png"},
+                                },
+                            ],
+                        }
+                    ]
+                }
+            },
+            422,
+            "params.messages[0].content[1]",
+            "invalid_request",
+        ),
     ],
 )
 def test_invalid_requests_name_the_field_and_store_nothing(
-    client: TestClient, auth: dict[str, str], session: Session, overrides: dict[str, Any], status: int,
-    field: str, type_: str,
+    client: TestClient,
+    auth: dict[str, str],
+    session: Session,
+    overrides: dict[str, Any],
+    status: int,
+    field: str,
+    type_: str,
 ) -> None:
     before = job_count(session)
     r = client.post("/v1/jobs", json=body(**overrides), headers=auth)
@@ -154,17 +208,27 @@ def test_invalid_requests_name_the_field_and_store_nothing(
 
 
 def test_media_is_accepted_for_m3(client: TestClient, auth: dict[str, str]) -> None:
-    content = [{"type": "text", "text": "describe"},
-               {"type": "image", "source": {"type": "url", "url": "https://example.com/a.png"}}]
-    r = client.post("/v1/jobs", json=body(model="MiniMax-M3", params={
-        "max_tokens": 100, "messages": [{"role": "user", "content": content}]}), headers=auth)
+    content = [
+        {"type": "text", "text": "describe"},
+        {"type": "image", "source": {"type": "url", "url": "https://example.com/a.png"}},
+    ]
+    r = client.post(
+        "/v1/jobs",
+        json=body(
+            model="MiniMax-M3", params={"max_tokens": 100, "messages": [{"role": "user", "content": content}]}
+        ),
+        headers=auth,
+    )
     assert r.status_code == 202, r.text
 
 
 def test_openai_media_with_m2_names_the_part(client: TestClient, auth: dict[str, str]) -> None:
     content = [{"type": "video_url", "video_url": {"url": "https://example.com/v.mp4"}}]
-    r = client.post("/v1/jobs", json=body(format="openai", params={
-        "messages": [{"role": "user", "content": content}]}), headers=auth)
+    r = client.post(
+        "/v1/jobs",
+        json=body(format="openai", params={"messages": [{"role": "user", "content": content}]}),
+        headers=auth,
+    )
     assert r.status_code == 422
     assert r.json()["error"]["field"] == "params.messages[0].content[0]"
 
@@ -174,31 +238,47 @@ def test_over_the_context_window_gives_the_estimate(
 ) -> None:
     before = job_count(session)
     long_text = "lorem ipsum dolor " * 50_000  # ~900k chars, ~225k tokens: over M2.7's 204,800
-    r = client.post("/v1/jobs", json=body(params={"max_tokens": 1000, "messages": [
-        {"role": "user", "content": long_text}]}), headers=auth)
+    r = client.post(
+        "/v1/jobs",
+        json=body(params={"max_tokens": 1000, "messages": [{"role": "user", "content": long_text}]}),
+        headers=auth,
+    )
     assert r.status_code == 422
     error = r.json()["error"]
     assert error["type"] == "context_window_exceeded"
     assert error["field"] == "params.messages"
-    assert "estimated" in error["message"] and "204,800" in error["message"]
+    assert "estimated" in error["message"]
+    assert "204,800" in error["message"]
     assert job_count(session) == before
     # The same document fits M3's 1M window.
-    r = client.post("/v1/jobs", json=body(model="MiniMax-M3", params={"max_tokens": 1000, "messages": [
-        {"role": "user", "content": long_text}]}), headers=auth)
+    r = client.post(
+        "/v1/jobs",
+        json=body(
+            model="MiniMax-M3",
+            params={"max_tokens": 1000, "messages": [{"role": "user", "content": long_text}]},
+        ),
+        headers=auth,
+    )
     assert r.status_code == 202
 
 
 def test_max_tokens_plus_input_over_window(client: TestClient, auth: dict[str, str]) -> None:
-    r = client.post("/v1/jobs", json=body(params={"max_tokens": 204_800, "messages": [
-        {"role": "user", "content": "hello"}]}), headers=auth)
+    r = client.post(
+        "/v1/jobs",
+        json=body(params={"max_tokens": 204_800, "messages": [{"role": "user", "content": "hello"}]}),
+        headers=auth,
+    )
     assert r.status_code == 422
     assert "max_tokens 204,800" in r.json()["error"]["message"]
 
 
 def test_malformed_json_is_400(client: TestClient, auth: dict[str, str], session: Session) -> None:
     before = job_count(session)
-    r = client.post("/v1/jobs", content=b'{"model": "MiniMax-M2.7", "params": {', headers={
-        **auth, "content-type": "application/json"})
+    r = client.post(
+        "/v1/jobs",
+        content=b'{"model": "MiniMax-M2.7", "params": {',
+        headers={**auth, "content-type": "application/json"},
+    )
     assert r.status_code == 400
     assert r.json()["error"]["type"] == "invalid_json"
     assert job_count(session) == before
@@ -220,8 +300,11 @@ def test_body_too_large_is_413(settings: Any, session_factory: Any, api_key: str
             for _ in range(10):
                 yield b"x" * 500
 
-        r = c.post("/v1/jobs", content=chunks(), headers={
-            "Authorization": f"Bearer {api_key}", "content-type": "application/json"})
+        r = c.post(
+            "/v1/jobs",
+            content=chunks(),
+            headers={"Authorization": f"Bearer {api_key}", "content-type": "application/json"},
+        )
         assert r.status_code == 413
 
 
@@ -245,9 +328,7 @@ def test_list_paginates_newest_first_with_a_cursor(client: TestClient, auth: dic
     assert seen == list(reversed(ids))
 
 
-def test_list_filters_by_status_metadata_and_created_range(
-    client: TestClient, auth: dict[str, str]
-) -> None:
+def test_list_filters_by_status_metadata_and_created_range(client: TestClient, auth: dict[str, str]) -> None:
     a = client.post("/v1/jobs", json=body(metadata={"team": "legal", "case": "7"}), headers=auth).json()
     b = client.post("/v1/jobs", json=body(metadata={"team": "sales"}), headers=auth).json()
     client.post(f"/v1/jobs/{b['id']}/cancel", headers=auth)

@@ -47,7 +47,9 @@ class Stack:
         }
         self.procs: list[Proc] = []
         port = self.sim_url.rsplit(":", 1)[1]
-        self.simulator = self.start("simulator", ["-m", "service.cli", "simulator", "--port", port, "--latency", "0.2"])
+        self.simulator = self.start(
+            "simulator", ["-m", "service.cli", "simulator", "--port", port, "--latency", "0.2"]
+        )
         wait_http(self.sim_url + "/healthz", self.simulator)
         self.scheduler = self.start("scheduler", ["-m", "service.cli", "scheduler"])
         self.worker = self.start_worker()

@@ -27,7 +27,8 @@ def test_job_succeeds_with_the_simulators_answer_and_usage(stack: Stack) -> None
     assert f"SIM:{digest(text)}" in result["text"] or f"SIM: {digest(text)}" in result["text"]
     # M2.x always thinks: the thinking block is kept whole, signature included.
     thinking = [b for b in result["content"] if b["type"] == "thinking"]
-    assert thinking and thinking[0]["signature"]
+    assert thinking
+    assert thinking[0]["signature"]
     assert result["stop_reason"] == "end_turn"
     assert result["raw"]["id"] == result["upstream_request_id"]
     billed = stack.ledger()[result["upstream_request_id"]]
@@ -43,8 +44,11 @@ def test_openai_format_job_succeeds(stack: Stack) -> None:
     text = "Classify this ticket: printer on fire."
     r = stack.client.post(
         "/v1/jobs",
-        json={"model": "MiniMax-M2.5", "format": "openai",
-              "params": {"max_tokens": 200, "messages": [{"role": "user", "content": text}]}},
+        json={
+            "model": "MiniMax-M2.5",
+            "format": "openai",
+            "params": {"max_tokens": 200, "messages": [{"role": "user", "content": text}]},
+        },
         headers=stack.auth,
     )
     job = stack.wait_status(r.json()["id"], TERMINAL)
@@ -95,8 +99,11 @@ def test_job_survives_redis_losing_its_queue(stack: Stack) -> None:
     with stack.session_factory() as session:
         from service.models import Job
 
-        wait_until(lambda: session.get(Job, job_id, populate_existing=True).dispatched_at is not None,  # type: ignore[union-attr]
-                   10, "the scheduler to publish the job")
+        wait_until(
+            lambda: session.get(Job, job_id, populate_existing=True).dispatched_at is not None,  # type: ignore[union-attr]
+            10,
+            "the scheduler to publish the job",
+        )
     redis.Redis.from_url(E2E_REDIS_URL).flushdb()  # what a restart without persistence does
     stack.worker = stack.start_worker()
     job = stack.wait_status(job_id, TERMINAL, timeout=30)
