@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import pickle
 from datetime import UTC, datetime
 
 import httpx
 import pytest
 
-from workers.providers import Classification, UpstreamError
+from workers.providers import Classification, UpstreamError, Usage
 from workers.providers.errors import (
     code_from_message,
     parse_retry_after,
@@ -199,4 +200,30 @@ def test_transport_failures_are_retryable(exc: httpx.RequestError, in_body: bool
         error_type,
         Classification.RETRYABLE,
         None,
+    )
+
+
+def test_request_id_from_the_body_else_the_header() -> None:
+    body = {"type": "error", "request_id": "from-body", "error": {"type": "api_error", "message": "x (1000)"}}
+    assert response_error(answer(500, body, {"x-request-id": "from-header"})).request_id == "from-body"
+    assert (
+        response_error(answer(502, b"bad gateway", {"x-request-id": "from-header"})).request_id
+        == "from-header"
+    )
+
+
+def test_upstream_error_survives_pickling() -> None:
+    # Celery pickles exceptions that leave a task; a keyword-only constructor must not break that.
+    error = response_error(
+        answer(429, {"type": "error", "error": {"type": "rate_limit_error", "message": USAGE_CAP}})
+    )
+    error.usage = Usage(input_tokens=5, output_tokens=2)
+    copy = pickle.loads(pickle.dumps(error))
+    assert isinstance(copy, UpstreamError)
+    assert (copy.classification, copy.minimax_code, copy.http_status, copy.usage, copy.message) == (
+        Classification.RATE_LIMITED,
+        2056,
+        429,
+        Usage(input_tokens=5, output_tokens=2),
+        USAGE_CAP,
     )

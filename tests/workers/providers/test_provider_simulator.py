@@ -52,11 +52,25 @@ def params_for(fmt: str, text: str, **extra: Any) -> dict[str, Any]:
     return params | extra
 
 
-def run(http: httpx.Client, base_url: str, fmt: str, text: str, *, stream: bool = True, key: str = KEY,
-        on_progress: Any = None, **extra: Any) -> Completion:
+def run(
+    http: httpx.Client,
+    base_url: str,
+    fmt: str,
+    text: str,
+    *,
+    stream: bool = True,
+    key: str = KEY,
+    on_progress: Any = None,
+    **extra: Any,
+) -> Completion:
     return get_provider(fmt).call(
-        client=http, base_url=base_url, api_key=key, model=MODEL, params=params_for(fmt, text, **extra),
-        stream=stream, on_progress=on_progress,
+        client=http,
+        base_url=base_url,
+        api_key=key,
+        model=MODEL,
+        params=params_for(fmt, text, **extra),
+        stream=stream,
+        on_progress=on_progress,
     )
 
 
@@ -68,7 +82,9 @@ def fail(http: httpx.Client, base_url: str, fmt: str, text: str, **kwargs: Any) 
 
 @pytest.mark.parametrize("stream", BOTH_MODES)
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_success_answer_and_usage_match_the_ledger(http: httpx.Client, base_url: str, fmt: str, stream: bool) -> None:
+def test_success_answer_and_usage_match_the_ledger(
+    http: httpx.Client, base_url: str, fmt: str, stream: bool
+) -> None:
     text = f"Summarize the quarterly report ({fmt}, {stream})"
     result = run(http, base_url, fmt, text, stream=stream, thinking={"type": "disabled"})
     assert result.text.startswith(f"{marker(text)} You said: {text}")
@@ -82,29 +98,37 @@ def test_success_answer_and_usage_match_the_ledger(http: httpx.Client, base_url:
 
 
 @pytest.mark.parametrize("stream", BOTH_MODES)
-def test_anthropic_thinking_block_is_kept_whole_with_its_signature(http: httpx.Client, base_url: str, stream: bool) -> None:
+def test_anthropic_thinking_block_is_kept_whole_with_its_signature(
+    http: httpx.Client, base_url: str, stream: bool
+) -> None:
     text = "Think first, then answer"
     result = run(http, base_url, "anthropic", text, stream=stream, thinking={"type": "adaptive"})
     thinking, answer = result.content
     assert thinking["type"] == "thinking"
-    assert thinking["signature"] == hashlib.sha256(thinking["thinking"].encode()).hexdigest()  # the simulator's
+    assert (
+        thinking["signature"] == hashlib.sha256(thinking["thinking"].encode()).hexdigest()
+    )  # the simulator's
     assert thinking["thinking"].startswith("Simulated reasoning")
     assert answer == {"type": "text", "text": result.text}
-    assert marker(text) in result.text and "Simulated reasoning" not in result.text
+    assert marker(text) in result.text
+    assert "Simulated reasoning" not in result.text
     [entry] = ledger(http, base_url)
     assert result.usage.output_tokens == entry["output_tokens"] == 48
 
 
 @pytest.mark.parametrize("split", [False, True], ids=["think-tags", "reasoning_split"])
 @pytest.mark.parametrize("stream", BOTH_MODES)
-def test_openai_thinking_becomes_a_block_before_the_text(http: httpx.Client, base_url: str, stream: bool,
-                                                         split: bool) -> None:
+def test_openai_thinking_becomes_a_block_before_the_text(
+    http: httpx.Client, base_url: str, stream: bool, split: bool
+) -> None:
     text = "Think in the OpenAI format"
     result = run(http, base_url, "openai", text, stream=stream, reasoning_split=split)  # M3 thinks by default
     thinking, answer = result.content
-    assert thinking["type"] == "thinking" and thinking["signature"] is None
+    assert thinking["type"] == "thinking"
+    assert thinking["signature"] is None
     assert thinking["thinking"].startswith("Simulated reasoning")
-    assert answer["text"] == result.text and result.text.startswith(marker(text))
+    assert answer["text"] == result.text
+    assert result.text.startswith(marker(text))
     assert "<think>" not in result.text
     message = result.raw["choices"][0]["message"]
     if split:
@@ -122,7 +146,11 @@ def test_streamed_equals_plain(http: httpx.Client, base_url: str, fmt: str) -> N
     streamed = run(http, base_url, fmt, text, stream=True, **extra)
     plain = run(http, base_url, fmt, text, stream=False, **extra)
     assert streamed.content == plain.content
-    assert (streamed.text, streamed.stop_reason, streamed.usage) == (plain.text, plain.stop_reason, plain.usage)
+    assert (streamed.text, streamed.stop_reason, streamed.usage) == (
+        plain.text,
+        plain.stop_reason,
+        plain.usage,
+    )
     assert streamed.usage.output_tokens == 120
     if fmt == "anthropic":
         ignore = {"id", "base_resp"}
@@ -135,9 +163,18 @@ def test_streamed_equals_plain(http: httpx.Client, base_url: str, fmt: str) -> N
 
 @pytest.mark.parametrize("stream", BOTH_MODES)
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_truncated_answer_stops_at_max_tokens(http: httpx.Client, base_url: str, fmt: str, stream: bool) -> None:
-    result = run(http, base_url, fmt, "Write a long essay [[sim:output_tokens=500]]", stream=stream,
-                 max_tokens=30, thinking={"type": "disabled"})
+def test_truncated_answer_stops_at_max_tokens(
+    http: httpx.Client, base_url: str, fmt: str, stream: bool
+) -> None:
+    result = run(
+        http,
+        base_url,
+        fmt,
+        "Write a long essay [[sim:output_tokens=500]]",
+        stream=stream,
+        max_tokens=30,
+        thinking={"type": "disabled"},
+    )
     assert result.stop_reason == "max_tokens"
     [entry] = ledger(http, base_url)
     assert result.usage.output_tokens == entry["output_tokens"] == 30
@@ -159,10 +196,20 @@ FAULTS = [
 
 @pytest.mark.parametrize("stream", BOTH_MODES)
 @pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize(("directive", "classification", "error_type", "status", "code"), FAULTS,
-                         ids=[f[0][6:-2] for f in FAULTS])
-def test_faults_are_classified(http: httpx.Client, base_url: str, fmt: str, stream: bool, directive: str,
-                               classification: Classification, error_type: str, status: int, code: int) -> None:
+@pytest.mark.parametrize(
+    ("directive", "classification", "error_type", "status", "code"), FAULTS, ids=[f[0][6:-2] for f in FAULTS]
+)
+def test_faults_are_classified(
+    http: httpx.Client,
+    base_url: str,
+    fmt: str,
+    stream: bool,
+    directive: str,
+    classification: Classification,
+    error_type: str,
+    status: int,
+    code: int,
+) -> None:
     error = fail(http, base_url, fmt, f"Hello {directive}", stream=stream)
     assert error.classification is classification
     assert error.http_status == status
@@ -178,13 +225,23 @@ def test_faults_are_classified(http: httpx.Client, base_url: str, fmt: str, stre
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_bad_key_is_permanent(http: httpx.Client, base_url: str, fmt: str, stream: bool) -> None:
     error = fail(http, base_url, fmt, "Hello", stream=stream, key="sk-wrong")
-    assert (error.classification, error.http_status, error.minimax_code) == (Classification.PERMANENT, 401, 2049)
+    assert (error.classification, error.http_status, error.minimax_code) == (
+        Classification.PERMANENT,
+        401,
+        2049,
+    )
 
 
-def test_anthropic_midstream_error_event_reports_usage_billed_so_far(http: httpx.Client, base_url: str) -> None:
+def test_anthropic_midstream_error_event_reports_usage_billed_so_far(
+    http: httpx.Client, base_url: str
+) -> None:
     error = fail(http, base_url, "anthropic", "Go [[sim:fault=midstream]] [[sim:output_tokens=200]]")
     assert error.error_type == "api_error"  # from the `event: error` payload
-    assert (error.classification, error.minimax_code, error.http_status) == (Classification.RETRYABLE, 1000, 200)
+    assert (error.classification, error.minimax_code, error.http_status) == (
+        Classification.RETRYABLE,
+        1000,
+        200,
+    )
     [entry] = ledger(http, base_url)
     assert entry["outcome"] == "midstream_error"
     assert error.request_id == entry["request_id"]
@@ -193,8 +250,9 @@ def test_anthropic_midstream_error_event_reports_usage_billed_so_far(http: httpx
 
 
 def test_openai_midstream_disconnect_is_stream_broken(http: httpx.Client, base_url: str) -> None:
-    error = fail(http, base_url, "openai", "Go [[sim:fault=midstream]] [[sim:output_tokens=200]]",
-                 reasoning_split=True)
+    error = fail(
+        http, base_url, "openai", "Go [[sim:fault=midstream]] [[sim:output_tokens=200]]", reasoning_split=True
+    )
     assert (error.error_type, error.classification) == ("stream_broken", Classification.RETRYABLE)
     [entry] = ledger(http, base_url)
     assert entry["outcome"] == "midstream_error"
@@ -222,8 +280,14 @@ def test_hang_hits_the_read_timeout(base_url: str, fmt: str, stream: bool) -> No
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_progress_rises_to_the_real_output_count(http: httpx.Client, base_url: str, fmt: str) -> None:
     seen: list[int] = []
-    result = run(http, base_url, fmt, "Count along [[sim:output_tokens=300]]", on_progress=seen.append,
-                 thinking={"type": "disabled"})
+    result = run(
+        http,
+        base_url,
+        fmt,
+        "Count along [[sim:output_tokens=300]]",
+        on_progress=seen.append,
+        thinking={"type": "disabled"},
+    )
     assert len(seen) >= 10
     assert seen == sorted(set(seen))  # strictly increasing
     assert seen[-1] == result.usage.output_tokens == 300
@@ -241,7 +305,13 @@ def test_progress_callback_exception_aborts_the_call(http: httpx.Client, base_ur
 
     started = time.monotonic()
     with pytest.raises(Canceled):  # unchanged, not wrapped in UpstreamError
-        run(http, base_url, fmt, "Slow one [[sim:latency=3]] [[sim:output_tokens=400]]", on_progress=on_progress)
+        run(
+            http,
+            base_url,
+            fmt,
+            "Slow one [[sim:latency=3]] [[sim:output_tokens=400]]",
+            on_progress=on_progress,
+        )
     assert time.monotonic() - started < 2  # did not read the 3-second answer to its end
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:  # the simulator sees the connection go away
@@ -255,7 +325,10 @@ def test_progress_callback_exception_aborts_the_call(http: httpx.Client, base_ur
 
 def test_count_tokens_matches_what_a_call_bills(http: httpx.Client, base_url: str) -> None:
     params = params_for("anthropic", "How many tokens is this?", tools=[{"name": "t", "input_schema": {}}])
-    counted = AnthropicProvider().count_tokens(client=http, base_url=base_url + "/", api_key=KEY, model=MODEL,
-                                               params=params)
-    result = run(http, base_url, "anthropic", "How many tokens is this?", tools=[{"name": "t", "input_schema": {}}])
+    counted = AnthropicProvider().count_tokens(
+        client=http, base_url=base_url + "/", api_key=KEY, model=MODEL, params=params
+    )
+    result = run(
+        http, base_url, "anthropic", "How many tokens is this?", tools=[{"name": "t", "input_schema": {}}]
+    )
     assert counted == result.usage.input_tokens == ledger(http, base_url)[0]["input_tokens"]
