@@ -77,3 +77,12 @@ MODELS: dict[str, ModelInfo] = {
 
 def get_model(name: str) -> ModelInfo | None:
     return MODELS.get(name)
+
+
+def configured_limits(overrides: dict[str, tuple[int | None, int | None]]) -> dict[str, tuple[int, int]]:
+    """(rpm, tpm) per model: MiniMax's published limits, replaced field by field by the operator's overrides."""
+    out = {}
+    for name, info in MODELS.items():
+        rpm, tpm = overrides.get(name, (None, None))
+        out[name] = (rpm or info.rpm, tpm or info.tpm)
+    return out

@@ -8,20 +8,31 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy.orm import Session
 
 from service.config import get_settings
-from service.db import make_engine, make_session_factory, transaction
+from service.db import engine_for, make_session_factory, transaction
 
 app = typer.Typer(help="minimax-jobs: asynchronous jobs for MiniMax models.", no_args_is_help=True)
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+tenants_app = typer.Typer(help="Tenant settings.", no_args_is_help=True)
+app.add_typer(tenants_app, name="tenants")
 console = Console()
 err = Console(stderr=True)
+
+
+@contextmanager
+def _session() -> Iterator[Session]:
+    with transaction(make_session_factory(engine_for(get_settings()))) as session:
+        yield session
 
 
 def _fail(message: str) -> typer.Exit:
@@ -48,9 +59,7 @@ def api(
     """Serve the REST API."""
     import uvicorn
 
-    uvicorn.run(
-        "service.api.app:create_app", factory=True, host=host, port=port, workers=workers, proxy_headers=True
-    )
+    uvicorn.run("service.api.app:create_app", factory=True, host=host, port=port, workers=workers, proxy_headers=True)
 
 
 def _exec(argv: list[str]) -> None:
@@ -101,7 +110,7 @@ def keys_create(
     """Create an API key. The secret is printed once and never stored."""
     from service.tenants import service as tenants
 
-    with transaction(make_session_factory(make_engine(get_settings().database_url))) as session:
+    with _session() as session:
         new = tenants.create_key(session, tenant_name=tenant, name=name)
     console.print(f"key id: {new.key.id}  tenant: {tenant}")
     console.print("secret (shown once):")
@@ -113,7 +122,7 @@ def keys_list(tenant: Annotated[str | None, typer.Option(help="Only this tenant'
     """List API keys (never their secrets)."""
     from service.tenants import service as tenants
 
-    with transaction(make_session_factory(make_engine(get_settings().database_url))) as session:
+    with _session() as session:
         rows = tenants.list_keys(session, tenant_name=tenant)
         table = Table("id", "tenant", "name", "prefix", "created", "revoked")
         for k in rows:
@@ -135,10 +144,31 @@ def keys_revoke(
     """Revoke an API key: it answers 401 from now on."""
     from service.tenants import service as tenants
 
-    with transaction(make_session_factory(make_engine(get_settings().database_url))) as session:
+    with _session() as session:
         if not tenants.revoke_key(session, key_id=key_id):
             raise _fail(f"no active key {key_id!r}; see `mmjobs keys list`")
     console.print(f"revoked {key_id}")
+
+
+@tenants_app.command("limits")
+def tenants_limits(
+    name: Annotated[str, typer.Argument(help="Tenant name.")],
+    rpm: Annotated[int | None, typer.Option(help="Requests per minute; 0 removes the cap.")] = None,
+    tpm: Annotated[int | None, typer.Option(help="Tokens per minute; 0 removes the cap.")] = None,
+    concurrency: Annotated[int | None, typer.Option(help="Calls in flight; 0 removes the cap.")] = None,
+) -> None:
+    """Show or change a tenant's caps on its share of the upstream account."""
+    from service.tenants import repository
+
+    given = {"rpm_limit": rpm, "tpm_limit": tpm, "concurrency_limit": concurrency}
+    changes = {k: (v or None) for k, v in given.items() if v is not None}
+    with _session() as session:
+        if not repository.set_caps(session, name=name, changes=changes):
+            raise _fail(f"no tenant {name!r}; create one with `mmjobs keys create --tenant {name}`")
+        tenant = repository.get_tenant_by_name(session, name=name)
+        assert tenant is not None
+        shown = {"rpm": tenant.rpm_limit, "tpm": tenant.tpm_limit, "concurrency": tenant.concurrency_limit}
+    console.print(f"{name}: " + ", ".join(f"{k} {v if v is not None else 'uncapped'}" for k, v in shown.items()))
 
 
 @app.command()

@@ -5,10 +5,17 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SIMULATOR_API_KEY = "sk-simulator"
+
+
+class ModelRateLimit(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    rpm: int | None = Field(None, gt=0)
+    tpm: int | None = Field(None, gt=0)
 
 
 class Settings(BaseSettings):
@@ -32,6 +39,15 @@ class Settings(BaseSettings):
     job_expiry_seconds: int = 24 * 3600
     page_size_max: int = 200
 
+    # Rate limits: per model overrides of MiniMax's published limits, as JSON,
+    # e.g. {"MiniMax-M2.7": {"rpm": 600, "tpm": 20000000}}.
+    rate_limits: dict[str, ModelRateLimit] = Field(default_factory=dict)
+    # Limiter keys are per upstream account: give each MiniMax account its own name.
+    upstream_account: str = "default"
+    # Share of max_tokens reserved against TPM before a call (settled to the real usage after).
+    output_reserve_share: float = Field(0.5, ge=0, le=1)
+    default_output_reserve: int = 1024
+
     # Worker
     worker_concurrency: int = 200
     lease_seconds: float = 60.0
@@ -44,7 +60,14 @@ class Settings(BaseSettings):
     # Scheduler
     scheduler_interval: float = 0.5
     redispatch_after_seconds: float = 30.0
-    dispatch_batch_size: int = 500
+    # Most jobs published but not yet claimed: keeps the broker queue short (DESIGN.md decision 4).
+    max_unclaimed: int = 1000
+    retry_base_seconds: float = 1.0
+    retry_cap_seconds: float = 300.0
+
+    # Database pools, per process (Postgres allows 100 connections by default: API + N workers + scheduler).
+    db_pool_size: int = 5
+    db_max_overflow: int = 15
 
     # `mmjobs up`: where the embedded SQLite database and the development key live.
     data_dir: str = ".mmjobs"
@@ -54,6 +77,22 @@ class Settings(BaseSettings):
 
     # Logging
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("rate_limits")
+    @classmethod
+    def _known_models(cls, value: dict[str, ModelRateLimit]) -> dict[str, ModelRateLimit]:
+        from service.catalog import MODELS
+
+        unknown = sorted(set(value) - set(MODELS))
+        if unknown:
+            raise ValueError(f"unknown model {unknown[0]!r}; known models: {', '.join(MODELS)}")
+        return value
+
+    def model_limits(self) -> dict[str, tuple[int, int]]:
+        """(rpm, tpm) per model, MiniMax's published defaults with MMJOBS_RATE_LIMITS laid over them."""
+        from service.catalog import configured_limits
+
+        return configured_limits({m: (v.rpm, v.tpm) for m, v in self.rate_limits.items()})
 
     @property
     def is_sqlite(self) -> bool:

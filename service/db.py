@@ -14,6 +14,8 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
+from service.config import Settings
+
 # JSONB on Postgres (indexable, compact), plain JSON on the embedded SQLite.
 JSONType = JSON().with_variant(JSONB(), "postgresql")
 # SQLite only auto-increments a column declared exactly INTEGER PRIMARY KEY.
@@ -77,6 +79,12 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     kwargs.setdefault("max_overflow", 20)
     kwargs.setdefault("pool_pre_ping", True)
     return create_engine(url, **kwargs)
+
+
+def engine_for(settings: Settings) -> Engine:
+    if settings.is_sqlite:
+        return make_engine(settings.database_url)
+    return make_engine(settings.database_url, pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow)
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.panel import Panel
 
 from service.config import SIMULATOR_API_KEY, Settings
-from service.db import make_engine, make_session_factory, transaction
+from service.db import engine_for, make_session_factory, transaction
 from service.migrate import upgrade
 from service.tenants import service as tenants
 
@@ -42,7 +42,7 @@ def _check_redis(settings: Settings, console: Console) -> None:
 def _dev_key(settings: Settings, data_dir: Path) -> str:
     """The development key: reused across runs while it still works, created otherwise."""
     path = data_dir / "dev-api-key"
-    factory = make_session_factory(make_engine(settings.database_url))
+    factory = make_session_factory(engine_for(settings))
     with transaction(factory) as session:
         if path.exists():
             secret = path.read_text().strip()

@@ -1,21 +1,33 @@
-"""Running one job: claim it under a lease, call MiniMax, record the attempt and the outcome."""
+"""Running one job: claim it under a lease, call MiniMax, decide on a retry, record the attempt and the outcome,
+and settle the rate-limit permit it ran under."""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict
+from dataclasses import replace
 
-from service.db import transaction
+import redis
+
+from service.db import transaction, utcnow
 from service.jobs import transitions
 from service.jobs.transitions import Claim, Outcome
-from workers.providers import Completion, UpstreamError, get_provider
+from workers.dispatcher import permit_id
+from workers.providers import Completion, UpstreamError, Usage, get_provider
+from workers.retry import slows_the_limiter
 from workers.runtime import JobAborted, Runtime
 
 log = logging.getLogger(__name__)
 
 
-def _usage(completion_usage: object) -> dict[str, int]:
-    return {k: int(v) for k, v in asdict(completion_usage).items()}  # type: ignore[call-overload]
+def _usage(usage: Usage | None) -> dict[str, int]:
+    if usage is None:
+        return {}
+    return {
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "cache_read_tokens": usage.cache_read_tokens,
+        "cache_write_tokens": usage.cache_write_tokens,
+    }
 
 
 def success(completion: Completion) -> Outcome:
@@ -44,12 +56,12 @@ def failure(error: UpstreamError) -> Outcome:
         error_type=error.error_type,
         error_message=error.message,
         upstream_request_id=error.request_id,
-        usage=_usage(error.usage) if error.usage else {},
+        usage=_usage(error.usage),
     )
 
 
-def call_upstream(claim: Claim, rt: Runtime) -> Outcome:
-    handle = rt.register(claim.job_id, claim.number)
+def call_upstream(claim: Claim, rt: Runtime) -> tuple[Outcome, UpstreamError | None]:
+    handle = rt.register(claim.job_id, claim.number, claim.tenant_id)
     try:
         completion = get_provider(claim.format).call(
             client=rt.http,
@@ -60,39 +72,71 @@ def call_upstream(claim: Claim, rt: Runtime) -> Outcome:
             stream=rt.settings.stream,
             on_progress=handle.progress,
         )
-        return success(completion)
+        return success(completion), None
     except UpstreamError as error:
-        return failure(error)
+        return failure(error), error
     except JobAborted:
-        return Outcome(
+        outcome = Outcome(
             classification="canceled",
             error_type="aborted",
             error_message="the call was stopped: the job was canceled or handed to another worker",
         )
+        return outcome, None
     except Exception as exc:
         # Our own bug, not the upstream's: fail the job with an explanation rather than leave it running.
         log.exception("job %s attempt %s crashed", claim.job_id, claim.number)
-        return Outcome(classification="internal", error_type="internal_error", error_message=repr(exc)[:2000])
+        return Outcome(classification="internal", error_type="internal_error", error_message=repr(exc)[:2000]), None
     finally:
         rt.unregister(claim.job_id)
+
+
+def _with_retry_decision(outcome: Outcome, error: UpstreamError, claim: Claim, rt: Runtime) -> Outcome:
+    decision = rt.retry_policy.decide(
+        error, attempt=claim.number, max_attempts=claim.max_attempts, now=utcnow(), deadline=claim.expires_at
+    )
+    return replace(outcome, retry_at=decision.retry_at, retry_note=decision.reason)
+
+
+def _settle(claim: Claim, outcome: Outcome, error: UpstreamError | None, rt: Runtime) -> None:
+    """Tell the shared limiter what the call really cost, free the tenant's concurrency slot, and slow every
+    worker down if MiniMax said we were too fast. Soft state: a Redis hiccup must not fail the job."""
+    permit = permit_id(claim.job_id, claim.number)
+    billed_input = sum(outcome.usage.get(k, 0) for k in ("input_tokens", "cache_read_tokens", "cache_write_tokens"))
+    # A failure that billed nothing still counts its estimated input: the upstream may have counted it.
+    input_tokens = billed_input or (0 if outcome.succeeded else claim.estimated_input_tokens)
+    try:
+        rt.limiter.settle(
+            permit,
+            model=claim.model,
+            tenant=claim.tenant_id,
+            input_tokens=input_tokens,
+            output_tokens=outcome.usage.get("output_tokens", 0),
+        )
+        rt.limiter.release(permit, tenant=claim.tenant_id)
+        if error is not None and slows_the_limiter(error):
+            rt.limiter.penalize(claim.model)
+    except redis.RedisError as exc:
+        log.warning("could not settle permit %s: %s", permit, exc)
 
 
 def run_job(job_id: str, *, rt: Runtime) -> None:
     """Safe to run twice and to run for a job that is not runnable: the claim decides."""
     with transaction(rt.session_factory) as session:
-        claim = transitions.claim(
-            session, job_id=job_id, owner=rt.owner, lease_seconds=rt.settings.lease_seconds
-        )
+        claim = transitions.claim(session, job_id=job_id, owner=rt.owner, lease_seconds=rt.settings.lease_seconds)
     if claim is None:
         log.debug("job %s not claimable (taken, finished or not due)", job_id)
         return
-    outcome = call_upstream(claim, rt)
+    outcome, error = call_upstream(claim, rt)
+    if error is not None:
+        outcome = _with_retry_decision(outcome, error, claim, rt)
     with transaction(rt.session_factory) as session:
         moved = transitions.finish(session, claim=claim, outcome=outcome)
+    _settle(claim, outcome, error, rt)
     log.info(
-        "job %s attempt %s: %s%s",
+        "job %s attempt %s: %s%s%s",
         job_id,
         claim.number,
         outcome.classification,
+        f" ({outcome.retry_note})" if error is not None else "",
         "" if moved else " (job no longer ours; outcome recorded on the attempt only)",
     )

@@ -1,5 +1,5 @@
-"""Per-process resources shared by every task thread: settings, the database engine, one httpx client,
-and the registry of calls in flight whose leases a keeper thread renews."""
+"""Per-process resources shared by every task thread: settings, the database engine, one httpx client, the
+shared rate limiter, and the registry of calls in flight whose leases a keeper thread renews."""
 
 from __future__ import annotations
 
@@ -10,11 +10,14 @@ import threading
 from dataclasses import dataclass, field
 
 import httpx
+import redis
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.config import Settings, get_settings
-from service.db import make_engine, make_session_factory, transaction
+from service.db import engine_for, make_session_factory, transaction
 from service.jobs import transitions
+from workers.limiter import RateLimiter
+from workers.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +29,7 @@ class JobAborted(Exception):
 @dataclass
 class InFlight:
     number: int
+    tenant_id: str
     output_tokens: int = 0
     aborted: threading.Event = field(default_factory=threading.Event)
 
@@ -45,13 +49,7 @@ class Runtime:
         self.settings = settings
         self.api_key = settings.minimax_api_key
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
-        pool = settings.worker_concurrency + 5
-        self.session_factory: sessionmaker[Session] = make_session_factory(
-            make_engine(
-                settings.database_url,
-                **({} if settings.is_sqlite else {"pool_size": 10, "max_overflow": pool}),
-            )
-        )
+        self.session_factory: sessionmaker[Session] = make_session_factory(engine_for(settings))
         self.http = httpx.Client(
             timeout=httpx.Timeout(settings.upstream_read_timeout, connect=settings.upstream_connect_timeout),
             limits=httpx.Limits(
@@ -59,13 +57,18 @@ class Runtime:
                 max_keepalive_connections=settings.upstream_max_connections,
             ),
         )
+        self.redis = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
+        self.limiter = RateLimiter(self.redis, account=settings.upstream_account)
+        self.retry_policy = RetryPolicy(
+            base_seconds=settings.retry_base_seconds, cap_seconds=settings.retry_cap_seconds
+        )
         self._inflight: dict[str, InFlight] = {}
         self._lock = threading.Lock()
         self._keeper = threading.Thread(target=self._keep_leases, name="lease-keeper", daemon=True)
         self._keeper.start()
 
-    def register(self, job_id: str, number: int) -> InFlight:
-        handle = InFlight(number=number)
+    def register(self, job_id: str, number: int, tenant_id: str) -> InFlight:
+        handle = InFlight(number=number, tenant_id=tenant_id)
         with self._lock:
             self._inflight[job_id] = handle
         return handle
@@ -97,6 +100,18 @@ class Runtime:
             for job_id, handle in snapshot.items():
                 if job_id not in alive:
                     handle.aborted.set()
+            self._extend_permits(snapshot)
+
+    def _extend_permits(self, snapshot: dict[str, InFlight]) -> None:
+        try:
+            for job_id, handle in snapshot.items():
+                self.limiter.extend(
+                    f"{job_id}:{handle.number}",
+                    tenant=handle.tenant_id,
+                    hold_seconds=self.settings.lease_seconds * 2,
+                )
+        except redis.RedisError as exc:
+            log.warning("could not extend tenant concurrency permits: %s", exc)
 
 
 _runtime: Runtime | None = None

@@ -1,4 +1,5 @@
-"""The scheduler loop: hand back jobs whose worker vanished, expire overdue ones, publish what is due.
+"""The scheduler loop: hand back jobs whose worker vanished, expire overdue ones, dispatch what is due under the
+shared rate limits, and publish what it knows for the API (`GET /v1/limits`, why a job waits).
 
 Any number may run: every step is a guarded UPDATE or a `FOR UPDATE SKIP LOCKED` selection.
 Run with `mmjobs scheduler` (or `python -m workers.scheduler`).
@@ -7,26 +8,40 @@ Run with `mmjobs scheduler` (or `python -m workers.scheduler`).
 from __future__ import annotations
 
 import logging
+import math
 import threading
-from datetime import timedelta
+import time
+from typing import Any
 
 import redis
 
+from service import status
 from service.config import Settings, get_settings
-from service.db import make_engine, make_session_factory, transaction, utcnow
+from service.db import engine_for, make_session_factory, transaction, utcnow
 from service.dispatch import WAKE_CHANNEL
 from service.jobs import transitions
+from service.tenants import repository as tenants_repo
 from workers.celery_app import QUEUE, RUN_JOB, make_celery
+from workers.dispatcher import Dispatcher
+from workers.limiter import Limits, RateLimiter
 
 log = logging.getLogger("mmjobs.scheduler")
+SNAPSHOT_EVERY = 1.0
 
 
 class Scheduler:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.session_factory = make_session_factory(make_engine(settings.database_url))
+        self.session_factory = make_session_factory(engine_for(settings))
         self.celery = make_celery(settings)
         self.redis = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
+        self.limiter = RateLimiter(self.redis, account=settings.upstream_account)
+        self.dispatcher = Dispatcher(settings, self.limiter, self._publish)
+        self._last_snapshot = 0.0
+        self.next_wake = settings.scheduler_interval
+
+    def _publish(self, job_id: str) -> None:
+        self.celery.send_task(RUN_JOB, args=[job_id], queue=QUEUE)
 
     def run_once(self) -> dict[str, int]:
         now = utcnow()
@@ -34,21 +49,41 @@ class Scheduler:
             recovered = transitions.recover_expired_leases(session, now=now)
         with transaction(self.session_factory) as session:
             expired = transitions.expire_overdue(session, now=now)
-        published = 0
+        # Publishing happens inside the transaction: if Redis refuses, the rows roll back to "not dispatched".
         with transaction(self.session_factory) as session:
-            ids = transitions.take_dispatchable(
-                session,
-                now=now,
-                redispatch_before=now - timedelta(seconds=self.settings.redispatch_after_seconds),
-                limit=self.settings.dispatch_batch_size,
+            report = self.dispatcher.run(session, now=now)
+        self.next_wake = min(self.settings.scheduler_interval, max(0.01, report.next_wake))
+        self._publish_status(report.waits)
+        if recovered or expired or report.published or report.failed:
+            log.info(
+                "recovered %d leases, expired %d, published %d, failed %d (too large for the limits)",
+                len(recovered), expired, len(report.published), len(report.failed),
+            )  # fmt: skip
+        return {
+            "recovered": len(recovered),
+            "expired": expired,
+            "published": len(report.published),
+            "failed": len(report.failed),
+        }
+
+    def _publish_status(self, waits: dict[str, dict[str, Any]]) -> None:
+        clock = time.monotonic()
+        if clock - self._last_snapshot < SNAPSHOT_EVERY and not waits:
+            return
+        self._last_snapshot = clock
+        models = {
+            model: self.limiter.snapshot(model, model_limits=Limits(rpm=rpm, tpm=tpm))
+            for model, (rpm, tpm) in self.settings.model_limits().items()
+        }
+        with self.session_factory() as session:
+            capped = tenants_repo.capped(session)
+        tenants = {
+            t.id: self.limiter.tenant_snapshot(
+                t.id, tenant_limits=Limits(rpm=t.rpm_limit, tpm=t.tpm_limit, concurrency=t.concurrency_limit)
             )
-            # Publish inside the transaction: if Redis refuses, the rows roll back to "not dispatched".
-            for job_id in ids:
-                self.celery.send_task(RUN_JOB, args=[job_id], queue=QUEUE)
-                published += 1
-        if recovered or expired or published:
-            log.info("recovered %d leases, expired %d, published %d", len(recovered), expired, published)
-        return {"recovered": len(recovered), "expired": expired, "published": published}
+            for t in capped
+        }
+        status.publish(self.redis, {"at": utcnow().isoformat(), "waits": waits, "models": models, "tenants": tenants})
 
     def run_forever(self, stop: threading.Event | None = None) -> None:
         stop = stop or threading.Event()
@@ -58,22 +93,23 @@ class Scheduler:
                 self.run_once()
             except Exception:
                 log.exception("scheduler pass failed; retrying")
-            pubsub = self._wait_for_wake(pubsub)
+                self.next_wake = self.settings.scheduler_interval
+            pubsub = self._wait_for_wake(pubsub, self.next_wake)
 
-    def _wait_for_wake(self, pubsub: redis.client.PubSub | None) -> redis.client.PubSub | None:
-        """Sleep until the interval passes or the intake says new work arrived."""
-        interval = self.settings.scheduler_interval
+    def _wait_for_wake(self, pubsub: redis.client.PubSub | None, timeout: float) -> redis.client.PubSub | None:
+        """Sleep until `timeout` passes or the intake says new work arrived."""
         try:
             if pubsub is None:
                 pubsub = self.redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
                 pubsub.subscribe(WAKE_CHANNEL)
-            pubsub.get_message(timeout=interval)
+            if not math.isinf(timeout):
+                pubsub.get_message(timeout=timeout)
             # Drain a burst of nudges so one pass serves them all.
             while pubsub.get_message(timeout=0) is not None:
                 pass
             return pubsub
         except redis.RedisError:
-            threading.Event().wait(interval)
+            threading.Event().wait(timeout)
             return None
 
 

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import redis
 from fastapi import FastAPI
+from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from service.api import errors
-from service.api.deps import SessionDep, SettingsDep
+from service.api.deps import SessionDep
 from service.api.limits import BodySizeLimit
 from service.config import Settings, get_settings
-from service.db import make_engine, make_session_factory
+from service.db import engine_for, make_session_factory
 from service.jobs.router import router as jobs_router
+from service.limits.router import router as limits_router
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -22,23 +25,32 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "Authenticate with `Authorization: Bearer KEY` or `x-api-key: KEY`.",
     )
     app.state.settings = settings
-    engine = make_engine(settings.database_url)
+    engine = engine_for(settings)
     app.state.engine = engine
     app.state.session_factory = make_session_factory(engine)
+    app.state.redis = redis.Redis.from_url(settings.redis_url, socket_timeout=1, socket_connect_timeout=1)
     errors.install(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.include_router(jobs_router)
+    app.include_router(limits_router)
 
     @app.get("/healthz", tags=["health"], summary="The process is up")
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["health"], summary="Postgres and Redis are reachable")
-    def readyz(session: SessionDep, settings: SettingsDep) -> dict[str, str]:
-        import redis
-
-        session.execute(text("SELECT 1"))
-        redis.Redis.from_url(settings.redis_url, socket_timeout=1, socket_connect_timeout=1).ping()
-        return {"status": "ready"}
+    @app.get("/readyz", tags=["health"], summary="Postgres and Redis are reachable (503 otherwise)")
+    def readyz(session: SessionDep) -> JSONResponse:
+        problems = {}
+        try:
+            session.execute(text("SELECT 1"))
+        except Exception as exc:
+            problems["postgres"] = str(exc)[:200]
+        try:
+            app.state.redis.ping()
+        except redis.RedisError as exc:
+            problems["redis"] = str(exc)[:200]
+        if problems:
+            return JSONResponse({"status": "unavailable", "problems": problems}, 503)
+        return JSONResponse({"status": "ready"})
 
     return app

@@ -46,9 +46,7 @@ def _validation_handler(_request: Request, exc: Exception) -> JSONResponse:
     errors = exc.errors()
     first = errors[0] if errors else {"loc": (), "msg": "invalid request", "type": "value_error"}
     if first.get("type") == "json_invalid":
-        return JSONResponse(
-            error_body("invalid_json", f"the body is not valid JSON: {first.get('msg')}"), 400
-        )
+        return JSONResponse(error_body("invalid_json", f"the body is not valid JSON: {first.get('msg')}"), 400)
     field = _location(tuple(first.get("loc", ())))
     message = str(first.get("msg", "invalid value"))
     # pydantic prefixes custom errors with "Value error, "; the user needs only the reason.

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+from typing import Any
+
 from fastapi import Request
 
-from service.jobs.schemas import Attempt, JobDetail, JobError, JobSummary, Links, Progress, Result, Usage
-from service.models import Job, JobAttempt
+from service.db import utcnow
+from service.jobs.schemas import Attempt, JobDetail, JobError, JobSummary, Links, Progress, Result, Usage, Waiting
+from service.models import WAITING, Job, JobAttempt
+from service.status import group_key
 
 
 def _usage(row: Job | JobAttempt) -> Usage:
@@ -65,9 +70,23 @@ def attempt(row: JobAttempt) -> Attempt:
     )
 
 
-def detail(request: Request, job: Job, attempts: list[JobAttempt]) -> JobDetail:
+def waiting(job: Job, waits: dict[str, Any], now: datetime) -> Waiting | None:
+    if job.status not in WAITING:
+        return None
+    if job.next_attempt_at > now:
+        return Waiting(reason="retry_backoff", until=job.next_attempt_at)
+    known = waits.get(group_key(job.tenant_id, job.model))
+    if known and job.dispatched_at is None:
+        return Waiting.model_validate(known)
+    if job.dispatched_at is not None:
+        return Waiting(reason="dispatched")
+    return Waiting(reason="scheduling")
+
+
+def detail(request: Request, job: Job, attempts: list[JobAttempt], waits: dict[str, Any] | None = None) -> JobDetail:
     return JobDetail(
         **summary(request, job).model_dump(),
+        waiting=waiting(job, waits or {}, utcnow()),
         progress=Progress(output_tokens_so_far=job.output_tokens_so_far),
         attempts=[attempt(a) for a in attempts],
         result=Result.model_validate(job.result) if job.result else None,

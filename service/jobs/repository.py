@@ -25,9 +25,7 @@ def get(session: Session, *, tenant_id: str, job_id: str, with_result: bool = Fa
 
 
 def attempts(session: Session, *, job_id: str) -> list[JobAttempt]:
-    return list(
-        session.scalars(select(JobAttempt).where(JobAttempt.job_id == job_id).order_by(JobAttempt.number))
-    )
+    return list(session.scalars(select(JobAttempt).where(JobAttempt.job_id == job_id).order_by(JobAttempt.number)))
 
 
 def list_page(

@@ -5,10 +5,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 
+from service import status
 from service.api.deps import CurrentKey, SessionDep, SettingsDep
 from service.api.errors import APIError
 from service.jobs import present, service
 from service.jobs.schemas import JobCreate, JobDetail, JobList
+from service.models import WAITING
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -24,7 +26,8 @@ def create_job(
 @router.get("/{job_id}", response_model=JobDetail, summary="Get a job, its attempts and its result")
 def get_job(job_id: str, request: Request, session: SessionDep, key: CurrentKey) -> JobDetail:
     job, attempts = service.get(session, key=key, job_id=job_id)
-    return present.detail(request, job, attempts)
+    waits = status.read(request.app.state.redis).get("waits", {}) if job.status in WAITING else {}
+    return present.detail(request, job, attempts, waits)
 
 
 @router.get(
@@ -53,9 +56,7 @@ def list_jobs(
             metadata[name[len("metadata[") : -1]] = value
     for field, moment in (("created_after", created_after), ("created_before", created_before)):
         if moment is not None and moment.tzinfo is None:
-            raise APIError(
-                422, "invalid_request", f"{field}: give a timezone, e.g. 2026-01-01T00:00:00Z", field=field
-            )
+            raise APIError(422, "invalid_request", f"{field}: give a timezone, e.g. 2026-01-01T00:00:00Z", field=field)
     jobs, has_more = service.list_page(
         session,
         key=key,

@@ -18,16 +18,11 @@ class JobCreate(BaseModel):
         "anthropic", description="Which MiniMax-compatible API the params are written for."
     )
     params: dict[str, Any] = Field(
-        description="The Messages body (anthropic) or Chat Completions body (openai), "
-        "without model and stream."
+        description="The Messages body (anthropic) or Chat Completions body (openai), without model and stream."
     )
-    metadata: Metadata = Field(
-        default_factory=dict, description="Up to 16 string pairs, filterable when listing."
-    )
+    metadata: Metadata = Field(default_factory=dict, description="Up to 16 string pairs, filterable when listing.")
     priority: int = Field(0, ge=-100, le=100, description="Higher runs first within a tenant.")
-    max_attempts: int | None = Field(
-        None, ge=1, le=20, description="Calls to try before failing (default 5)."
-    )
+    max_attempts: int | None = Field(None, ge=1, le=20, description="Calls to try before failing (default 5).")
 
 
 class Usage(BaseModel):
@@ -52,16 +47,12 @@ class Attempt(BaseModel):
 
 
 class Result(BaseModel):
-    content: list[dict[str, Any]] = Field(
-        description="Content blocks; thinking blocks whole, with signatures."
-    )
+    content: list[dict[str, Any]] = Field(description="Content blocks; thinking blocks whole, with signatures.")
     text: str
     stop_reason: str | None
     usage: Usage
     upstream_request_id: str | None
-    raw: dict[str, Any] = Field(
-        description="The provider's response as MiniMax sent it (assembled if streamed)."
-    )
+    raw: dict[str, Any] = Field(description="The provider's response as MiniMax sent it (assembled if streamed).")
 
 
 class JobError(BaseModel):
@@ -70,10 +61,20 @@ class JobError(BaseModel):
     classification: str | None = None
     http_status: int | None = None
     minimax_code: int | None = None
+    retry: str | None = Field(None, description="Whether and when it is retried, or why not.")
 
 
 class Progress(BaseModel):
     output_tokens_so_far: int
+
+
+class Waiting(BaseModel):
+    reason: str = Field(
+        description="retry_backoff | rate_limit | tenant_cap | worker_capacity | dispatched (handed to a worker, "
+        "starting soon)"
+    )
+    limit: str | None = Field(None, description="Which limit: rpm, tpm, tenant_rpm, tenant_tpm, tenant_concurrency.")
+    until: datetime | None = Field(None, description="When it can go next, as far as the scheduler knows.")
 
 
 class Links(BaseModel):
@@ -103,6 +104,7 @@ class JobSummary(BaseModel):
 
 
 class JobDetail(JobSummary):
+    waiting: Waiting | None = Field(description="Why a queued or retrying job has not started yet.")
     progress: Progress
     attempts: list[Attempt]
     result: Result | None
@@ -112,6 +114,4 @@ class JobList(BaseModel):
     object: Literal["list"] = "list"
     data: list[JobSummary]
     has_more: bool
-    next_cursor: str | None = Field(
-        description="Pass as `cursor` to get the next page; null on the last page."
-    )
+    next_cursor: str | None = Field(description="Pass as `cursor` to get the next page; null on the last page.")

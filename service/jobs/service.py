@@ -31,6 +31,7 @@ def create(session: Session, *, key: ApiKey, body: JobCreate, settings: Settings
         meta=body.metadata,
         params=body.params,
         estimated_input_tokens=checked.estimated_input_tokens,
+        max_tokens=checked.max_tokens,
         max_attempts=body.max_attempts or settings.default_max_attempts,
         attempt_count=0,
         output_tokens_so_far=0,
@@ -69,9 +70,7 @@ def list_page(
     unknown = [s for s in statuses if s not in JobStatus.__members__.values()]
     if unknown:
         allowed = ", ".join(JobStatus)
-        raise APIError(
-            422, "invalid_request", f"status: unknown {unknown[0]!r}; use {allowed}", field="status"
-        )
+        raise APIError(422, "invalid_request", f"status: unknown {unknown[0]!r}; use {allowed}", field="status")
     rows = repository.list_page(
         session,
         tenant_id=key.tenant_id,

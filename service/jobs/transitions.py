@@ -25,6 +25,9 @@ class Claim:
     model: str
     format: str
     params: dict[str, Any]
+    max_attempts: int
+    expires_at: datetime
+    estimated_input_tokens: int
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -39,6 +42,9 @@ class Outcome:
     upstream_request_id: str | None = None
     usage: Mapping[str, int] = field(default_factory=dict)
     result: dict[str, Any] | None = None
+    # Set on a failure that will be tried again at that time; `retry_note` says why or why not.
+    retry_at: datetime | None = None
+    retry_note: str | None = None
 
     @property
     def succeeded(self) -> bool:
@@ -68,7 +74,16 @@ def claim(session: Session, *, job_id: str, owner: str, lease_seconds: float) ->
             output_tokens_so_far=0,
             updated_at=now,
         )
-        .returning(Job.attempt_count, Job.tenant_id, Job.model, Job.format, Job.params)
+        .returning(
+            Job.attempt_count,
+            Job.tenant_id,
+            Job.model,
+            Job.format,
+            Job.params,
+            Job.max_attempts,
+            Job.expires_at,
+            Job.estimated_input_tokens,
+        )
     ).one_or_none()
     if row is None:
         return None
@@ -81,6 +96,9 @@ def claim(session: Session, *, job_id: str, owner: str, lease_seconds: float) ->
         model=row.model,
         format=row.format,
         params=row.params,
+        max_attempts=row.max_attempts,
+        expires_at=row.expires_at,
+        estimated_input_tokens=row.estimated_input_tokens,
     )
 
 
@@ -144,16 +162,27 @@ def finish(session: Session, *, claim: Claim, outcome: Outcome) -> bool:
     if outcome.succeeded:
         final |= {"status": JobStatus.SUCCEEDED, "result": outcome.result, "error": None}
     else:
-        final |= {
-            "status": JobStatus.FAILED,
-            "error": {
-                "type": outcome.error_type or "error",
-                "message": outcome.error_message or "the call failed",
-                "classification": outcome.classification,
-                "http_status": outcome.http_status,
-                "minimax_code": outcome.minimax_code,
-            },
+        error = {
+            "type": outcome.error_type or "error",
+            "message": outcome.error_message or "the call failed",
+            "classification": outcome.classification,
+            "http_status": outcome.http_status,
+            "minimax_code": outcome.minimax_code,
+            "retry": outcome.retry_note,
         }
+        if outcome.retry_at is not None:
+            # Not finished: the scheduler dispatches it again once `next_attempt_at` has come.
+            final = {
+                "status": JobStatus.RETRYING,
+                "next_attempt_at": outcome.retry_at,
+                "dispatched_at": None,
+                "updated_at": now,
+                "lease_expires_at": None,
+                "lease_owner": None,
+                "error": error,
+            }
+        else:
+            final |= {"status": JobStatus.FAILED, "error": error}
     moved = session.execute(
         update(Job)
         .where(Job.id == claim.job_id, Job.status == JobStatus.RUNNING, Job.attempt_count == claim.number)
@@ -162,9 +191,7 @@ def finish(session: Session, *, claim: Claim, outcome: Outcome) -> bool:
     return bool(moved.rowcount)  # type: ignore[attr-defined]
 
 
-LEASE_LOST_MESSAGE = (
-    "the worker stopped renewing its lease (crashed, killed or cut off); the job was handed back"
-)
+LEASE_LOST_MESSAGE = "the worker stopped renewing its lease (crashed, killed or cut off); the job was handed back"
 
 
 def recover_expired_leases(session: Session, *, now: datetime | None = None) -> list[str]:
@@ -235,24 +262,85 @@ def expire_overdue(session: Session, *, now: datetime | None = None) -> int:
     return int(result.rowcount)  # type: ignore[attr-defined]
 
 
-def take_dispatchable(
-    session: Session, *, now: datetime, redispatch_before: datetime, limit: int
-) -> list[str]:
-    """Lock and mark the next waiting jobs to publish: never published, or published so long ago that the
-    message must be lost (Redis restarted empty, a worker died holding it). Highest priority first."""
-    ids = list(
-        session.scalars(
-            select(Job.id)
-            .where(
-                Job.status.in_(WAITING),
-                Job.next_attempt_at <= now,
-                (Job.dispatched_at.is_(None)) | (Job.dispatched_at < redispatch_before),
-            )
-            .order_by(Job.priority.desc(), Job.id)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Candidate:
+    job_id: str
+    tenant_id: str
+    model: str
+    attempt_count: int
+    estimated_input_tokens: int
+    max_tokens: int | None
+
+
+def _dispatchable(now: datetime, redispatch_before: datetime) -> tuple[Any, ...]:
+    """Waiting, due, and either never published or published so long ago that the message must be lost
+    (Redis restarted empty, a worker died holding it)."""
+    return (
+        Job.status.in_(WAITING),
+        Job.next_attempt_at <= now,
+        Job.expires_at > now,
+        (Job.dispatched_at.is_(None)) | (Job.dispatched_at < redispatch_before),
     )
-    if ids:
-        session.execute(update(Job).where(Job.id.in_(ids)).values(dispatched_at=now))
-    return ids
+
+
+def count_unclaimed(session: Session, *, now: datetime, redispatch_before: datetime) -> int:
+    """Jobs published recently but not claimed yet: what sits in the broker queue right now."""
+    return int(
+        session.scalar(
+            select(func.count())
+            .select_from(Job)
+            .where(Job.status.in_(WAITING), Job.dispatched_at >= redispatch_before, Job.dispatched_at <= now)
+        )
+        or 0
+    )
+
+
+def waiting_groups(session: Session, *, now: datetime, redispatch_before: datetime) -> list[tuple[str, str]]:
+    """(tenant, model) pairs with dispatchable work, the one waiting longest first."""
+    rows = session.execute(
+        select(Job.tenant_id, Job.model, func.min(Job.id))
+        .where(*_dispatchable(now, redispatch_before))
+        .group_by(Job.tenant_id, Job.model)
+        .order_by(func.min(Job.id))
+    ).all()
+    return [(r[0], r[1]) for r in rows]
+
+
+def group_candidates(
+    session: Session, *, tenant_id: str, model: str, now: datetime, redispatch_before: datetime, limit: int
+) -> list[Candidate]:
+    """The next jobs of one tenant and model, locked for this scheduler (others skip them): highest priority
+    first, then oldest."""
+    rows = session.execute(
+        select(Job.id, Job.tenant_id, Job.model, Job.attempt_count, Job.estimated_input_tokens, Job.max_tokens)
+        .where(Job.tenant_id == tenant_id, Job.model == model, *_dispatchable(now, redispatch_before))
+        .order_by(Job.priority.desc(), Job.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    ).all()
+    return [
+        Candidate(
+            job_id=r.id,
+            tenant_id=r.tenant_id,
+            model=r.model,
+            attempt_count=r.attempt_count,
+            estimated_input_tokens=r.estimated_input_tokens,
+            max_tokens=r.max_tokens,
+        )
+        for r in rows
+    ]
+
+
+def mark_dispatched(session: Session, *, job_ids: list[str], now: datetime) -> None:
+    if job_ids:
+        session.execute(update(Job).where(Job.id.in_(job_ids)).values(dispatched_at=now))
+
+
+def fail_waiting(session: Session, *, job_id: str, error: dict[str, Any], now: datetime) -> bool:
+    """Fail a job that can never run (e.g. larger than the account's whole TPM limit)."""
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status.in_(WAITING))
+        .values(status=JobStatus.FAILED, finished_at=now, updated_at=now, error=error)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]

@@ -71,9 +71,7 @@ def check_request(*, model: str, fmt: str, params: Mapping[str, Any]) -> Checked
     info = get_model(model)
     if info is None:
         known = ", ".join(MODELS)
-        raise APIError(
-            422, "invalid_request", f"model: unknown model {model!r}; known models: {known}", field="model"
-        )
+        raise APIError(422, "invalid_request", f"model: unknown model {model!r}; known models: {known}", field="model")
     if fmt not in FORMATS:
         raise _invalid("format", f"must be one of {', '.join(FORMATS)}")
     for reserved in ("model", "stream"):

@@ -44,6 +44,7 @@ class Job(CreatedAtMixin, Base):
     meta: Mapped[dict[str, str]] = mapped_column("metadata", JSONType, default=dict)
     params: Mapped[dict[str, Any]] = deferred(mapped_column(JSONType))
     estimated_input_tokens: Mapped[int] = mapped_column(default=0)
+    max_tokens: Mapped[int | None]
 
     max_attempts: Mapped[int] = mapped_column(default=5)
     attempt_count: Mapped[int] = mapped_column(default=0)

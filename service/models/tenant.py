@@ -13,6 +13,10 @@ class Tenant(CreatedAtMixin, Base):
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     name: Mapped[str] = mapped_column(String(100), unique=True)
+    # Optional caps on this tenant's share of the upstream account (None: no cap).
+    rpm_limit: Mapped[int | None]
+    tpm_limit: Mapped[int | None]
+    concurrency_limit: Mapped[int | None]
 
 
 class ApiKey(CreatedAtMixin, Base):

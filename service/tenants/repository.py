@@ -17,9 +17,7 @@ def add(session: Session, row: Tenant | ApiKey) -> None:
 
 
 def get_active_key(session: Session, *, key_hash: str) -> ApiKey | None:
-    return session.scalars(
-        select(ApiKey).where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))
-    ).one_or_none()
+    return session.scalars(select(ApiKey).where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))).one_or_none()
 
 
 def list_keys(session: Session, *, tenant_id: str | None = None) -> list[ApiKey]:
@@ -34,3 +32,32 @@ def revoke_key(session: Session, *, key_id: str) -> bool:
         update(ApiKey).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None)).values(revoked_at=utcnow())
     )
     return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def caps(session: Session, *, tenant_ids: list[str]) -> dict[str, tuple[int | None, int | None, int | None]]:
+    """Each tenant's (rpm, tpm, concurrency) caps."""
+    if not tenant_ids:
+        return {}
+    rows = session.execute(
+        select(Tenant.id, Tenant.rpm_limit, Tenant.tpm_limit, Tenant.concurrency_limit).where(Tenant.id.in_(tenant_ids))
+    ).all()
+    return {r[0]: (r[1], r[2], r[3]) for r in rows}
+
+
+def set_caps(session: Session, *, name: str, changes: dict[str, int | None]) -> bool:
+    """Change some of a tenant's caps: keys rpm_limit, tpm_limit, concurrency_limit; None removes a cap."""
+    if not changes:
+        return get_tenant_by_name(session, name=name) is not None
+    result = session.execute(update(Tenant).where(Tenant.name == name).values(**changes))
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def capped(session: Session) -> list[Tenant]:
+    """Tenants with any cap set."""
+    return list(
+        session.scalars(
+            select(Tenant).where(
+                Tenant.rpm_limit.is_not(None) | Tenant.tpm_limit.is_not(None) | Tenant.concurrency_limit.is_not(None)
+            )
+        )
+    )

@@ -36,9 +36,7 @@ def get_or_create_tenant(session: Session, *, name: str) -> Tenant:
 def create_key(session: Session, *, tenant_name: str, name: str = "") -> NewKey:
     tenant = get_or_create_tenant(session, name=tenant_name)
     secret = KEY_PREFIX + secrets.token_urlsafe(32)
-    key = ApiKey(
-        id=new_id("key"), tenant_id=tenant.id, name=name, prefix=secret[:12], key_hash=hash_key(secret)
-    )
+    key = ApiKey(id=new_id("key"), tenant_id=tenant.id, name=name, prefix=secret[:12], key_hash=hash_key(secret))
     repository.add(session, key)
     return NewKey(key=key, secret=secret)
 

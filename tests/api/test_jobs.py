@@ -108,9 +108,7 @@ def test_keys_are_stored_hashed(session: Session) -> None:
     assert stored.key_hash == tenants.hash_key(new.secret)
 
 
-def test_another_tenants_job_is_404_everywhere(
-    client: TestClient, auth: dict[str, str], session: Session
-) -> None:
+def test_another_tenants_job_is_404_everywhere(client: TestClient, auth: dict[str, str], session: Session) -> None:
     job_id = client.post("/v1/jobs", json=body(), headers=auth).json()["id"]
     other = {"Authorization": f"Bearer {make_key(session, 'globex')}"}
     assert client.get(f"/v1/jobs/{job_id}", headers=other).status_code == 404
@@ -214,9 +212,7 @@ def test_media_is_accepted_for_m3(client: TestClient, auth: dict[str, str]) -> N
     ]
     r = client.post(
         "/v1/jobs",
-        json=body(
-            model="MiniMax-M3", params={"max_tokens": 100, "messages": [{"role": "user", "content": content}]}
-        ),
+        json=body(model="MiniMax-M3", params={"max_tokens": 100, "messages": [{"role": "user", "content": content}]}),
         headers=auth,
     )
     assert r.status_code == 202, r.text
@@ -233,9 +229,7 @@ def test_openai_media_with_m2_names_the_part(client: TestClient, auth: dict[str,
     assert r.json()["error"]["field"] == "params.messages[0].content[0]"
 
 
-def test_over_the_context_window_gives_the_estimate(
-    client: TestClient, auth: dict[str, str], session: Session
-) -> None:
+def test_over_the_context_window_gives_the_estimate(client: TestClient, auth: dict[str, str], session: Session) -> None:
     before = job_count(session)
     long_text = "lorem ipsum dolor " * 50_000  # ~900k chars, ~225k tokens: over M2.7's 204,800
     r = client.post(
@@ -373,3 +367,38 @@ def test_unknown_job_is_404_in_the_error_shape(client: TestClient, auth: dict[st
 def test_openapi_documents_the_jobs_api(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
     assert {"/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/cancel"} <= set(spec["paths"])
+
+
+def test_a_waiting_job_says_why(client: TestClient, auth: dict[str, str], session: Session) -> None:
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from service.db import utcnow
+
+    job_id = client.post("/v1/jobs", json=body(), headers=auth).json()["id"]
+    assert client.get(f"/v1/jobs/{job_id}", headers=auth).json()["waiting"]["reason"] == "scheduling"
+    later = utcnow() + timedelta(minutes=5)
+    session.execute(update(Job).where(Job.id == job_id).values(status="retrying", next_attempt_at=later))
+    session.commit()
+    waiting = client.get(f"/v1/jobs/{job_id}", headers=auth).json()["waiting"]
+    assert waiting["reason"] == "retry_backoff"
+    assert waiting["until"].startswith(later.strftime("%Y-%m-%dT%H:%M"))
+    client.post(f"/v1/jobs/{job_id}/cancel", headers=auth)
+    assert client.get(f"/v1/jobs/{job_id}", headers=auth).json()["waiting"] is None
+
+
+def test_limits_show_configured_values_with_overrides(settings: Any, session_factory: Any, api_key: str) -> None:
+    from service.api.app import create_app
+    from service.config import ModelRateLimit
+
+    custom = settings.model_copy(update={"rate_limits": {"MiniMax-M2.7": ModelRateLimit(rpm=600)}})
+    app = create_app(custom)
+    app.state.session_factory = session_factory
+    with TestClient(app) as c:
+        r = c.get("/v1/limits", headers={"Authorization": f"Bearer {api_key}"})
+    assert r.status_code == 200, r.text
+    models = {m["model"]: m for m in r.json()["models"]}
+    assert models["MiniMax-M2.7"]["configured"] == {"rpm": 600, "tpm": 20_000_000}
+    assert models["MiniMax-M3"]["configured"] == {"rpm": 200, "tpm": 10_000_000}
+    assert r.json()["tenant"]["configured"] == {"rpm": None, "tpm": None, "concurrency": None}

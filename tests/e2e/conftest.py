@@ -43,13 +43,12 @@ class Stack:
             "MMJOBS_LEASE_REFRESH_SECONDS": "0.5",
             "MMJOBS_REDISPATCH_AFTER_SECONDS": "3",
             "MMJOBS_SCHEDULER_INTERVAL": "0.2",
+            "MMJOBS_RETRY_BASE_SECONDS": "0.2",
             "MMJOBS_LOG_LEVEL": "INFO",
         }
         self.procs: list[Proc] = []
         port = self.sim_url.rsplit(":", 1)[1]
-        self.simulator = self.start(
-            "simulator", ["-m", "service.cli", "simulator", "--port", port, "--latency", "0.2"]
-        )
+        self.simulator = self.start("simulator", ["-m", "service.cli", "simulator", "--port", port, "--latency", "0.2"])
         wait_http(self.sim_url + "/healthz", self.simulator)
         self.scheduler = self.start("scheduler", ["-m", "service.cli", "scheduler"])
         self.worker = self.start_worker()
