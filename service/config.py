@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     upstream_account: str = "default"
     # Share of max_tokens reserved against TPM before a call (settled to the real usage after).
     output_reserve_share: float = Field(0.5, ge=0, le=1)
+    # The limiter's window, a second longer than MiniMax's minute: a call admitted here reaches MiniMax a little
+    # later, and a varying delay must never let MiniMax's window see one call more than ours did.
+    limiter_window_seconds: float = Field(61.0, ge=60)
     default_output_reserve: int = 1024
 
     # Worker

@@ -72,7 +72,7 @@ class Dispatcher:
     def _pace(self, model: str) -> Pace:
         rpm = self.limits.get(model, (600, 0))[0]
         if model not in self.paces:
-            interval = 60.0 / rpm
+            interval = self.settings.limiter_window_seconds / rpm
             self.paces[model] = Pace(interval=interval, burst=max(interval, 1.0))
         return self.paces[model]
 

@@ -58,7 +58,9 @@ class Runtime:
             ),
         )
         self.redis = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
-        self.limiter = RateLimiter(self.redis, account=settings.upstream_account)
+        self.limiter = RateLimiter(
+            self.redis, account=settings.upstream_account, window_seconds=settings.limiter_window_seconds
+        )
         self.retry_policy = RetryPolicy(
             base_seconds=settings.retry_base_seconds, cap_seconds=settings.retry_cap_seconds
         )

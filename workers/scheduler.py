@@ -35,7 +35,9 @@ class Scheduler:
         self.session_factory = make_session_factory(engine_for(settings))
         self.celery = make_celery(settings)
         self.redis = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
-        self.limiter = RateLimiter(self.redis, account=settings.upstream_account)
+        self.limiter = RateLimiter(
+            self.redis, account=settings.upstream_account, window_seconds=settings.limiter_window_seconds
+        )
         self.dispatcher = Dispatcher(settings, self.limiter, self._publish)
         self._last_snapshot = 0.0
         self.next_wake = settings.scheduler_interval
