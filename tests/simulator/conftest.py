@@ -14,7 +14,14 @@ from simulator.server import running_simulator
 
 KEY = "sk-simulator"
 OTHER_KEY = "sk-other-key-9876"
-DEFAULTS = {"latency": "0", "rpm": None, "tpm": None, "faults": "", "output_tokens": 48, "base_resp_code": 1000}
+DEFAULTS = {
+    "latency": "0",
+    "rpm": None,
+    "tpm": None,
+    "faults": "",
+    "output_tokens": 48,
+    "base_resp_code": 1000,
+}
 
 
 @pytest.fixture(scope="session")
@@ -33,9 +40,7 @@ def sim(sim_url: str) -> Iterator[SimulatorControl]:
 
 @pytest.fixture
 def claude(sim: SimulatorControl) -> Iterator[anthropic.Anthropic]:
-    with anthropic.Anthropic(
-        base_url=sim.base_url + "/anthropic", api_key=KEY, max_retries=0, timeout=10
-    ) as client:
+    with anthropic.Anthropic(base_url=sim.base_url + "/anthropic", api_key=KEY, max_retries=0, timeout=10) as client:
         yield client
 
 

@@ -174,10 +174,7 @@ def test_error_event_in_a_200_stream_is_classified_by_its_type_or_code() -> None
 
 
 def test_success_payloads_carry_no_error() -> None:
-    assert (
-        payload_error({"choices": [], "base_resp": {"status_code": 0, "status_msg": ""}}, http_status=200)
-        is None
-    )
+    assert payload_error({"choices": [], "base_resp": {"status_code": 0, "status_msg": ""}}, http_status=200) is None
     assert payload_error({"type": "message", "content": []}, http_status=200) is None
 
 
@@ -206,17 +203,12 @@ def test_transport_failures_are_retryable(exc: httpx.RequestError, in_body: bool
 def test_request_id_from_the_body_else_the_header() -> None:
     body = {"type": "error", "request_id": "from-body", "error": {"type": "api_error", "message": "x (1000)"}}
     assert response_error(answer(500, body, {"x-request-id": "from-header"})).request_id == "from-body"
-    assert (
-        response_error(answer(502, b"bad gateway", {"x-request-id": "from-header"})).request_id
-        == "from-header"
-    )
+    assert response_error(answer(502, b"bad gateway", {"x-request-id": "from-header"})).request_id == "from-header"
 
 
 def test_upstream_error_survives_pickling() -> None:
     # Celery pickles exceptions that leave a task; a keyword-only constructor must not break that.
-    error = response_error(
-        answer(429, {"type": "error", "error": {"type": "rate_limit_error", "message": USAGE_CAP}})
-    )
+    error = response_error(answer(429, {"type": "error", "error": {"type": "rate_limit_error", "message": USAGE_CAP}}))
     error.usage = Usage(input_tokens=5, output_tokens=2)
     copy = pickle.loads(pickle.dumps(error))
     assert isinstance(copy, UpstreamError)

@@ -82,9 +82,7 @@ def fail(http: httpx.Client, base_url: str, fmt: str, text: str, **kwargs: Any) 
 
 @pytest.mark.parametrize("stream", BOTH_MODES)
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_success_answer_and_usage_match_the_ledger(
-    http: httpx.Client, base_url: str, fmt: str, stream: bool
-) -> None:
+def test_success_answer_and_usage_match_the_ledger(http: httpx.Client, base_url: str, fmt: str, stream: bool) -> None:
     text = f"Summarize the quarterly report ({fmt}, {stream})"
     result = run(http, base_url, fmt, text, stream=stream, thinking={"type": "disabled"})
     assert result.text.startswith(f"{marker(text)} You said: {text}")
@@ -105,9 +103,7 @@ def test_anthropic_thinking_block_is_kept_whole_with_its_signature(
     result = run(http, base_url, "anthropic", text, stream=stream, thinking={"type": "adaptive"})
     thinking, answer = result.content
     assert thinking["type"] == "thinking"
-    assert (
-        thinking["signature"] == hashlib.sha256(thinking["thinking"].encode()).hexdigest()
-    )  # the simulator's
+    assert thinking["signature"] == hashlib.sha256(thinking["thinking"].encode()).hexdigest()  # the simulator's
     assert thinking["thinking"].startswith("Simulated reasoning")
     assert answer == {"type": "text", "text": result.text}
     assert marker(text) in result.text
@@ -163,9 +159,7 @@ def test_streamed_equals_plain(http: httpx.Client, base_url: str, fmt: str) -> N
 
 @pytest.mark.parametrize("stream", BOTH_MODES)
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_truncated_answer_stops_at_max_tokens(
-    http: httpx.Client, base_url: str, fmt: str, stream: bool
-) -> None:
+def test_truncated_answer_stops_at_max_tokens(http: httpx.Client, base_url: str, fmt: str, stream: bool) -> None:
     result = run(
         http,
         base_url,
@@ -232,9 +226,7 @@ def test_bad_key_is_permanent(http: httpx.Client, base_url: str, fmt: str, strea
     )
 
 
-def test_anthropic_midstream_error_event_reports_usage_billed_so_far(
-    http: httpx.Client, base_url: str
-) -> None:
+def test_anthropic_midstream_error_event_reports_usage_billed_so_far(http: httpx.Client, base_url: str) -> None:
     error = fail(http, base_url, "anthropic", "Go [[sim:fault=midstream]] [[sim:output_tokens=200]]")
     assert error.error_type == "api_error"  # from the `event: error` payload
     assert (error.classification, error.minimax_code, error.http_status) == (
@@ -250,9 +242,7 @@ def test_anthropic_midstream_error_event_reports_usage_billed_so_far(
 
 
 def test_openai_midstream_disconnect_is_stream_broken(http: httpx.Client, base_url: str) -> None:
-    error = fail(
-        http, base_url, "openai", "Go [[sim:fault=midstream]] [[sim:output_tokens=200]]", reasoning_split=True
-    )
+    error = fail(http, base_url, "openai", "Go [[sim:fault=midstream]] [[sim:output_tokens=200]]", reasoning_split=True)
     assert (error.error_type, error.classification) == ("stream_broken", Classification.RETRYABLE)
     [entry] = ledger(http, base_url)
     assert entry["outcome"] == "midstream_error"
@@ -328,7 +318,5 @@ def test_count_tokens_matches_what_a_call_bills(http: httpx.Client, base_url: st
     counted = AnthropicProvider().count_tokens(
         client=http, base_url=base_url + "/", api_key=KEY, model=MODEL, params=params
     )
-    result = run(
-        http, base_url, "anthropic", "How many tokens is this?", tools=[{"name": "t", "input_schema": {}}]
-    )
+    result = run(http, base_url, "anthropic", "How many tokens is this?", tools=[{"name": "t", "input_schema": {}}])
     assert counted == result.usage.input_tokens == ledger(http, base_url)[0]["input_tokens"]

@@ -141,19 +141,11 @@ def test_openai_stream_reasoning_details_tool_calls_and_length() -> None:
     body = sse(
         (
             None,
-            chunk(
-                {"reasoning_details": [{"type": "reasoning.text", "id": "r1", "index": 0, "text": "Need "}]}
-            ),
+            chunk({"reasoning_details": [{"type": "reasoning.text", "id": "r1", "index": 0, "text": "Need "}]}),
         ),
         (
             None,
-            chunk(
-                {
-                    "reasoning_details": [
-                        {"type": "reasoning.text", "id": "r1", "index": 0, "text": "weather."}
-                    ]
-                }
-            ),
+            chunk({"reasoning_details": [{"type": "reasoning.text", "id": "r1", "index": 0, "text": "weather."}]}),
         ),
         (
             None,
@@ -439,9 +431,7 @@ def test_anthropic_request_shape_and_count_tokens_fields() -> None:
     assert seen[0].headers["authorization"] == "Bearer sk-test"
     assert json.loads(seen[0].content) == {**params, "model": "MiniMax-M2.7", "stream": False}
     # The real answer from the vendor page: thinking kept whole, usage mapped.
-    assert (
-        result.content[0]["signature"] == "1c3a0ae890922669e9815a201f9b645abdaafe8d8b5a65a5e48f90830c6e0750"
-    )
+    assert result.content[0]["signature"] == "1c3a0ae890922669e9815a201f9b645abdaafe8d8b5a65a5e48f90830c6e0750"
     assert result.text == "Hello! How can I help you today?"
     assert result.usage == Usage(input_tokens=39, output_tokens=40)
     assert (result.request_id, result.stop_reason) == ("06379fa1dfdd9047604b8abc088ea75c", "end_turn")
