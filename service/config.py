@@ -35,6 +35,8 @@ class Settings(BaseSettings):
 
     # Intake
     max_body_bytes: int = 64 * 1024 * 1024
+    # Batch and file uploads (JSONL, documents) may be larger than a single request.
+    max_upload_bytes: int = 256 * 1024 * 1024
     default_max_attempts: int = 5
     job_expiry_seconds: int = 24 * 3600
     page_size_max: int = 200

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -48,12 +49,22 @@ def utcnow() -> datetime:
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
 
+_id_lock = threading.Lock()
+_last_id = 0
+
+
 def new_id(prefix: str) -> str:
     """A sortable unique id: `prefix_` + 26 Crockford base32 chars (48-bit ms time + 80 random bits).
 
-    Ids sort by creation time, so cursor pagination can walk them directly.
+    Ids sort by creation time, so cursor pagination can walk them directly; within one millisecond a process
+    counts up from the previous id (monotonic ULID), so its ids keep their creation order too.
     """
-    value = (int(time.time() * 1000) << 80) | secrets.randbits(80)
+    global _last_id
+    with _id_lock:
+        value = (int(time.time() * 1000) << 80) | secrets.randbits(80)
+        if value <= _last_id:
+            value = _last_id + 1
+        _last_id = value
     chars = []
     for _ in range(26):
         chars.append(_CROCKFORD[value & 31])

@@ -51,6 +51,7 @@ class Scheduler:
             recovered = transitions.recover_expired_leases(session, now=now)
         with transaction(self.session_factory) as session:
             expired = transitions.expire_overdue(session, now=now)
+            transitions.cancel_waiting(session, now=now)
         # Publishing happens inside the transaction: if Redis refuses, the rows roll back to "not dispatched".
         with transaction(self.session_factory) as session:
             report = self.dispatcher.run(session, now=now)

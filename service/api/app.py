@@ -9,7 +9,8 @@ from sqlalchemy import text
 
 from service.api import errors
 from service.api.deps import SessionDep
-from service.api.limits import BodySizeLimit
+from service.api.limits import UPLOAD_PATHS, BodySizeLimit
+from service.batches.router import router as batches_router
 from service.config import Settings, get_settings
 from service.db import engine_for, make_session_factory
 from service.jobs.router import router as jobs_router
@@ -30,8 +31,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.session_factory = make_session_factory(engine)
     app.state.redis = redis.Redis.from_url(settings.redis_url, socket_timeout=1, socket_connect_timeout=1)
     errors.install(app)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodySizeLimit,
+        max_bytes=settings.max_body_bytes,
+        large_bytes=settings.max_upload_bytes,
+        large_prefixes=UPLOAD_PATHS,
+    )
     app.include_router(jobs_router)
+    app.include_router(batches_router)
     app.include_router(limits_router)
 
     @app.get("/healthz", tags=["health"], summary="The process is up")

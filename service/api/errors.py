@@ -29,7 +29,7 @@ def error_body(type: str, message: str, field: str | None = None) -> dict[str, A
     return {"error": {"type": type, "message": message, "field": field}}
 
 
-def _location(loc: tuple[int | str, ...]) -> str | None:
+def field_path(loc: tuple[int | str, ...]) -> str | None:
     """('body', 'params', 'messages', 0) -> 'params.messages[0]'."""
     parts = [p for p in loc if p not in ("body", "query", "path", "header")]
     out = ""
@@ -47,7 +47,7 @@ def _validation_handler(_request: Request, exc: Exception) -> JSONResponse:
     first = errors[0] if errors else {"loc": (), "msg": "invalid request", "type": "value_error"}
     if first.get("type") == "json_invalid":
         return JSONResponse(error_body("invalid_json", f"the body is not valid JSON: {first.get('msg')}"), 400)
-    field = _location(tuple(first.get("loc", ())))
+    field = field_path(tuple(first.get("loc", ())))
     message = str(first.get("msg", "invalid value"))
     # pydantic prefixes custom errors with "Value error, "; the user needs only the reason.
     message = message.removeprefix("Value error, ")

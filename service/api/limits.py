@@ -17,18 +17,27 @@ class BodyTooLarge(HTTPException):
         super().__init__(413, f"the request body is larger than {max_bytes} bytes")
 
 
+# Paths whose bodies may be as large as `max_upload_bytes` (batches, files).
+UPLOAD_PATHS = ("/v1/batches", "/v1/files", "/anthropic/v1/messages/batches", "/openai/v1/files")
+
+
 class BodySizeLimit:
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, large_bytes: int | None = None, large_prefixes: tuple[str, ...] = ()
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.large_bytes = large_bytes or max_bytes
+        self.large_prefixes = large_prefixes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.large_bytes if str(scope.get("path", "")).startswith(self.large_prefixes) else self.max_bytes
         declared = dict(scope.get("headers", [])).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._reject(send)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await self._reject(send, limit)
             return
         seen = 0
         started = False
@@ -38,8 +47,8 @@ class BodySizeLimit:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise BodyTooLarge(self.max_bytes)
+                if seen > limit:
+                    raise BodyTooLarge(limit)
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -52,12 +61,10 @@ class BodySizeLimit:
             await self.app(scope, counting_receive, tracking_send)
         except BodyTooLarge:
             if not started:
-                await self._reject(send)
+                await self._reject(send, limit)
 
-    async def _reject(self, send: Send) -> None:
-        body = json.dumps(
-            error_body("request_too_large", f"the request body is larger than {self.max_bytes} bytes")
-        ).encode()
+    async def _reject(self, send: Send, limit: int) -> None:
+        body = json.dumps(error_body("request_too_large", f"the request body is larger than {limit} bytes")).encode()
         await send(
             {
                 "type": "http.response.start",

@@ -35,6 +35,8 @@ def summary(request: Request, job: Job) -> JobSummary:
         status=job.status,
         model=job.model,
         format=job.format,
+        batch_id=job.batch_id,
+        custom_id=job.custom_id,
         priority=job.priority,
         metadata=job.meta,
         created_at=job.created_at,

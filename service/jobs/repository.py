@@ -9,6 +9,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, undefer
 
 from service.db import utcnow
+from service.jobs.transitions import count_terminal
 from service.models import ACTIVE, Job, JobAttempt, JobStatus
 
 
@@ -38,9 +39,13 @@ def list_page(
     created_after: datetime | None = None,
     created_before: datetime | None = None,
     metadata: dict[str, str] | None = None,
+    batch_id: str | None = None,
 ) -> list[Job]:
-    """Newest first; `limit + 1` rows so the caller can tell whether a next page exists."""
-    query = select(Job).where(Job.tenant_id == tenant_id)
+    """Newest first; `limit + 1` rows so the caller can tell whether a next page exists. Without `batch_id`,
+    single jobs only: a 100,000-request batch must not bury them."""
+    query = select(Job).where(
+        Job.tenant_id == tenant_id, Job.batch_id == batch_id if batch_id else Job.batch_id.is_(None)
+    )
     if cursor is not None:
         query = query.where(Job.id < cursor)
     if statuses:
@@ -57,9 +62,11 @@ def list_page(
 def cancel(session: Session, *, tenant_id: str, job_id: str) -> bool:
     """Cancel a job that has not finished. A running call's answer will be discarded by its worker."""
     now = utcnow()
-    result = session.execute(
+    landed = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.tenant_id == tenant_id, Job.status.in_(ACTIVE))
         .values(status=JobStatus.CANCELED, finished_at=now, updated_at=now, lease_expires_at=None)
-    )
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+        .returning(Job.batch_id, Job.status)
+    ).all()
+    count_terminal(session, landed, now=now)
+    return bool(landed)

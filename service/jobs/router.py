@@ -35,7 +35,8 @@ def get_job(job_id: str, request: Request, session: SessionDep, key: CurrentKey)
     response_model=JobList,
     summary="List jobs, newest first",
     description="Filter by `status` (repeatable), `created_after` / `created_before` (RFC 3339) and "
-    "metadata with `metadata[KEY]=VALUE` (repeatable). Page with `cursor` = the previous `next_cursor`.",
+    "metadata with `metadata[KEY]=VALUE` (repeatable). Page with `cursor` = the previous `next_cursor`. "
+    "Batch requests are listed only with `batch_id`.",
 )
 def list_jobs(
     request: Request,
@@ -47,6 +48,7 @@ def list_jobs(
     status: Annotated[list[str] | None, Query()] = None,
     created_after: datetime | None = None,
     created_before: datetime | None = None,
+    batch_id: Annotated[str | None, Query(description="List a batch's requests instead of single jobs.")] = None,
 ) -> JobList:
     metadata: dict[str, str] = {}
     for name, value in request.query_params.multi_items():
@@ -66,6 +68,7 @@ def list_jobs(
         created_after=created_after,
         created_before=created_before,
         metadata=metadata,
+        batch_id=batch_id,
     )
     return JobList(
         data=[present.summary(request, j) for j in jobs],

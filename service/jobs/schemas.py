@@ -88,6 +88,8 @@ class JobSummary(BaseModel):
     status: str
     model: str
     format: str
+    batch_id: str | None = Field(None, description="The batch this request belongs to, if any.")
+    custom_id: str | None = None
     priority: int
     metadata: dict[str, str]
     created_at: datetime

@@ -66,6 +66,7 @@ def list_page(
     created_after: datetime | None,
     created_before: datetime | None,
     metadata: dict[str, str],
+    batch_id: str | None = None,
 ) -> tuple[list[Job], bool]:
     unknown = [s for s in statuses if s not in JobStatus.__members__.values()]
     if unknown:
@@ -80,6 +81,7 @@ def list_page(
         created_after=created_after,
         created_before=created_before,
         metadata=metadata,
+        batch_id=batch_id,
     )
     return rows[:limit], len(rows) > limit
 

@@ -3,16 +3,17 @@ expects, so two processes racing for the same job cannot both win (DESIGN.md dec
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Row, func, select, update
 from sqlalchemy.orm import Session
 
 from service.db import utcnow
-from service.models import WAITING, Job, JobAttempt, JobStatus
+from service.models import COUNT_FOR_STATUS, WAITING, Batch, BatchStatus, Job, JobAttempt, JobStatus
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -187,8 +188,33 @@ def finish(session: Session, *, claim: Claim, outcome: Outcome) -> bool:
         update(Job)
         .where(Job.id == claim.job_id, Job.status == JobStatus.RUNNING, Job.attempt_count == claim.number)
         .values(final)
-    )
-    return bool(moved.rowcount)  # type: ignore[attr-defined]
+        .returning(Job.batch_id, Job.status)
+    ).all()
+    count_terminal(session, moved, now=now)
+    return bool(moved)
+
+
+def count_terminal(session: Session, landed: Sequence[Row[Any]] | Sequence[tuple[Any, ...]], *, now: datetime) -> None:
+    """Move batch counts for jobs that just reached a final state, in the caller's transaction, and end every
+    batch with nothing left processing. `landed` holds (batch_id, new status) pairs."""
+    moves: Counter[tuple[str, str]] = Counter()
+    for row in landed:
+        batch_id, status = row[0], row[1]
+        if batch_id is not None and status in COUNT_FOR_STATUS:
+            moves[(batch_id, COUNT_FOR_STATUS[status])] += 1
+    for (batch_id, column), n in sorted(moves.items()):
+        session.execute(
+            update(Batch)
+            .where(Batch.id == batch_id)
+            .values({Batch.processing: Batch.processing - n, getattr(Batch, column): getattr(Batch, column) + n})
+        )
+    batch_ids = sorted({b for b, _ in moves})
+    if batch_ids:
+        session.execute(
+            update(Batch)
+            .where(Batch.id.in_(batch_ids), Batch.processing <= 0, Batch.status != BatchStatus.ENDED)
+            .values(status=BatchStatus.ENDED, ended_at=now)
+        )
 
 
 LEASE_LOST_MESSAGE = "the worker stopped renewing its lease (crashed, killed or cut off); the job was handed back"
@@ -213,8 +239,9 @@ def recover_expired_leases(session: Session, *, now: datetime | None = None) -> 
                 "classification": "lease_expired",
             },
         )
-        .returning(Job.id, Job.attempt_count)
+        .returning(Job.id, Job.attempt_count, Job.batch_id, Job.status)
     ).all()
+    count_terminal(session, [(r.batch_id, r.status) for r in exhausted], now=now)
     retried = session.execute(
         update(Job)
         .where(*expired)
@@ -249,7 +276,7 @@ def recover_expired_leases(session: Session, *, now: datetime | None = None) -> 
 def expire_overdue(session: Session, *, now: datetime | None = None) -> int:
     """Waiting jobs past their deadline become `expired`. Running ones may still finish."""
     now = now or utcnow()
-    result = session.execute(
+    landed = session.execute(
         update(Job)
         .where(Job.status.in_(WAITING), Job.expires_at <= now)
         .values(
@@ -258,8 +285,26 @@ def expire_overdue(session: Session, *, now: datetime | None = None) -> int:
             updated_at=now,
             error={"type": "expired", "message": "the job did not start before its deadline (expires_at)"},
         )
-    )
-    return int(result.rowcount)  # type: ignore[attr-defined]
+        .returning(Job.batch_id, Job.status)
+    ).all()
+    count_terminal(session, landed, now=now)
+    return len(landed)
+
+
+def cancel_waiting(session: Session, *, now: datetime, batch_id: str | None = None) -> int:
+    """Cancel the waiting jobs of canceling batches (one batch, or all: the scheduler repairs any a concurrent
+    dispatch kept locked while the batch was canceled)."""
+    canceling = select(Batch.id).where(Batch.status == BatchStatus.CANCELING)
+    if batch_id is not None:
+        canceling = canceling.where(Batch.id == batch_id)
+    landed = session.execute(
+        update(Job)
+        .where(Job.batch_id.in_(canceling.scalar_subquery()), Job.status.in_(WAITING))
+        .values(status=JobStatus.CANCELED, finished_at=now, updated_at=now)
+        .returning(Job.batch_id, Job.status)
+    ).all()
+    count_terminal(session, landed, now=now)
+    return len(landed)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -314,7 +359,8 @@ def group_candidates(
     rows = session.execute(
         select(Job.id, Job.tenant_id, Job.model, Job.attempt_count, Job.estimated_input_tokens, Job.max_tokens)
         .where(Job.tenant_id == tenant_id, Job.model == model, *_dispatchable(now, redispatch_before))
-        .order_by(Job.priority.desc(), Job.id)
+        # A tenant's single jobs go before its batch requests, then priority, then age.
+        .order_by(Job.batch_id.is_not(None), Job.priority.desc(), Job.id)
         .limit(limit)
         .with_for_update(skip_locked=True)
     ).all()
@@ -338,9 +384,11 @@ def mark_dispatched(session: Session, *, job_ids: list[str], now: datetime) -> N
 
 def fail_waiting(session: Session, *, job_id: str, error: dict[str, Any], now: datetime) -> bool:
     """Fail a job that can never run (e.g. larger than the account's whole TPM limit)."""
-    result = session.execute(
+    landed = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status.in_(WAITING))
         .values(status=JobStatus.FAILED, finished_at=now, updated_at=now, error=error)
-    )
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+        .returning(Job.batch_id, Job.status)
+    ).all()
+    count_terminal(session, landed, now=now)
+    return bool(landed)

@@ -1,7 +1,22 @@
 """All ORM tables, imported here so Alembic and the app see one metadata."""
 
 from service.models.base import Base
+from service.models.batch import BATCH_APIS, COUNT_FOR_STATUS, Batch, BatchStatus
 from service.models.job import ACTIVE, TERMINAL, WAITING, Job, JobAttempt, JobStatus
 from service.models.tenant import ApiKey, Tenant
 
-__all__ = ["ACTIVE", "TERMINAL", "WAITING", "ApiKey", "Base", "Job", "JobAttempt", "JobStatus", "Tenant"]
+__all__ = [
+    "ACTIVE",
+    "BATCH_APIS",
+    "COUNT_FOR_STATUS",
+    "TERMINAL",
+    "WAITING",
+    "ApiKey",
+    "Base",
+    "Batch",
+    "BatchStatus",
+    "Job",
+    "JobAttempt",
+    "JobStatus",
+    "Tenant",
+]

@@ -37,6 +37,8 @@ class Job(CreatedAtMixin, Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
     api_key_id: Mapped[str | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"))
+    batch_id: Mapped[str | None] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"))
+    custom_id: Mapped[str | None] = mapped_column(String(64))
     model: Mapped[str] = mapped_column(String(64))
     format: Mapped[str] = mapped_column(String(16))
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED)
@@ -69,6 +71,9 @@ class Job(CreatedAtMixin, Base):
 
     __table_args__ = (
         Index("ix_jobs_tenant_id_id", "tenant_id", "id"),
+        # A batch's results, walked in id order; custom_id is unique within a batch.
+        Index("ix_jobs_batch_id_id", "batch_id", "id"),
+        UniqueConstraint("batch_id", "custom_id"),
         # The scheduler's scans touch only the few non-terminal rows.
         Index(
             "ix_jobs_waiting",

@@ -1,0 +1,76 @@
+"""Reading a batch from the wire: a JSON body, a streamed JSONL (`application/x-ndjson`) body, or a multipart
+upload. Bodies are spooled to a temporary file as they arrive and parsed line by line from there, so a 256 MB
+upload costs the API a few megabytes of memory, not gigabytes of parsed objects."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Iterator
+from typing import IO, Any
+
+from fastapi import Request
+from pydantic import ValidationError
+
+from service.api.errors import APIError, field_path
+from service.batches.schemas import BatchCreate, BatchOptions
+from service.batches.service import RawRequest
+
+SPOOL_IN_MEMORY = 1024 * 1024
+
+
+async def spool(request: Request) -> IO[bytes]:
+    """The raw body in a temporary file (in memory up to 1 MB), rewound."""
+    out: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)
+    async for chunk in request.stream():
+        out.write(chunk)
+    out.seek(0)
+    return out
+
+
+def jsonl_requests(stream: IO[bytes]) -> Iterator[RawRequest]:
+    """One request per non-blank line; index = line number - 1."""
+    for number, line in enumerate(stream, start=1):
+        if not line.strip():
+            continue
+        try:
+            data = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise APIError(
+                400, "invalid_json", f"line {number} is not valid JSON: {exc}", field=f"requests[{number - 1}]"
+            ) from None
+        yield RawRequest(index=number - 1, data=data)
+
+
+def options_error(exc: ValidationError) -> APIError:
+    first = exc.errors()[0]
+    field = field_path(tuple(first["loc"]))
+    message = str(first["msg"]).removeprefix("Value error, ")
+    return APIError(422, "invalid_request", f"{field}: {message}" if field else message, field=field)
+
+
+def json_body(stream: IO[bytes]) -> tuple[BatchOptions, Iterator[RawRequest]]:
+    try:
+        data = json.load(stream)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise APIError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
+    try:
+        body = BatchCreate.model_validate(data)
+    except ValidationError as exc:
+        raise options_error(exc) from None
+    options = BatchOptions.model_validate(body.model_dump(exclude={"requests"}))
+    return options, (RawRequest(index=i, data=r) for i, r in enumerate(body.requests))
+
+
+def parse_options(values: dict[str, Any]) -> BatchOptions:
+    """Batch options given as form fields or query parameters (metadata as a JSON object string)."""
+    data: dict[str, Any] = {k: v for k, v in values.items() if v is not None}
+    if isinstance(data.get("metadata"), str):
+        try:
+            data["metadata"] = json.loads(data["metadata"])
+        except json.JSONDecodeError:
+            raise APIError(422, "invalid_request", "metadata: must be a JSON object", field="metadata") from None
+    try:
+        return BatchOptions.model_validate(data)
+    except ValidationError as exc:
+        raise options_error(exc) from None

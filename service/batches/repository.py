@@ -1,0 +1,135 @@
+"""Batch queries. Requests are written with COPY on Postgres: 100,000 rows in one transaction in seconds."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, cast
+
+from psycopg.types.json import Jsonb
+from sqlalchemy import Table, delete, func, insert, select, update
+from sqlalchemy.orm import Session, undefer
+
+from service.jobs.transitions import cancel_waiting
+from service.models import Batch, BatchStatus, Job
+
+# Every NOT NULL column of `jobs`, in COPY order: COPY bypasses the ORM's defaults.
+JOB_COLUMNS = (
+    "id", "tenant_id", "api_key_id", "batch_id", "custom_id", "model", "format", "status", "priority", "metadata",
+    "params", "estimated_input_tokens", "max_tokens", "max_attempts", "attempt_count", "next_attempt_at",
+    "output_tokens_so_far", "created_at", "updated_at", "expires_at", "input_tokens", "output_tokens",
+    "cache_read_tokens", "cache_write_tokens",
+)  # fmt: skip
+_JSON_COLUMNS = {"metadata", "params"}
+
+
+def add(session: Session, batch: Batch) -> None:
+    session.add(batch)
+    session.flush()
+
+
+def insert_jobs(session: Session, rows: Sequence[dict[str, Any]]) -> None:
+    """Insert job rows (dicts keyed by JOB_COLUMNS) in the session's transaction."""
+    if not rows:
+        return
+    connection = session.connection()
+    if connection.dialect.name != "postgresql":
+        session.execute(insert(cast(Table, Job.__table__)), [{k: r[k] for k in JOB_COLUMNS} for r in rows])
+        return
+    raw = connection.connection.driver_connection
+    assert raw is not None
+    with raw.cursor() as cursor:
+        with cursor.copy(f"COPY jobs ({', '.join(JOB_COLUMNS)}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row([Jsonb(row[c]) if c in _JSON_COLUMNS else row[c] for c in JOB_COLUMNS])
+
+
+def set_total(session: Session, *, batch_id: str, total: int) -> None:
+    session.execute(update(Batch).where(Batch.id == batch_id).values(request_total=total, processing=total))
+
+
+def get(session: Session, *, tenant_id: str, batch_id: str, api: str | None = None) -> Batch | None:
+    query = select(Batch).where(Batch.id == batch_id, Batch.tenant_id == tenant_id)
+    if api is not None:
+        query = query.where(Batch.api == api)
+    return session.scalars(query).one_or_none()
+
+
+def list_page(
+    session: Session,
+    *,
+    tenant_id: str,
+    api: str,
+    limit: int,
+    before_id: str | None = None,
+    after_id: str | None = None,
+) -> tuple[list[Batch], bool]:
+    """A page of batches, newest first, and whether more lie beyond it.
+
+    As Anthropic pages: `after_id` gives the page after that batch in this order (older ones), `before_id` the
+    page before it (newer ones, the closest first in the fetch, then shown newest first).
+    """
+    query = select(Batch).where(Batch.tenant_id == tenant_id, Batch.api == api)
+    if before_id is not None:
+        rows = list(session.scalars(query.where(Batch.id > before_id).order_by(Batch.id.asc()).limit(limit + 1)))
+        page = rows[:limit]
+        page.reverse()
+        return page, len(rows) > limit
+    if after_id is not None:
+        query = query.where(Batch.id < after_id)
+    rows = list(session.scalars(query.order_by(Batch.id.desc()).limit(limit + 1)))
+    return rows[:limit], len(rows) > limit
+
+
+def usage(session: Session, *, batch_id: str) -> dict[str, int]:
+    row = session.execute(
+        select(
+            func.coalesce(func.sum(Job.input_tokens), 0),
+            func.coalesce(func.sum(Job.output_tokens), 0),
+            func.coalesce(func.sum(Job.cache_read_tokens), 0),
+            func.coalesce(func.sum(Job.cache_write_tokens), 0),
+            func.min(Job.started_at),
+        ).where(Job.batch_id == batch_id)
+    ).one()
+    return {
+        "input_tokens": int(row[0]),
+        "output_tokens": int(row[1]),
+        "cache_read_tokens": int(row[2]),
+        "cache_write_tokens": int(row[3]),
+    }
+
+
+def first_started_at(session: Session, *, batch_id: str) -> datetime | None:
+    value: datetime | None = session.scalar(select(func.min(Job.started_at)).where(Job.batch_id == batch_id))
+    return value
+
+
+def start_cancel(session: Session, *, batch_id: str, now: datetime) -> int:
+    """Mark the batch canceling and cancel its waiting requests at once; running ones finish."""
+    session.execute(
+        update(Batch)
+        .where(Batch.id == batch_id, Batch.status == BatchStatus.IN_PROGRESS)
+        .values(status=BatchStatus.CANCELING, cancel_initiated_at=now)
+    )
+    return cancel_waiting(session, now=now, batch_id=batch_id)
+
+
+def delete_batch(session: Session, *, batch_id: str) -> None:
+    session.execute(delete(Job).where(Job.batch_id == batch_id))
+    session.execute(delete(Batch).where(Batch.id == batch_id))
+
+
+def results_page(
+    session: Session, *, batch_id: str, after: str | None, statuses: Sequence[str], limit: int
+) -> list[Job]:
+    """One page of a batch's finished requests in id order, with results loaded."""
+    query = (
+        select(Job)
+        .options(undefer(Job.result))
+        .where(Job.batch_id == batch_id, Job.status.in_(statuses))
+        .order_by(Job.id)
+        .limit(limit)
+    )
+    if after is not None:
+        query = query.where(Job.id > after)
+    return list(session.scalars(query))

@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.jobs.schemas import Metadata, Usage
+
+CUSTOM_ID_PATTERN = r"^[a-zA-Z0-9_-]{1,64}$"
+MAX_REQUESTS = 100_000
+
+
+class BatchRequestIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    custom_id: str = Field(pattern=CUSTOM_ID_PATTERN, description="Unique in the batch; names the result line.")
+    model: str
+    format: Literal["anthropic", "openai"] = "anthropic"
+    params: dict[str, Any]
+
+
+class BatchOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    metadata: Metadata = Field(default_factory=dict)
+    webhook_url: str | None = Field(None, max_length=2048)
+    completion_window: str = Field(
+        "24h", pattern=r"^[1-9][0-9]*[hm]$", description="How long requests may wait before they expire: 24h, 90m."
+    )
+
+    def window_seconds(self) -> int:
+        n, unit = int(self.completion_window[:-1]), self.completion_window[-1]
+        return n * (3600 if unit == "h" else 60)
+
+
+class BatchCreate(BatchOptions):
+    requests: list[Any] = Field(
+        min_length=1, max_length=MAX_REQUESTS, description="Each: custom_id, model, format, params."
+    )
+
+
+class RequestCounts(BaseModel):
+    processing: int
+    succeeded: int
+    errored: int
+    canceled: int
+    expired: int
+
+
+class BatchOut(BaseModel):
+    id: str
+    object: Literal["batch"] = "batch"
+    processing_status: str = Field(description="in_progress | canceling | ended")
+    request_counts: RequestCounts
+    request_total: int
+    metadata: dict[str, str]
+    webhook_url: str | None
+    created_at: datetime
+    expires_at: datetime
+    ended_at: datetime | None
+    cancel_initiated_at: datetime | None
+    usage: Usage = Field(description="Tokens billed so far across every request and attempt.")
+    estimated_completion_at: datetime | None = Field(description="From the rate requests have finished at so far.")
+    results_url: str
+
+
+class BatchList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[BatchOut]
+    has_more: bool
+    next_cursor: str | None

@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from sqlalchemy import ForeignKey, Index, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from service.db import JSONType, utcnow
+from service.models.base import Base, CreatedAtMixin
+
+
+class BatchStatus(StrEnum):
+    IN_PROGRESS = "in_progress"
+    CANCELING = "canceling"
+    ENDED = "ended"
+
+
+# Which API created the batch: ours, or a drop-in that must answer in its own shapes.
+BATCH_APIS = ("native", "anthropic", "openai")
+
+# Job status -> the batch count it lands in once terminal.
+COUNT_FOR_STATUS = {"succeeded": "succeeded", "failed": "errored", "canceled": "canceled", "expired": "expired"}
+
+
+class Batch(CreatedAtMixin, Base):
+    """Many jobs submitted together. The counts move in the same transaction as each job's terminal transition,
+    so they are exact at every moment; `processing` reaching 0 ends the batch."""
+
+    __tablename__ = "batches"
+
+    id: Mapped[str] = mapped_column(String(48), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    api_key_id: Mapped[str | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"))
+    api: Mapped[str] = mapped_column(String(16), default="native")
+    status: Mapped[str] = mapped_column(String(16), default=BatchStatus.IN_PROGRESS)
+    meta: Mapped[dict[str, str]] = mapped_column("metadata", JSONType, default=dict)
+    webhook_url: Mapped[str | None] = mapped_column(String(2048))
+    # The OpenAI drop-in's input file and endpoint, echoed back on its batch object.
+    input_file_id: Mapped[str | None] = mapped_column(String(64))
+    endpoint: Mapped[str | None] = mapped_column(String(64))
+
+    request_total: Mapped[int] = mapped_column(default=0)
+    processing: Mapped[int] = mapped_column(default=0)
+    succeeded: Mapped[int] = mapped_column(default=0)
+    errored: Mapped[int] = mapped_column(default=0)
+    canceled: Mapped[int] = mapped_column(default=0)
+    expired: Mapped[int] = mapped_column(default=0)
+
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    expires_at: Mapped[datetime]
+    ended_at: Mapped[datetime | None]
+    cancel_initiated_at: Mapped[datetime | None]
+
+    __table_args__ = (Index("ix_batches_tenant_id_api_id", "tenant_id", "api", "id"),)
