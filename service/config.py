@@ -65,8 +65,9 @@ class Settings(BaseSettings):
     # Scheduler
     scheduler_interval: float = 0.5
     redispatch_after_seconds: float = 30.0
-    # Most jobs published but not yet claimed: keeps the broker queue short (DESIGN.md decision 4).
-    max_unclaimed: int = 1000
+    # Most jobs published but not yet claimed: keeps the broker queue short (DESIGN.md decision 4), so a job
+    # submitted behind a 100,000-request batch is never more than this many messages from a worker.
+    max_unclaimed: int = 100
     retry_base_seconds: float = 1.0
     retry_cap_seconds: float = 300.0
 

@@ -58,6 +58,8 @@ class DispatchReport:
     waits: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Seconds until the earliest refused group could be served: the scheduler sleeps no longer.
     next_wake: float = math.inf
+    # The pass stopped at max_unclaimed with work left: run again as soon as workers have claimed some.
+    saturated: bool = False
 
 
 class Dispatcher:
@@ -93,6 +95,7 @@ class Dispatcher:
         if budget <= 0:
             for tenant_id, model in groups:
                 report.waits[group_key(tenant_id, model)] = {"reason": "worker_capacity"}
+            report.saturated = True
             return report
         # Start the round-robin at a different group each pass, so no tenant is always first.
         start = self._rotation % len(groups)
@@ -160,6 +163,7 @@ class Dispatcher:
             if not progressed:
                 break
         transitions.mark_dispatched(session, job_ids=report.published, now=now)
+        report.saturated = budget <= 0
         for g in groups:
             if queues[g]:
                 report.waits[group_key(*g)] = (

@@ -27,6 +27,8 @@ from workers.limiter import Limits, RateLimiter
 
 log = logging.getLogger("mmjobs.scheduler")
 SNAPSHOT_EVERY = 1.0
+# While the broker holds max_unclaimed jobs, look again this soon: workers claim them in milliseconds.
+SATURATED_RECHECK = 0.05
 
 
 class Scheduler:
@@ -56,6 +58,8 @@ class Scheduler:
         with transaction(self.session_factory) as session:
             report = self.dispatcher.run(session, now=now)
         self.next_wake = min(self.settings.scheduler_interval, max(0.01, report.next_wake))
+        if report.saturated:
+            self.next_wake = SATURATED_RECHECK
         self._publish_status(report.waits)
         if recovered or expired or report.published or report.failed:
             log.info(
