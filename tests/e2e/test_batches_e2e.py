@@ -87,7 +87,7 @@ def test_counts_agree_with_the_results_file(stack: Stack) -> None:
 
     def ended() -> bool:
         final.update(batch(stack, bid))
-        return final["processing_status"] == "ended"
+        return bool(final["processing_status"] == "ended")
 
     wait_until(ended, 60, "the batch to end")
     counts = final["request_counts"]
