@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy.orm import Session
 
+from service.batch_cli import batch_app
 from service.config import get_settings
 from service.db import engine_for, make_session_factory, transaction
 
@@ -24,7 +25,10 @@ app = typer.Typer(help="minimax-jobs: asynchronous jobs for MiniMax models.", no
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 tenants_app = typer.Typer(help="Tenant settings.", no_args_is_help=True)
+budgets_app = typer.Typer(help="USD budgets per tenant or API key.", no_args_is_help=True)
+app.add_typer(budgets_app, name="budgets")
 app.add_typer(tenants_app, name="tenants")
+app.add_typer(batch_app, name="batch")
 console = Console()
 err = Console(stderr=True)
 
@@ -59,7 +63,17 @@ def api(
     """Serve the REST API."""
     import uvicorn
 
-    uvicorn.run("service.api.app:create_app", factory=True, host=host, port=port, workers=workers, proxy_headers=True)
+    uvicorn.run(
+        "service.api.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        proxy_headers=True,
+        limit_concurrency=get_settings().api_max_concurrency,
+        # On SIGTERM, finish the requests in flight (up to this long) before exiting.
+        timeout_graceful_shutdown=30,
+    )
 
 
 def _exec(argv: list[str]) -> None:
@@ -169,6 +183,73 @@ def tenants_limits(
         assert tenant is not None
         shown = {"rpm": tenant.rpm_limit, "tpm": tenant.tpm_limit, "concurrency": tenant.concurrency_limit}
     console.print(f"{name}: " + ", ".join(f"{k} {v if v is not None else 'uncapped'}" for k, v in shown.items()))
+
+
+@budgets_app.command("set")
+def budgets_set(
+    tenant: Annotated[str, typer.Option(help="Tenant name.")],
+    limit: Annotated[float, typer.Option(help="USD limit.")],
+    period: Annotated[str, typer.Option(help="monthly or total.")] = "monthly",
+    soft: Annotated[float | None, typer.Option(help="USD soft limit: a budget.soft_limit webhook event.")] = None,
+    key: Annotated[str | None, typer.Option(help="Limit one API key (key_...) instead of the whole tenant.")] = None,
+) -> None:
+    """Set a budget. Jobs over it are refused with 402; batches pause and resume when it is raised."""
+    from decimal import Decimal
+
+    from service.db import utcnow
+    from service.tenants import repository
+    from service.usage import budgets
+
+    if period not in ("monthly", "total"):
+        raise _fail("--period must be monthly or total")
+    with _session() as session:
+        found = repository.get_tenant_by_name(session, name=tenant)
+        if found is None:
+            raise _fail(f"no tenant {tenant!r}; create one with `mmjobs keys create --tenant {tenant}`")
+        b = budgets.upsert(
+            session,
+            tenant_id=found.id,
+            api_key_id=key,
+            period=period,
+            limit_usd=Decimal(str(limit)),
+            soft_limit_usd=Decimal(str(soft)) if soft is not None else None,
+            now=utcnow(),
+        )
+        console.print(f"{tenant}: {b.period} budget ${b.limit_usd:.2f} (spent ${b.spent_usd:.4f}) [{b.id}]")
+
+
+@app.command()
+def usage(
+    tenant: Annotated[str | None, typer.Option(help="One tenant (default: all).")] = None,
+    group_by: Annotated[str, typer.Option(help="day, model, api_key or batch.")] = "day",
+    days: Annotated[int, typer.Option(help="How many days back.")] = 30,
+) -> None:
+    """Token usage and cost from the ledger, as a table."""
+    from datetime import timedelta
+
+    from service.db import utcnow
+    from service.tenants import repository as tenants_repo
+    from service.usage import repository
+
+    if group_by not in repository.GROUPS:
+        raise _fail(f"--group-by must be one of {', '.join(repository.GROUPS)}")
+    with _session() as session:
+        tenant_id = None
+        if tenant is not None:
+            found = tenants_repo.get_tenant_by_name(session, name=tenant)
+            if found is None:
+                raise _fail(f"no tenant {tenant!r}")
+            tenant_id = found.id
+        rows = repository.totals(
+            session, tenant_id=tenant_id, start=utcnow() - timedelta(days=days), end=None, group_by=group_by
+        )
+    table = Table(group_by, "jobs", "attempts", "input", "output", "cache read", "cache write", "cost USD")
+    for r in rows:
+        table.add_row(
+            str(r["key"]), str(r["jobs"]), str(r["attempts"]), f"{r['input_tokens']:,}", f"{r['output_tokens']:,}",
+            f"{r['cache_read_tokens']:,}", f"{r['cache_write_tokens']:,}", f"{r['cost_usd']:.6f}",
+        )  # fmt: skip
+    console.print(table)
 
 
 @app.command()

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+if TYPE_CHECKING:
+    from service.usage.pricing import PriceTable
+
 SIMULATOR_API_KEY = "sk-simulator"
+_PRICE_TABLES: dict[str, PriceTable] = {}
 
 
 class ModelRateLimit(BaseModel):
@@ -35,8 +40,15 @@ class Settings(BaseSettings):
 
     # Intake
     max_body_bytes: int = 64 * 1024 * 1024
+    # API threads for sync routes, and the most requests uvicorn serves at once (the rest get 503): the gap keeps
+    # threads free for requests that already hold a database connection.
+    api_threads: int = 256
+    api_max_concurrency: int = 200
     # Batch and file uploads (JSONL, documents) may be larger than a single request.
     max_upload_bytes: int = 256 * 1024 * 1024
+    # Where uploaded files (the OpenAI drop-in's batch input) are kept; unset: `<data_dir>/files`. Every API
+    # process must see the same directory.
+    files_dir: str | None = None
     default_max_attempts: int = 5
     job_expiry_seconds: int = 24 * 3600
     page_size_max: int = 200
@@ -53,6 +65,10 @@ class Settings(BaseSettings):
     limiter_window_seconds: float = Field(61.0, ge=60)
     default_output_reserve: int = 1024
 
+    # Price overrides, USD per million tokens, per model: {"MiniMax-M2.7": {"input": 0.3, "output": 1.2}}
+    # (also cache_read, cache_write, and long_* for MiniMax-M3 above 512k input tokens).
+    prices: dict[str, dict[str, float]] = Field(default_factory=dict)
+
     # Worker
     worker_concurrency: int = 200
     lease_seconds: float = 60.0
@@ -61,6 +77,10 @@ class Settings(BaseSettings):
     upstream_connect_timeout: float = 10.0
     upstream_read_timeout: float = 300.0
     upstream_max_connections: int = 1000
+
+    # Webhooks: let deliveries reach loopback addresses (local development and tests only, never production).
+    webhook_allow_loopback: bool = False
+    webhook_timeout_seconds: float = 15.0
 
     # Scheduler
     scheduler_interval: float = 0.5
@@ -93,6 +113,23 @@ class Settings(BaseSettings):
         if unknown:
             raise ValueError(f"unknown model {unknown[0]!r}; known models: {', '.join(MODELS)}")
         return value
+
+    @field_validator("prices")
+    @classmethod
+    def _valid_prices(cls, value: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        from service.usage.pricing import PriceTable
+
+        PriceTable(value)  # raises ValueError naming the model or field
+        return value
+
+    def price_table(self) -> PriceTable:
+        from service.usage.pricing import PriceTable
+
+        key = json.dumps(self.prices, sort_keys=True)
+        table = _PRICE_TABLES.get(key)
+        if table is None:
+            table = _PRICE_TABLES[key] = PriceTable(self.prices)
+        return table
 
     def model_limits(self) -> dict[str, tuple[int, int]]:
         """(rpm, tpm) per model, MiniMax's published defaults with MMJOBS_RATE_LIMITS laid over them."""

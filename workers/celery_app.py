@@ -15,7 +15,7 @@ RUN_JOB = "mmjobs.run_job"
 
 
 def make_celery(settings: Settings) -> Celery:
-    app = Celery("mmjobs", broker=settings.redis_url, include=["workers.tasks"])
+    app = Celery("mmjobs", broker=settings.redis_url, include=["workers.tasks", "workers.webhooks"])
     app.conf.update(
         task_default_queue=QUEUE,
         task_serializer="json",

@@ -17,11 +17,13 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from service.catalog import get_model
 from service.config import Settings
 from service.jobs import transitions
 from service.jobs.transitions import Candidate
 from service.status import group_key
 from service.tenants import repository as tenants_repo
+from service.usage import admission
 from workers.limiter import Limits, RateLimiter
 
 CANDIDATES_PER_GROUP = 200
@@ -68,6 +70,7 @@ class Dispatcher:
         self.limiter = limiter
         self.publish = publish
         self.limits = settings.model_limits()
+        self.prices = settings.price_table()
         self.paces: dict[str, Pace] = {}
         self._rotation = 0
 
@@ -132,6 +135,12 @@ class Dispatcher:
                     blocked_models[candidate.model] = self._wait("rate_limit", "rpm", now, delay)
                     report.next_wake = min(report.next_wake, delay)
                     continue
+                if not candidate.budget_reserved:
+                    refusal = self._reserve_budget(session, candidate, now)
+                    if refusal is not None:
+                        # The batch pauses here, and resumes by itself once the budget is raised.
+                        blocked_groups[g] = {"reason": "budget", "detail": refusal}
+                        continue
                 outcome = self._acquire(candidate, caps.get(candidate.tenant_id))
                 if outcome is None:
                     queue.popleft()
@@ -170,6 +179,17 @@ class Dispatcher:
                     blocked_groups.get(g) or blocked_models.get(g[1]) or {"reason": "worker_capacity"}
                 )
         return report
+
+    def _reserve_budget(self, session: Session, c: Candidate, now: datetime) -> str | None:
+        info = get_model(c.model)
+        assert info is not None
+        most = admission.estimate(
+            self.prices, model=info, input_tokens=c.estimated_input_tokens, max_tokens=c.max_tokens
+        ).cost_max
+        refusal = admission.admit(
+            session, job_id=c.job_id, tenant_id=c.tenant_id, api_key_id=c.api_key_id, amount=most, now=now
+        )
+        return None if refusal is None else refusal.message()
 
     def _acquire(self, c: Candidate, cap: tuple[int | None, int | None, int | None] | None) -> tuple[str, float] | None:
         rpm, tpm = self.limits.get(c.model, (None, None))

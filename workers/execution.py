@@ -130,7 +130,7 @@ def run_job(job_id: str, *, rt: Runtime) -> None:
     if error is not None:
         outcome = _with_retry_decision(outcome, error, claim, rt)
     with transaction(rt.session_factory) as session:
-        moved = transitions.finish(session, claim=claim, outcome=outcome)
+        moved = transitions.finish(session, claim=claim, outcome=outcome, prices=rt.prices)
     _settle(claim, outcome, error, rt)
     log.info(
         "job %s attempt %s: %s%s%s",

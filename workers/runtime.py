@@ -61,6 +61,7 @@ class Runtime:
         self.limiter = RateLimiter(
             self.redis, account=settings.upstream_account, window_seconds=settings.limiter_window_seconds
         )
+        self.prices = settings.price_table()
         self.retry_policy = RetryPolicy(
             base_seconds=settings.retry_base_seconds, cap_seconds=settings.retry_cap_seconds
         )

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
 import redis
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
@@ -10,16 +14,31 @@ from sqlalchemy import text
 from service.api import errors
 from service.api.deps import SessionDep
 from service.api.limits import UPLOAD_PATHS, BodySizeLimit
+from service.batches.documents_router import router as documents_router
 from service.batches.router import router as batches_router
 from service.config import Settings, get_settings
 from service.db import engine_for, make_session_factory
+from service.dropins import router as dropins_router
 from service.jobs.router import router as jobs_router
 from service.limits.router import router as limits_router
+from service.usage.router import router as usage_router
+from service.webhooks.router import router as webhooks_router
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # Sync routes run on this thread pool, and FastAPI validates their responses on it too. A request that
+        # holds a database connection must always find a free slot to finish, so the pool is sized well above
+        # the concurrency uvicorn admits (`mmjobs api` sets limit_concurrency below it).
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.api_threads
+        yield
+        engine.dispose()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="minimax-jobs",
         version="0.1.0",
         description="Asynchronous jobs, batches and schedules for MiniMax models. "
@@ -38,8 +57,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         large_prefixes=UPLOAD_PATHS,
     )
     app.include_router(jobs_router)
+    app.include_router(documents_router)
     app.include_router(batches_router)
     app.include_router(limits_router)
+    app.include_router(webhooks_router)
+    app.include_router(usage_router)
+    app.include_router(dropins_router)
 
     @app.get("/healthz", tags=["health"], summary="The process is up")
     def healthz() -> dict[str, str]:

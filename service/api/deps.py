@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -14,16 +14,23 @@ from service.models import ApiKey
 from service.tenants import service as tenants
 
 
-def get_session(request: Request) -> Iterator[Session]:
-    # scope="function" below: the commit happens before the response is sent, so a client that
-    # polls right after a 202 always finds its job.
-    with request.app.state.session_factory() as session:
-        try:
-            yield session
-            session.commit()
-        except BaseException:
-            session.rollback()
-            raise
+async def get_session(request: Request) -> AsyncIterator[Session]:
+    """The request's session; it commits once the route has run.
+
+    scope="function" below: the commit happens before the response is sent, so a client that polls right after
+    a 202 always finds its job. The dependency is async on purpose: its commit runs on the event loop instead of
+    needing a free thread-pool slot. With a sync dependency, requests queued on a row lock (a budget) could hold
+    every slot while the request holding the lock waited for one to commit: a deadlock.
+    """
+    session: Session = request.app.state.session_factory()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
 
 
 def get_settings(request: Request) -> Settings:

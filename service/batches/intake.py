@@ -64,7 +64,8 @@ def json_body(stream: IO[bytes]) -> tuple[BatchOptions, Iterator[RawRequest]]:
 
 def parse_options(values: dict[str, Any]) -> BatchOptions:
     """Batch options given as form fields or query parameters (metadata as a JSON object string)."""
-    data: dict[str, Any] = {k: v for k, v in values.items() if v is not None}
+    # Blank fields (an HTML form sends them) mean "not given".
+    data: dict[str, Any] = {k: v for k, v in values.items() if v is not None and v != ""}
     if isinstance(data.get("metadata"), str):
         try:
             data["metadata"] = json.loads(data["metadata"])

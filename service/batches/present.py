@@ -6,7 +6,7 @@ from sqlalchemy.orm import Session
 from service.batches import service
 from service.batches.schemas import BatchOut, RequestCounts
 from service.db import utcnow
-from service.jobs.schemas import Usage
+from service.jobs.schemas import UsageCost
 from service.models import Batch
 
 
@@ -32,7 +32,7 @@ def batch_out(request: Request, session: Session, batch: Batch) -> BatchOut:
         expires_at=batch.expires_at,
         ended_at=batch.ended_at,
         cancel_initiated_at=batch.cancel_initiated_at,
-        usage=Usage.model_validate(service.usage(session, batch=batch)),
+        usage=UsageCost.model_validate(service.usage(session, batch=batch)),
         estimated_completion_at=service.estimated_completion(session, batch=batch, now=utcnow()),
         results_url=str(request.url_for("batch_results", batch_id=batch.id)),
     )

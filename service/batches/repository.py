@@ -18,7 +18,7 @@ JOB_COLUMNS = (
     "id", "tenant_id", "api_key_id", "batch_id", "custom_id", "model", "format", "status", "priority", "metadata",
     "params", "estimated_input_tokens", "max_tokens", "max_attempts", "attempt_count", "next_attempt_at",
     "output_tokens_so_far", "created_at", "updated_at", "expires_at", "input_tokens", "output_tokens",
-    "cache_read_tokens", "cache_write_tokens",
+    "cache_read_tokens", "cache_write_tokens", "cost_usd", "budget_reserved", "webhook_url",
 )  # fmt: skip
 _JSON_COLUMNS = {"metadata", "params"}
 
@@ -81,14 +81,14 @@ def list_page(
     return rows[:limit], len(rows) > limit
 
 
-def usage(session: Session, *, batch_id: str) -> dict[str, int]:
+def usage(session: Session, *, batch_id: str) -> dict[str, Any]:
     row = session.execute(
         select(
             func.coalesce(func.sum(Job.input_tokens), 0),
             func.coalesce(func.sum(Job.output_tokens), 0),
             func.coalesce(func.sum(Job.cache_read_tokens), 0),
             func.coalesce(func.sum(Job.cache_write_tokens), 0),
-            func.min(Job.started_at),
+            func.coalesce(func.sum(Job.cost_usd), 0),
         ).where(Job.batch_id == batch_id)
     ).one()
     return {
@@ -96,6 +96,7 @@ def usage(session: Session, *, batch_id: str) -> dict[str, int]:
         "output_tokens": int(row[1]),
         "cache_read_tokens": int(row[2]),
         "cache_write_tokens": int(row[3]),
+        "cost_usd": row[4],
     }
 
 

@@ -5,7 +5,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.jobs.schemas import Metadata, Usage
+from service.jobs.schemas import Metadata, UsageCost
 
 CUSTOM_ID_PATTERN = r"^[a-zA-Z0-9_-]{1,64}$"
 MAX_REQUESTS = 100_000
@@ -60,7 +60,7 @@ class BatchOut(BaseModel):
     expires_at: datetime
     ended_at: datetime | None
     cancel_initiated_at: datetime | None
-    usage: Usage = Field(description="Tokens billed so far across every request and attempt.")
+    usage: UsageCost = Field(description="Tokens and USD billed so far across every request and attempt.")
     estimated_completion_at: datetime | None = Field(description="From the rate requests have finished at so far.")
     results_url: str
 

@@ -21,6 +21,8 @@ from service.jobs.validation import check_request
 from service.models import ApiKey, Batch, BatchStatus, Job, JobStatus
 
 INSERT_CHUNK = 2000
+# Write a chunk sooner when its documents are large, so memory stays bounded whatever the request sizes.
+INSERT_CHUNK_TOKENS = 2_000_000
 ID_PREFIX = {"native": "batch", "anthropic": "msgbatch", "openai": "batch"}
 FINISHED = ("succeeded", "failed", "canceled", "expired")
 
@@ -90,6 +92,7 @@ def create(
     repository.add(session, batch)
     seen: set[str] = set()
     chunk: list[dict[str, Any]] = []
+    chunk_tokens = 0
     total = 0
     for raw in requests:
         request = _validate(raw)
@@ -135,11 +138,16 @@ def create(
                 "output_tokens": 0,
                 "cache_read_tokens": 0,
                 "cache_write_tokens": 0,
+                "cost_usd": 0,
+                "budget_reserved": False,
+                "webhook_url": None,
             }
         )
-        if len(chunk) >= INSERT_CHUNK:
+        chunk_tokens += checked.estimated_input_tokens
+        if len(chunk) >= INSERT_CHUNK or chunk_tokens >= INSERT_CHUNK_TOKENS:
             repository.insert_jobs(session, chunk)
             chunk = []
+            chunk_tokens = 0
     if total == 0:
         raise APIError(422, "invalid_request", "a batch needs at least one request", field="requests")
     repository.insert_jobs(session, chunk)
@@ -156,7 +164,7 @@ def get(session: Session, *, key: ApiKey, batch_id: str, api: str | None = None)
     return batch
 
 
-def usage(session: Session, *, batch: Batch) -> dict[str, int]:
+def usage(session: Session, *, batch: Batch) -> dict[str, Any]:
     return repository.usage(session, batch_id=batch.id)
 
 

@@ -8,9 +8,24 @@ from typing import Any
 from fastapi import Request
 
 from service.db import utcnow
-from service.jobs.schemas import Attempt, JobDetail, JobError, JobSummary, Links, Progress, Result, Usage, Waiting
+from service.jobs.schemas import (
+    Attempt,
+    JobDetail,
+    JobError,
+    JobSummary,
+    Links,
+    Progress,
+    Result,
+    Usage,
+    UsageCost,
+    Waiting,
+)
 from service.models import WAITING, Job, JobAttempt
 from service.status import group_key
+
+
+def _usage_cost(job: Job) -> UsageCost:
+    return UsageCost(**_usage(job).model_dump(), cost_usd=job.cost_usd)
 
 
 def _usage(row: Job | JobAttempt) -> Usage:
@@ -47,7 +62,7 @@ def summary(request: Request, job: Job) -> JobSummary:
         attempt_count=job.attempt_count,
         max_attempts=job.max_attempts,
         estimated_input_tokens=job.estimated_input_tokens,
-        usage=_usage(job),
+        usage=_usage_cost(job),
         error=JobError.model_validate(job.error) if job.error else None,
         links=_links(request, job.id),
     )

@@ -9,7 +9,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, undefer
 
 from service.db import utcnow
-from service.jobs.transitions import count_terminal
+from service.jobs.landing import LANDED, on_terminal
 from service.models import ACTIVE, Job, JobAttempt, JobStatus
 
 
@@ -66,7 +66,7 @@ def cancel(session: Session, *, tenant_id: str, job_id: str) -> bool:
         update(Job)
         .where(Job.id == job_id, Job.tenant_id == tenant_id, Job.status.in_(ACTIVE))
         .values(status=JobStatus.CANCELED, finished_at=now, updated_at=now, lease_expires_at=None)
-        .returning(Job.batch_id, Job.status)
+        .returning(*LANDED)
     ).all()
-    count_terminal(session, landed, now=now)
+    on_terminal(session, landed, now=now)
     return bool(landed)

@@ -3,22 +3,39 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 
 from service import status
 from service.api.deps import CurrentKey, SessionDep, SettingsDep
 from service.api.errors import APIError
 from service.jobs import present, service
-from service.jobs.schemas import JobCreate, JobDetail, JobList
+from service.jobs.schemas import Estimate, JobCreate, JobDetail, JobList
 from service.models import WAITING
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 
-@router.post("", status_code=202, response_model=JobDetail, summary="Submit a job")
+@router.post(
+    "",
+    status_code=202,
+    response_model=JobDetail | Estimate,
+    summary="Submit a job",
+    description="Answers 202 with the job. With `dry_run=true`, answers 200 with the token estimate and the cost "
+    "range and stores nothing. 402 when the job's maximum cost does not fit the tenant's budget.",
+    responses={200: {"model": Estimate}, 402: {"description": "Over budget"}},
+)
 def create_job(
-    body: JobCreate, request: Request, session: SessionDep, key: CurrentKey, settings: SettingsDep
-) -> JobDetail:
+    body: JobCreate,
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    key: CurrentKey,
+    settings: SettingsDep,
+    dry_run: bool = False,
+) -> JobDetail | Estimate:
+    if dry_run:
+        response.status_code = 200
+        return service.estimate(body=body, settings=settings)
     job = service.create(session, key=key, body=body, settings=settings)
     return present.detail(request, job, [])
 

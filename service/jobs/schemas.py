@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
@@ -23,6 +24,7 @@ class JobCreate(BaseModel):
     metadata: Metadata = Field(default_factory=dict, description="Up to 16 string pairs, filterable when listing.")
     priority: int = Field(0, ge=-100, le=100, description="Higher runs first within a tenant.")
     max_attempts: int | None = Field(None, ge=1, le=20, description="Calls to try before failing (default 5).")
+    webhook_url: str | None = Field(None, max_length=2048, description="Called (signed) when the job finishes.")
 
 
 class Usage(BaseModel):
@@ -30,6 +32,25 @@ class Usage(BaseModel):
     output_tokens: int
     cache_read_tokens: int
     cache_write_tokens: int
+
+
+class UsageCost(Usage):
+    cost_usd: Decimal = Field(description="Billed so far, every attempt included, at the prices in force then.")
+
+
+class CostRange(BaseModel):
+    min: Decimal = Field(description="The input alone.")
+    max: Decimal = Field(description="The input plus every output token max_tokens allows.")
+
+
+class Estimate(BaseModel):
+    object: Literal["estimate"] = "estimate"
+    model: str
+    requests: int = 1
+    estimated_input_tokens: int
+    max_output_tokens: int
+    cost_usd: CostRange
+    price_version: str
 
 
 class Attempt(BaseModel):
@@ -100,7 +121,7 @@ class JobSummary(BaseModel):
     attempt_count: int
     max_attempts: int
     estimated_input_tokens: int
-    usage: Usage
+    usage: UsageCost
     error: JobError | None
     links: Links
 

@@ -12,9 +12,30 @@ from service.api.errors import APIError, not_found
 from service.config import Settings
 from service.db import new_id, utcnow
 from service.jobs import repository
-from service.jobs.schemas import JobCreate
+from service.jobs.schemas import CostRange, Estimate, JobCreate
 from service.jobs.validation import check_request
 from service.models import ApiKey, Job, JobAttempt, JobStatus
+from service.usage import admission
+from service.usage.pricing import is_priority
+
+
+def estimate(*, body: JobCreate, settings: Settings) -> Estimate:
+    """What the job would cost, without storing anything (`dry_run`)."""
+    checked = check_request(model=body.model, fmt=body.format, params=body.params)
+    e = admission.estimate(
+        settings.price_table(),
+        model=checked.model,
+        input_tokens=checked.estimated_input_tokens,
+        max_tokens=checked.max_tokens,
+        priority=is_priority(body.params),
+    )
+    return Estimate(
+        model=e.model,
+        estimated_input_tokens=e.estimated_input_tokens,
+        max_output_tokens=e.max_output_tokens,
+        cost_usd=CostRange(min=e.cost_min, max=e.cost_max),
+        price_version=e.price_version,
+    )
 
 
 def create(session: Session, *, key: ApiKey, body: JobCreate, settings: Settings) -> Job:
@@ -32,6 +53,7 @@ def create(session: Session, *, key: ApiKey, body: JobCreate, settings: Settings
         params=body.params,
         estimated_input_tokens=checked.estimated_input_tokens,
         max_tokens=checked.max_tokens,
+        webhook_url=body.webhook_url,
         max_attempts=body.max_attempts or settings.default_max_attempts,
         attempt_count=0,
         output_tokens_so_far=0,
@@ -45,6 +67,16 @@ def create(session: Session, *, key: ApiKey, body: JobCreate, settings: Settings
         expires_at=now + timedelta(seconds=settings.job_expiry_seconds),
     )
     repository.add(session, job)
+    most = admission.estimate(
+        settings.price_table(),
+        model=checked.model,
+        input_tokens=checked.estimated_input_tokens,
+        max_tokens=checked.max_tokens,
+        priority=is_priority(body.params),
+    ).cost_max
+    refusal = admission.admit(session, job_id=job.id, tenant_id=key.tenant_id, api_key_id=key.id, amount=most, now=now)
+    if refusal is not None:
+        raise APIError(402, "budget_exceeded", refusal.message())
     dispatch.wake_scheduler_after_commit(session, settings)
     return job
 

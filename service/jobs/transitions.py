@@ -3,17 +3,19 @@ expects, so two processes racing for the same job cannot both win (DESIGN.md dec
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Row, func, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from service.db import utcnow
-from service.models import COUNT_FOR_STATUS, WAITING, Batch, BatchStatus, Job, JobAttempt, JobStatus
+from service.jobs.landing import LANDED, on_terminal
+from service.models import WAITING, Batch, BatchStatus, Job, JobAttempt, JobStatus
+from service.usage import ledger
+from service.usage.pricing import PriceTable, is_priority
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -29,6 +31,8 @@ class Claim:
     max_attempts: int
     expires_at: datetime
     estimated_input_tokens: int
+    api_key_id: str | None = None
+    batch_id: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -84,6 +88,8 @@ def claim(session: Session, *, job_id: str, owner: str, lease_seconds: float) ->
             Job.max_attempts,
             Job.expires_at,
             Job.estimated_input_tokens,
+            Job.api_key_id,
+            Job.batch_id,
         )
     ).one_or_none()
     if row is None:
@@ -100,6 +106,8 @@ def claim(session: Session, *, job_id: str, owner: str, lease_seconds: float) ->
         max_attempts=row.max_attempts,
         expires_at=row.expires_at,
         estimated_input_tokens=row.estimated_input_tokens,
+        api_key_id=row.api_key_id,
+        batch_id=row.batch_id,
     )
 
 
@@ -127,7 +135,7 @@ def extend_leases(
     return alive
 
 
-def finish(session: Session, *, claim: Claim, outcome: Outcome) -> bool:
+def finish(session: Session, *, claim: Claim, outcome: Outcome, prices: PriceTable) -> bool:
     """Record the attempt and, if the job is still ours, its final state. Returns whether the job moved.
 
     Tokens billed always count toward the job, even when it was canceled while the call ran.
@@ -153,6 +161,21 @@ def finish(session: Session, *, claim: Claim, outcome: Outcome) -> bool:
             update(Job)
             .where(Job.id == claim.job_id)
             .values({getattr(Job, k): getattr(Job, k) + v for k, v in usage.items()})
+        )
+        ledger.record(
+            session,
+            job_id=claim.job_id,
+            attempt=claim.number,
+            tenant_id=claim.tenant_id,
+            api_key_id=claim.api_key_id,
+            batch_id=claim.batch_id,
+            model=claim.model,
+            format=claim.format,
+            upstream_request_id=outcome.upstream_request_id,
+            usage=usage,
+            priority=is_priority(claim.params),
+            prices=prices,
+            now=now,
         )
     final: dict[str, Any] = {
         "finished_at": now,
@@ -188,33 +211,10 @@ def finish(session: Session, *, claim: Claim, outcome: Outcome) -> bool:
         update(Job)
         .where(Job.id == claim.job_id, Job.status == JobStatus.RUNNING, Job.attempt_count == claim.number)
         .values(final)
-        .returning(Job.batch_id, Job.status)
+        .returning(*LANDED)
     ).all()
-    count_terminal(session, moved, now=now)
+    on_terminal(session, moved, now=now)
     return bool(moved)
-
-
-def count_terminal(session: Session, landed: Sequence[Row[Any]] | Sequence[tuple[Any, ...]], *, now: datetime) -> None:
-    """Move batch counts for jobs that just reached a final state, in the caller's transaction, and end every
-    batch with nothing left processing. `landed` holds (batch_id, new status) pairs."""
-    moves: Counter[tuple[str, str]] = Counter()
-    for row in landed:
-        batch_id, status = row[0], row[1]
-        if batch_id is not None and status in COUNT_FOR_STATUS:
-            moves[(batch_id, COUNT_FOR_STATUS[status])] += 1
-    for (batch_id, column), n in sorted(moves.items()):
-        session.execute(
-            update(Batch)
-            .where(Batch.id == batch_id)
-            .values({Batch.processing: Batch.processing - n, getattr(Batch, column): getattr(Batch, column) + n})
-        )
-    batch_ids = sorted({b for b, _ in moves})
-    if batch_ids:
-        session.execute(
-            update(Batch)
-            .where(Batch.id.in_(batch_ids), Batch.processing <= 0, Batch.status != BatchStatus.ENDED)
-            .values(status=BatchStatus.ENDED, ended_at=now)
-        )
 
 
 LEASE_LOST_MESSAGE = "the worker stopped renewing its lease (crashed, killed or cut off); the job was handed back"
@@ -241,7 +241,7 @@ def recover_expired_leases(session: Session, *, now: datetime | None = None) -> 
         )
         .returning(Job.id, Job.attempt_count, Job.batch_id, Job.status)
     ).all()
-    count_terminal(session, [(r.batch_id, r.status) for r in exhausted], now=now)
+    on_terminal(session, [(r.id, r.batch_id, r.status) for r in exhausted], now=now)
     retried = session.execute(
         update(Job)
         .where(*expired)
@@ -285,9 +285,9 @@ def expire_overdue(session: Session, *, now: datetime | None = None) -> int:
             updated_at=now,
             error={"type": "expired", "message": "the job did not start before its deadline (expires_at)"},
         )
-        .returning(Job.batch_id, Job.status)
+        .returning(*LANDED)
     ).all()
-    count_terminal(session, landed, now=now)
+    on_terminal(session, landed, now=now)
     return len(landed)
 
 
@@ -301,9 +301,9 @@ def cancel_waiting(session: Session, *, now: datetime, batch_id: str | None = No
         update(Job)
         .where(Job.batch_id.in_(canceling.scalar_subquery()), Job.status.in_(WAITING))
         .values(status=JobStatus.CANCELED, finished_at=now, updated_at=now)
-        .returning(Job.batch_id, Job.status)
+        .returning(*LANDED)
     ).all()
-    count_terminal(session, landed, now=now)
+    on_terminal(session, landed, now=now)
     return len(landed)
 
 
@@ -315,6 +315,9 @@ class Candidate:
     attempt_count: int
     estimated_input_tokens: int
     max_tokens: int | None
+    batch_id: str | None = None
+    api_key_id: str | None = None
+    budget_reserved: bool = True
 
 
 def _dispatchable(now: datetime, redispatch_before: datetime) -> tuple[Any, ...]:
@@ -357,7 +360,17 @@ def group_candidates(
     """The next jobs of one tenant and model, locked for this scheduler (others skip them): highest priority
     first, then oldest."""
     rows = session.execute(
-        select(Job.id, Job.tenant_id, Job.model, Job.attempt_count, Job.estimated_input_tokens, Job.max_tokens)
+        select(
+            Job.id,
+            Job.tenant_id,
+            Job.model,
+            Job.attempt_count,
+            Job.estimated_input_tokens,
+            Job.max_tokens,
+            Job.batch_id,
+            Job.api_key_id,
+            Job.budget_reserved,
+        )
         .where(Job.tenant_id == tenant_id, Job.model == model, *_dispatchable(now, redispatch_before))
         # A tenant's single jobs go before its batch requests, then priority, then age.
         .order_by(Job.batch_id.is_not(None), Job.priority.desc(), Job.id)
@@ -372,6 +385,9 @@ def group_candidates(
             attempt_count=r.attempt_count,
             estimated_input_tokens=r.estimated_input_tokens,
             max_tokens=r.max_tokens,
+            batch_id=r.batch_id,
+            api_key_id=r.api_key_id,
+            budget_reserved=r.budget_reserved,
         )
         for r in rows
     ]
@@ -388,7 +404,7 @@ def fail_waiting(session: Session, *, job_id: str, error: dict[str, Any], now: d
         update(Job)
         .where(Job.id == job_id, Job.status.in_(WAITING))
         .values(status=JobStatus.FAILED, finished_at=now, updated_at=now, error=error)
-        .returning(Job.batch_id, Job.status)
+        .returning(*LANDED)
     ).all()
-    count_terminal(session, landed, now=now)
+    on_terminal(session, landed, now=now)
     return bool(landed)

@@ -6,6 +6,7 @@ per line, so nothing here touches the database.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -74,6 +75,9 @@ def check_request(*, model: str, fmt: str, params: Mapping[str, Any]) -> Checked
         raise APIError(422, "invalid_request", f"model: unknown model {model!r}; known models: {known}", field="model")
     if fmt not in FORMATS:
         raise _invalid("format", f"must be one of {', '.join(FORMATS)}")
+    if "\\u0000" in json.dumps(params):
+        # Postgres text cannot hold NUL; MiniMax has no use for it either.
+        raise _invalid("params", "contains a NUL character (\\u0000); remove it")
     for reserved in ("model", "stream"):
         if reserved in params:
             raise _invalid(

@@ -2,8 +2,18 @@
 
 from service.models.base import Base
 from service.models.batch import BATCH_APIS, COUNT_FOR_STATUS, Batch, BatchStatus
+from service.models.file import File
 from service.models.job import ACTIVE, TERMINAL, WAITING, Job, JobAttempt, JobStatus
 from service.models.tenant import ApiKey, Tenant
+from service.models.usage import Budget, BudgetReservation, UsageEntry
+from service.models.webhook import (
+    DeliveryStatus,
+    TenantWebhookSecret,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookEndpoint,
+    WebhookEvent,
+)
 
 __all__ = [
     "ACTIVE",
@@ -15,8 +25,18 @@ __all__ = [
     "Base",
     "Batch",
     "BatchStatus",
+    "Budget",
+    "BudgetReservation",
+    "DeliveryStatus",
+    "File",
     "Job",
     "JobAttempt",
     "JobStatus",
     "Tenant",
+    "TenantWebhookSecret",
+    "UsageEntry",
+    "WebhookAttempt",
+    "WebhookDelivery",
+    "WebhookEndpoint",
+    "WebhookEvent",
 ]

@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint, text
+from sqlalchemy import ForeignKey, Index, Numeric, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, deferred, mapped_column
 
 from service.db import BigIntPK, JSONType, utcnow
@@ -68,6 +69,10 @@ class Job(CreatedAtMixin, Base):
     output_tokens: Mapped[int] = mapped_column(default=0)
     cache_read_tokens: Mapped[int] = mapped_column(default=0)
     cache_write_tokens: Mapped[int] = mapped_column(default=0)
+    cost_usd: Mapped[Decimal] = mapped_column(Numeric(18, 9), default=Decimal(0))
+    # Set once the job holds its maximum cost on its tenant's budgets (at intake, or at dispatch for batches).
+    budget_reserved: Mapped[bool] = mapped_column(default=False)
+    webhook_url: Mapped[str | None] = mapped_column(String(2048))
 
     __table_args__ = (
         Index("ix_jobs_tenant_id_id", "tenant_id", "id"),

@@ -12,7 +12,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from service.db import utcnow
-from service.jobs.transitions import count_terminal
+from service.jobs.landing import LANDED, on_terminal
 from service.models import Batch, Job
 from tests.conftest import make_key
 
@@ -122,9 +122,9 @@ def land(session: Session, batch_id: str, custom_id: str, status: str, **values:
     """Drive one request to a final state the way the worker or scheduler does (guarded UPDATE + counts)."""
     rows = session.execute(
         update(Job).where(Job.batch_id == batch_id, Job.custom_id == custom_id)
-        .values(status=status, finished_at=utcnow(), **values).returning(Job.batch_id, Job.status)
+        .values(status=status, finished_at=utcnow(), **values).returning(*LANDED)
     ).all()  # fmt: skip
-    count_terminal(session, rows, now=utcnow())
+    on_terminal(session, rows, now=utcnow())
     session.commit()
 
 

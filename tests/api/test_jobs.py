@@ -402,3 +402,11 @@ def test_limits_show_configured_values_with_overrides(settings: Any, session_fac
     assert models["MiniMax-M2.7"]["configured"] == {"rpm": 600, "tpm": 20_000_000}
     assert models["MiniMax-M3"]["configured"] == {"rpm": 200, "tpm": 10_000_000}
     assert r.json()["tenant"]["configured"] == {"rpm": None, "tpm": None, "concurrency": None}
+
+
+def test_a_nul_character_is_a_clear_422(client: TestClient, auth: dict[str, str], session: Session) -> None:
+    before = job_count(session)
+    r = client.post("/v1/jobs", json=body(params={"messages": [{"role": "user", "content": "a\x00b"}]}), headers=auth)
+    assert r.status_code == 422
+    assert "NUL" in r.json()["error"]["message"]
+    assert job_count(session) == before

@@ -1,0 +1,207 @@
+"""One Markdown table per scenario (metric | target | minimax-jobs | baseline), and benchmarks/RESULTS.md."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psutil  # type: ignore[import-untyped, unused-ignore]
+
+from benchmarks.metrics import MIB, Figures
+from benchmarks.scenarios import NAMES, Scenario
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+PASS, MISS = "✓", "✗"
+
+
+@dataclass(frozen=True)
+class Side:
+    """One side's outcome: its figures, or the error that stopped it."""
+
+    figures: Figures | None = None
+    error: str | None = None
+    skipped: bool = False
+
+
+def _num(x: float | None, fmt: str = "{:,.1f}", unit: str = "") -> str:
+    return "n/a" if x is None else fmt.format(x) + unit
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = psutil.virtual_memory().total / 1024**3
+    return f"nproc {os.cpu_count()} ({cpu}), {mem:.1f} GiB RAM, Python {platform.python_version()}, {_commit()}"
+
+
+def _commit() -> str:
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "service", "workers", "simulator", "migrations"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "commit unknown"
+    return f"commit {head}" + (" + uncommitted changes" if dirty else "")
+
+
+# A row: label, target key (None: no target), value text, and the check that decides ✓/✗.
+Check = Callable[[Figures], bool]
+Value = Callable[[Figures], str]
+
+
+def _rows(s: Scenario) -> list[tuple[str, str | None, Value, Check | None]]:
+    rpm, tpm, n = s.sim.rpm, s.sim.tpm, s.jobs
+
+    def ratio(f: Figures) -> float | None:
+        return None if f.completion_seconds is None else f.completion_seconds / f.ideal_seconds
+
+    def pct(x: float | None, limit: int | None) -> str:
+        if x is None:
+            return "n/a"
+        return f"{x:,.0f}" + (f" ({100 * x / limit:.1f} %)" if limit else " (no limit)")
+
+    rows: list[tuple[str, str | None, Value, Check | None]] = [
+        ("jobs submitted (refused)", None, lambda f: f"{f.jobs:,} ({f.submit_errors})", None),
+        ("submission time", None, lambda f: _num(f.submit_seconds, unit=" s"), None),
+        (
+            f"completion time (ideal {s.ideal_seconds():,.1f} s)",
+            "completion_ratio",
+            lambda f: "n/a (jobs stuck)" if ratio(f) is None else f"{f.completion_seconds:,.1f} s ({ratio(f):.2f} x)",
+            lambda f: (r := ratio(f)) is not None and r <= 1.05,
+        ),
+        (
+            "achieved RPM (% of limit)",
+            "rpm_pct",
+            lambda f: pct(f.achieved_rpm, rpm),
+            lambda f: bool(rpm) and f.achieved_rpm is not None and f.achieved_rpm >= 0.97 * (rpm or 0),
+        ),
+        (
+            "achieved TPM (% of limit)",
+            "tpm_pct",
+            lambda f: pct(f.achieved_tpm, tpm),
+            lambda f: bool(tpm) and f.achieved_tpm is not None and f.achieved_tpm >= 0.95 * (tpm or 0),
+        ),
+        ("upstream 429s", "upstream_429", lambda f: f"{f.upstream_429:,}", lambda f: f.upstream_429 == 0),
+        (
+            "queue wait p50 / p99",
+            None,
+            lambda f: f"{_num(f.queue_wait_p50, '{:,.2f}')} / {_num(f.queue_wait_p99, '{:,.2f}')} s",
+            None,
+        ),
+        (
+            "peak RSS, all worker processes",
+            "peak_rss",
+            lambda f: f"{f.peak_rss_bytes / MIB:,.0f} MiB ({f.rss_processes} processes)",
+            lambda f: 0 < f.peak_rss_bytes < 1024 * MIB,
+        ),
+        (
+            "peak calls in flight",
+            "peak_in_flight",
+            lambda f: f"{f.peak_in_flight:,}",
+            lambda f: f.peak_in_flight >= min(1000, n),
+        ),
+        (
+            "terminal / succeeded / failed",
+            "terminal",
+            lambda f: f"{f.terminal:,} / {f.statuses.get('succeeded', 0):,} / {f.statuses.get('failed', 0):,}",
+            lambda f: f.terminal == f.jobs,
+        ),
+        ("stuck (not terminal at the end)", "stuck", lambda f: f"{f.stuck:,}", lambda f: f.stuck == 0),
+        (
+            "retryable failures left failed",
+            "retryable_failed",
+            lambda f: f"{f.retryable_failed:,}",
+            lambda f: f.retryable_failed == 0,
+        ),
+        ("upstream attempts / calls billed", None, lambda f: f"{f.attempts:,} / {f.calls_billed:,}", None),
+    ]
+    if s.probe_after is not None:
+        rows.append(
+            (
+                "tenant B job: queue wait (total)",
+                "probe_wait",
+                lambda f: f"{_num(f.probe_wait, '{:,.2f}', ' s')} ({_num(f.probe_total, '{:,.1f}', ' s')})",
+                lambda f: f.probe_wait is not None and f.probe_wait < 2,
+            )
+        )
+    return rows
+
+
+def _cell(side: Side, value: Value, check: Check | None, *, first: bool) -> str:
+    if side.skipped:
+        return "not run" if first else ""
+    if side.figures is None:
+        return (f"error: {side.error}" if side.error else "n/a") if first else ""
+    text = value(side.figures)
+    if check is not None:
+        text += f" {PASS if check(side.figures) else MISS}"
+    return text
+
+
+def table(s: Scenario, ours: Side, base: Side) -> str:
+    targets = s.targets()
+    lines = ["| metric | target | minimax-jobs | baseline |", "|---|---|---|---|"]
+    for i, (label, key, value, check) in enumerate(_rows(s)):
+        target = targets.get(key) if key else None
+        verdict = check if target else None
+        lines.append(
+            f"| {label} | {target or ''} | {_cell(ours, value, verdict, first=i == 0)} "
+            f"| {_cell(base, value, verdict, first=i == 0)} |"
+        )
+    return "\n".join(lines)
+
+
+def section(s: Scenario, ours: Side, base: Side, when: datetime) -> str:
+    head = f"## {s.title} ({s.name}, {s.mode})"
+    meta = f"Measured {when:%Y-%m-%d %H:%M} UTC on {machine()}."
+    work = f"Workload: {s.describe()}."
+    notes = []
+    for name, side in (("minimax-jobs", ours), ("baseline", base)):
+        if side.figures and side.figures.extra.get("sim_outcomes"):
+            outcomes = ", ".join(f"{k} {v}" for k, v in sorted(side.figures.extra["sim_outcomes"].items()))
+            notes.append(f"Simulator outcomes, {name}: {outcomes}.")
+    return "\n\n".join([head, meta, work, table(s, ours, base), *notes])
+
+
+_MARK = re.compile(r"<!-- section: (\S+) -->\n(.*?)<!-- end -->\n", re.S)
+_HEADER = """# Benchmark results
+
+The latest tables of `python -m benchmarks.run` (what each figure means: README.md). Targets are issue 3's, for
+the full sizes; ✓ / ✗ say whether a side meets the target. Each section says when and where it was measured.
+"""
+
+
+def write_results(sections: dict[str, str], *, replace_all: bool) -> Path:
+    """Replace the given sections (key "name/mode") in RESULTS.md, or rewrite the file from them alone."""
+    existing: dict[str, str] = {}
+    if not replace_all and RESULTS.exists():
+        existing = {m.group(1): m.group(2).rstrip("\n") for m in _MARK.finditer(RESULTS.read_text())}
+    existing.update(sections)
+    order = [f"{n}/{m}" for m in ("full", "quick") for n in NAMES]
+    keys = sorted(existing, key=lambda k: order.index(k) if k in order else len(order))
+    body = "".join(f"\n<!-- section: {k} -->\n{existing[k]}\n<!-- end -->\n" for k in keys)
+    RESULTS.write_text(_HEADER + body)
+    return RESULTS
+
+
+def now() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,238 @@
+"""The Anthropic Message Batches API at `/anthropic/v1/messages/batches`, for the official SDK unchanged:
+`anthropic.Anthropic(base_url="http://HOST:PORT/anthropic", api_key=KEY).messages.batches...`.
+
+Same paths, bodies, objects, JSONL result lines and error shapes as Anthropic's; the batch engine underneath is
+the native one (`service.batches`), with `api="anthropic"` so each API sees only its own batches.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import datetime
+from typing import IO, Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+
+from service.api.deps import CurrentKey, SessionDep, SettingsDep
+from service.api.errors import APIError
+from service.batches import intake, repository, service
+from service.batches.results import RESULT_TYPE, error_of, jsonl
+from service.batches.schemas import MAX_REQUESTS, BatchOptions
+from service.batches.service import RawRequest
+from service.dropins.errors import anthropic_error_type, line_error, remember_session, render_anthropic, route_class
+from service.models import Batch, BatchStatus, Job
+
+API = "anthropic"
+router = APIRouter(
+    prefix="/anthropic/v1/messages/batches",
+    tags=["Anthropic Message Batches (drop-in)"],
+    route_class=route_class(render_anthropic),
+    dependencies=[Depends(remember_session)],
+)
+
+
+class RequestCounts(BaseModel):
+    processing: int
+    succeeded: int
+    errored: int
+    canceled: int
+    expired: int
+
+
+class MessageBatch(BaseModel):
+    id: str
+    type: Literal["message_batch"] = "message_batch"
+    processing_status: Literal["in_progress", "canceling", "ended"]
+    request_counts: RequestCounts
+    ended_at: datetime | None
+    created_at: datetime
+    expires_at: datetime
+    archived_at: datetime | None = None
+    cancel_initiated_at: datetime | None
+    results_url: str | None
+
+
+class MessageBatchPage(BaseModel):
+    data: list[MessageBatch]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
+class DeletedMessageBatch(BaseModel):
+    id: str
+    type: Literal["message_batch_deleted"] = "message_batch_deleted"
+
+
+def message_batch(request: Request, batch: Batch) -> MessageBatch:
+    # Anthropic gives the results URL only once the batch has ended; the SDK's `results()` follows it.
+    ended = batch.status == BatchStatus.ENDED
+    return MessageBatch(
+        id=batch.id,
+        processing_status=batch.status,  # the same three values
+        request_counts=RequestCounts(
+            processing=batch.processing,
+            succeeded=batch.succeeded,
+            errored=batch.errored,
+            canceled=batch.canceled,
+            expired=batch.expired,
+        ),
+        ended_at=batch.ended_at,
+        created_at=batch.created_at,
+        expires_at=batch.expires_at,
+        cancel_initiated_at=batch.cancel_initiated_at,
+        results_url=str(request.url_for("anthropic_batch_results", message_batch_id=batch.id)) if ended else None,
+    )
+
+
+def result_line(job: Job) -> dict[str, Any]:
+    """One line of the results file: the stored MiniMax answer is already an Anthropic message."""
+    kind = RESULT_TYPE[job.status]
+    result: dict[str, Any] = {"type": kind}
+    if kind == "succeeded":
+        result["message"] = (job.result or {}).get("raw")
+    elif kind == "errored":
+        error = error_of(job)
+        http_status = (job.error or {}).get("http_status")
+        error["type"] = anthropic_error_type(http_status if isinstance(http_status, int) else None, error["type"])
+        result["error"] = {"type": "error", "error": error}
+    return {"custom_id": job.custom_id, "result": result}
+
+
+def _load_requests(stream: IO[bytes]) -> list[Any]:
+    try:
+        body = json.load(stream)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise APIError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise APIError(400, "invalid_request", "the body must be a JSON object with `requests`")
+    extra = sorted(set(body) - {"requests"})
+    if extra:
+        raise APIError(400, "invalid_request", f"{extra[0]}: Extra inputs are not permitted", field=extra[0])
+    requests = body.get("requests")
+    if not isinstance(requests, list) or not 1 <= len(requests) <= MAX_REQUESTS:
+        raise APIError(
+            400, "invalid_request", f"requests: a list of 1 to {MAX_REQUESTS:,} requests is required", field="requests"
+        )
+    return requests
+
+
+def _raw_requests(requests: list[Any]) -> Iterator[RawRequest]:
+    """`{custom_id, params: {model, ...}}` -> the service's `{custom_id, model, format, params}`."""
+    for index, item in enumerate(requests):
+        if not isinstance(item, dict):
+            yield RawRequest(index=index, data=item)  # the service names the line
+            continue
+        extra = sorted(set(item) - {"custom_id", "params"})
+        if extra:
+            field = f"requests[{index}].{extra[0]}"
+            raise APIError(400, "invalid_request", f"{field}: Extra inputs are not permitted", field=field)
+        data: dict[str, Any] = {"format": "anthropic", **item}
+        params = item.get("params")
+        if isinstance(params, dict):
+            params = dict(params)
+            if "model" in params:
+                data["model"] = params.pop("model")
+            if params.pop("stream", None):
+                field = f"requests[{index}].params.stream"
+                raise APIError(400, "invalid_request", f"{field}: batch requests do not stream", field=field)
+            data["params"] = params
+        yield RawRequest(index=index, data=data)
+
+
+def _in_anthropic_terms(error: APIError) -> APIError:
+    """Name a refused request's field as the user wrote it: `model` lives in `params` here."""
+    line = line_error(error)
+    if line is None:
+        return error
+    inner = "params.model" if line.field == "model" else line.field
+    field = f"requests[{line.index}]" + (f".{inner}" if inner else "")
+    who = f" (custom_id {line.custom_id})" if line.custom_id else ""
+    return APIError(error.status, error.type, f"{field}{who}: {line.reason}", field=field)
+
+
+@router.post("", response_model=MessageBatch, summary="Create a Message Batch")
+async def create_message_batch(
+    request: Request, session: SessionDep, key: CurrentKey, settings: SettingsDep
+) -> MessageBatch:
+    body = await intake.spool(request)
+    try:
+
+        def create() -> Batch:
+            requests = _raw_requests(_load_requests(body))
+            try:
+                return service.create(
+                    session, key=key, requests=requests, options=BatchOptions(), settings=settings, api=API
+                )
+            except APIError as exc:
+                raise _in_anthropic_terms(exc) from None
+
+        batch = await run_in_threadpool(create)
+    finally:
+        body.close()
+    return message_batch(request, batch)
+
+
+@router.get("", response_model=MessageBatchPage, summary="List Message Batches, newest first")
+def list_message_batches(
+    request: Request,
+    session: SessionDep,
+    key: CurrentKey,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 20,
+    before_id: str | None = None,
+    after_id: str | None = None,
+) -> MessageBatchPage:
+    if before_id is not None and after_id is not None:
+        raise APIError(400, "invalid_request", "give before_id or after_id, not both", field="before_id")
+    rows, has_more = repository.list_page(
+        session, tenant_id=key.tenant_id, api=API, limit=limit, before_id=before_id, after_id=after_id
+    )
+    return MessageBatchPage(
+        data=[message_batch(request, b) for b in rows],
+        first_id=rows[0].id if rows else None,
+        last_id=rows[-1].id if rows else None,
+        has_more=has_more,
+    )
+
+
+@router.get("/{message_batch_id}", response_model=MessageBatch, summary="Retrieve a Message Batch")
+def retrieve_message_batch(
+    message_batch_id: str, request: Request, session: SessionDep, key: CurrentKey
+) -> MessageBatch:
+    return message_batch(request, service.get(session, key=key, batch_id=message_batch_id, api=API))
+
+
+@router.post("/{message_batch_id}/cancel", response_model=MessageBatch, summary="Cancel a Message Batch")
+def cancel_message_batch(message_batch_id: str, request: Request, session: SessionDep, key: CurrentKey) -> MessageBatch:
+    return message_batch(request, service.cancel(session, key=key, batch_id=message_batch_id, api=API))
+
+
+@router.delete("/{message_batch_id}", response_model=DeletedMessageBatch, summary="Delete an ended Message Batch")
+def delete_message_batch(message_batch_id: str, session: SessionDep, key: CurrentKey) -> DeletedMessageBatch:
+    service.delete(session, key=key, batch_id=message_batch_id, api=API)
+    return DeletedMessageBatch(id=message_batch_id)
+
+
+@router.get(
+    "/{message_batch_id}/results",
+    name="anthropic_batch_results",
+    summary="Results as JSONL, once the batch has ended",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/binary": {}}}},
+)
+def message_batch_results(
+    message_batch_id: str, request: Request, session: SessionDep, key: CurrentKey
+) -> StreamingResponse:
+    batch = service.get(session, key=key, batch_id=message_batch_id, api=API)
+    if batch.status != BatchStatus.ENDED:
+        raise APIError(
+            400,
+            "batch_not_ended",
+            f"Message Batch {batch.id} has not ended ({batch.status}); results are available once it has",
+        )
+    jobs = service.iter_results(request.app.state.session_factory, batch_id=batch.id)
+    return StreamingResponse(jsonl(jobs, result_line), media_type="application/binary")

@@ -1,0 +1,69 @@
+"""The usage ledger: one append-only row per attempt that consumed tokens, priced when it is written."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from decimal import Decimal
+
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from service.models import Budget, Job, UsageEntry
+from service.usage import budgets
+from service.usage.pricing import PriceTable, TokenCounts
+
+
+def record(
+    session: Session,
+    *,
+    job_id: str,
+    attempt: int,
+    tenant_id: str,
+    api_key_id: str | None,
+    batch_id: str | None,
+    model: str,
+    format: str,
+    upstream_request_id: str | None,
+    usage: Mapping[str, int],
+    priority: bool,
+    prices: PriceTable,
+    now: datetime,
+) -> list[Budget]:
+    """Write the attempt's row, add its cost to the job and to the budgets; returns budgets that crossed their soft
+    limit with this charge. An attempt that consumed nothing writes nothing."""
+    tokens = TokenCounts(
+        input_tokens=int(usage.get("input_tokens", 0)),
+        output_tokens=int(usage.get("output_tokens", 0)),
+        cache_read_tokens=int(usage.get("cache_read_tokens", 0)),
+        cache_write_tokens=int(usage.get("cache_write_tokens", 0)),
+    )
+    if not any((tokens.input_tokens, tokens.output_tokens, tokens.cache_read_tokens, tokens.cache_write_tokens)):
+        return []
+    cost = prices.cost(model, tokens, priority=priority)
+    session.add(
+        UsageEntry(
+            at=now,
+            tenant_id=tenant_id,
+            api_key_id=api_key_id,
+            job_id=job_id,
+            batch_id=batch_id,
+            attempt=attempt,
+            model=model,
+            format=format,
+            upstream_request_id=upstream_request_id,
+            input_tokens=tokens.input_tokens,
+            output_tokens=tokens.output_tokens,
+            cache_read_tokens=tokens.cache_read_tokens,
+            cache_write_tokens=tokens.cache_write_tokens,
+            priority_tier=priority,
+            cost_usd=cost,
+            price_version=prices.version,
+        )
+    )
+    session.execute(update(Job).where(Job.id == job_id).values(cost_usd=Job.cost_usd + cost))
+    return budgets.charge(session, tenant_id=tenant_id, api_key_id=api_key_id, cost=cost, now=now)
+
+
+def zero() -> Decimal:
+    return Decimal(0)
