@@ -21,6 +21,7 @@ from service.db import engine_for, make_session_factory, transaction, utcnow
 from service.dispatch import WAKE_CHANNEL
 from service.jobs import transitions
 from service.tenants import repository as tenants_repo
+from workers import webhooks
 from workers.celery_app import QUEUE, RUN_JOB, make_celery
 from workers.dispatcher import Dispatcher
 from workers.limiter import Limits, RateLimiter
@@ -41,6 +42,7 @@ class Scheduler:
             self.redis, account=settings.upstream_account, window_seconds=settings.limiter_window_seconds
         )
         self.dispatcher = Dispatcher(settings, self.limiter, self._publish)
+        self.publish_webhook = webhooks.publisher(self.celery)
         self._last_snapshot = 0.0
         self.next_wake = settings.scheduler_interval
 
@@ -57,6 +59,8 @@ class Scheduler:
         # Publishing happens inside the transaction: if Redis refuses, the rows roll back to "not dispatched".
         with transaction(self.session_factory) as session:
             report = self.dispatcher.run(session, now=now)
+        with transaction(self.session_factory) as session:
+            webhooks.dispatch_due(session, now=now, publish=self.publish_webhook)
         self.next_wake = min(self.settings.scheduler_interval, max(0.01, report.next_wake))
         if report.saturated:
             self.next_wake = SATURATED_RECHECK

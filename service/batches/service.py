@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import dispatch
+from service import dispatch, netguard
 from service.api.errors import APIError, field_path, not_found
 from service.batches import repository
 from service.batches.schemas import MAX_REQUESTS, BatchOptions, BatchRequestIn
@@ -67,6 +67,8 @@ def create(
     """Validate every request and store the batch with all of them, or raise naming the first bad line; the
     caller's transaction then rolls back and nothing is stored. Rows stream into the database in chunks, so a
     256 MB upload never sits in memory whole."""
+    if options.webhook_url:
+        netguard.check_url(options.webhook_url, field="webhook_url", allow_loopback=settings.webhook_allow_loopback)
     now = utcnow()
     expires_at = now + timedelta(seconds=options.window_seconds())
     batch = Batch(

@@ -15,16 +15,18 @@ from typing import IO, Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import CurrentKey, SessionDep, SettingsDep
 from service.api.errors import APIError
 from service.batches import intake, repository, service
 from service.batches.results import RESULT_TYPE, error_of, jsonl
-from service.batches.schemas import MAX_REQUESTS, BatchOptions
+from service.batches.schemas import CUSTOM_ID_PATTERN, MAX_REQUESTS, BatchOptions
 from service.batches.service import RawRequest
+from service.config import Settings
 from service.dropins.errors import anthropic_error_type, line_error, remember_session, render_anthropic, route_class
-from service.models import Batch, BatchStatus, Job
+from service.models import ApiKey, Batch, BatchStatus, Job
 
 API = "anthropic"
 router = APIRouter(
@@ -155,23 +157,52 @@ def _in_anthropic_terms(error: APIError) -> APIError:
     return APIError(error.status, error.type, f"{field}{who}: {line.reason}", field=field)
 
 
-@router.post("", response_model=MessageBatch, summary="Create a Message Batch")
+def _create(session: Session, key: ApiKey, settings: Settings, body: IO[bytes]) -> Batch:
+    requests = _raw_requests(_load_requests(body))
+    try:
+        return service.create(session, key=key, requests=requests, options=BatchOptions(), settings=settings, api=API)
+    except APIError as exc:
+        raise _in_anthropic_terms(exc) from None
+
+
+_CREATE_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["requests"],
+                    "properties": {
+                        "requests": {
+                            "type": "array",
+                            "minItems": 1,
+                            "maxItems": MAX_REQUESTS,
+                            "items": {
+                                "type": "object",
+                                "required": ["custom_id", "params"],
+                                "properties": {
+                                    "custom_id": {"type": "string", "pattern": CUSTOM_ID_PATTERN},
+                                    "params": {"type": "object", "description": "A Messages body, with its model"},
+                                },
+                            },
+                        }
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+@router.post("", response_model=MessageBatch, summary="Create a Message Batch", openapi_extra=_CREATE_BODY)
 async def create_message_batch(
     request: Request, session: SessionDep, key: CurrentKey, settings: SettingsDep
 ) -> MessageBatch:
+    # Spooled to a temporary file as it arrives (bodies may be 256 MB), then parsed and stored off the event loop.
     body = await intake.spool(request)
     try:
-
-        def create() -> Batch:
-            requests = _raw_requests(_load_requests(body))
-            try:
-                return service.create(
-                    session, key=key, requests=requests, options=BatchOptions(), settings=settings, api=API
-                )
-            except APIError as exc:
-                raise _in_anthropic_terms(exc) from None
-
-        batch = await run_in_threadpool(create)
+        batch = await run_in_threadpool(_create, session, key, settings, body)
     finally:
         body.close()
     return message_batch(request, batch)

@@ -17,6 +17,7 @@ from fastapi import APIRouter, Depends, Form, Query, Request, UploadFile
 from fastapi import File as FormFile
 from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict
+from sqlalchemy.orm import Session
 from starlette.responses import Response
 
 from service.api.deps import CurrentKey, SessionDep, SettingsDep
@@ -30,6 +31,7 @@ from service.dropins.errors import line_error, remember_session, render_openai, 
 from service.dropins.openai_objects import (
     ENDPOINT,
     BatchPage,
+    FileDeleted,
     FileObject,
     OpenAIBatch,
     generated_content,
@@ -43,7 +45,7 @@ from service.dropins.openai_objects import (
 from service.files import service as files
 from service.files import storage
 from service.jobs.schemas import Metadata
-from service.models import Batch, BatchStatus
+from service.models import ApiKey, Batch, BatchStatus
 
 API = "openai"
 router = APIRouter(
@@ -65,7 +67,7 @@ class BatchCreate(BaseModel):
     output_expires_after: dict[str, Any] | None = None
 
 
-def present(session: SessionDep, batches: list[Batch]) -> list[OpenAIBatch]:
+def present(session: Session, batches: list[Batch]) -> list[OpenAIBatch]:
     totals = repository.totals(session, batch_ids=[b.id for b in batches])
     return [openai_batch(b, totals.get(b.id, repository.BatchTotals())) for b in batches]
 
@@ -119,7 +121,20 @@ def file_content(
     return StreamingResponse(content, media_type="application/octet-stream")
 
 
-def _generated(session: SessionDep, key: CurrentKey, file_id: str, generated: tuple[str, str]) -> tuple[str, Batch]:
+@router.delete("/files/{file_id}", response_model=FileDeleted, summary="Delete an uploaded file")
+def delete_file(file_id: str, session: SessionDep, key: CurrentKey, settings: SettingsDep) -> FileDeleted:
+    if parse_generated_file_id(file_id) is not None:
+        raise APIError(
+            400,
+            "invalid_request",
+            f"{file_id} is written from its batch's results; it cannot be deleted",
+            field="file_id",
+        )
+    files.delete(session, key=key, settings=settings, file_id=file_id)
+    return FileDeleted(id=file_id)
+
+
+def _generated(session: Session, key: ApiKey, file_id: str, generated: tuple[str, str]) -> tuple[str, Batch]:
     kind, batch_id = generated
     batch = batches_repository.get(session, tenant_id=key.tenant_id, batch_id=batch_id, api=API)
     # The file exists only once the batch has ended with lines for it, as its id on the batch says.

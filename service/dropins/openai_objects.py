@@ -37,6 +37,12 @@ class FileObject(BaseModel):
     status_details: str | None = None
 
 
+class FileDeleted(BaseModel):
+    id: str
+    object: Literal["file"] = "file"
+    deleted: bool = True
+
+
 class RequestCounts(BaseModel):
     total: int
     completed: int

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import IO
 
+from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 from service.api.errors import APIError
@@ -59,6 +60,13 @@ def get(session: Session, *, key: ApiKey, file_id: str) -> File:
     if file is None:
         raise APIError(404, "not_found", f"No such File object: {file_id}", field="file_id")
     return file
+
+
+def delete(session: Session, *, key: ApiKey, settings: Settings, file_id: str) -> None:
+    file = get(session, key=key, file_id=file_id)
+    repository.remove(session, file_id=file.id)
+    # The bytes go once the row is gone for good; a rollback keeps both.
+    event.listen(session, "after_commit", lambda _session: storage.remove(settings, file.id), once=True)
 
 
 @contextmanager

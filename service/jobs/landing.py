@@ -1,6 +1,7 @@
 """What happens when jobs reach a final state, in the same transaction as the transition that put them there:
 their batch's counts move (and the batch ends when nothing is left processing), their budget reservations are
-released, and their webhook events are written."""
+released, and their webhook events are written (job.* for single jobs, batch.ended for batches: a 100,000-request
+batch sends one event, not 100,000)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, update
+from sqlalchemy import Row, select, update
 from sqlalchemy.orm import Session
 
 from service.models import COUNT_FOR_STATUS, Batch, BatchStatus, Job
 from service.usage import budgets
+from service.webhooks import outbox
 
 # What every terminal UPDATE returns, for on_terminal.
 LANDED = (Job.id, Job.batch_id, Job.status)
@@ -36,9 +38,64 @@ def on_terminal(session: Session, landed: Sequence[Row[Any]] | Sequence[tuple[An
         )
     batch_ids = sorted({b for b, _ in moves})
     if batch_ids:
-        session.execute(
+        ended = session.scalars(
             update(Batch)
             .where(Batch.id.in_(batch_ids), Batch.processing <= 0, Batch.status != BatchStatus.ENDED)
             .values(status=BatchStatus.ENDED, ended_at=now)
-        )
+            .returning(Batch)
+        ).all()
+        for batch in ended:
+            outbox.emit(
+                session, tenant_id=batch.tenant_id, type="batch.ended", data=batch_event(batch),
+                webhook_url=batch.webhook_url,
+            )  # fmt: skip
     budgets.release(session, job_ids=[row[0] for row in landed])
+    single = [row[0] for row in landed if row[1] is None]
+    if single:
+        for job in session.scalars(select(Job).where(Job.id.in_(single))):
+            outbox.emit(
+                session, tenant_id=job.tenant_id, type=f"job.{job.status}", data=job_event(job),
+                webhook_url=job.webhook_url,
+            )  # fmt: skip
+
+
+def job_event(job: Job) -> dict[str, Any]:
+    """The job as an event carries it: no params, no result body (the receiver GETs the job for those)."""
+    return {
+        "id": job.id,
+        "object": "job",
+        "status": job.status,
+        "model": job.model,
+        "format": job.format,
+        "metadata": job.meta,
+        "created_at": job.created_at,
+        "finished_at": job.finished_at,
+        "attempt_count": job.attempt_count,
+        "usage": {
+            "input_tokens": job.input_tokens,
+            "output_tokens": job.output_tokens,
+            "cache_read_tokens": job.cache_read_tokens,
+            "cache_write_tokens": job.cache_write_tokens,
+            "cost_usd": str(job.cost_usd),
+        },
+        "error": job.error,
+    }
+
+
+def batch_event(batch: Batch) -> dict[str, Any]:
+    return {
+        "id": batch.id,
+        "object": "batch",
+        "processing_status": batch.status,
+        "request_counts": {
+            "processing": batch.processing,
+            "succeeded": batch.succeeded,
+            "errored": batch.errored,
+            "canceled": batch.canceled,
+            "expired": batch.expired,
+        },
+        "request_total": batch.request_total,
+        "metadata": batch.meta,
+        "created_at": batch.created_at,
+        "ended_at": batch.ended_at,
+    }

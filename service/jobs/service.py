@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session
 
-from service import dispatch
+from service import dispatch, netguard
 from service.api.errors import APIError, not_found
 from service.config import Settings
 from service.db import new_id, utcnow
@@ -40,6 +40,8 @@ def estimate(*, body: JobCreate, settings: Settings) -> Estimate:
 
 def create(session: Session, *, key: ApiKey, body: JobCreate, settings: Settings) -> Job:
     checked = check_request(model=body.model, fmt=body.format, params=body.params)
+    if body.webhook_url:
+        netguard.check_url(body.webhook_url, field="webhook_url", allow_loopback=settings.webhook_allow_loopback)
     now = utcnow()
     job = Job(
         id=new_id("job"),

@@ -16,6 +16,7 @@ from service.jobs.landing import LANDED, on_terminal
 from service.models import WAITING, Batch, BatchStatus, Job, JobAttempt, JobStatus
 from service.usage import ledger
 from service.usage.pricing import PriceTable, is_priority
+from service.webhooks import outbox
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -162,7 +163,7 @@ def finish(session: Session, *, claim: Claim, outcome: Outcome, prices: PriceTab
             .where(Job.id == claim.job_id)
             .values({getattr(Job, k): getattr(Job, k) + v for k, v in usage.items()})
         )
-        ledger.record(
+        crossed = ledger.record(
             session,
             job_id=claim.job_id,
             attempt=claim.number,
@@ -177,6 +178,21 @@ def finish(session: Session, *, claim: Claim, outcome: Outcome, prices: PriceTab
             prices=prices,
             now=now,
         )
+        for budget in crossed:
+            outbox.emit(
+                session,
+                tenant_id=budget.tenant_id,
+                type="budget.soft_limit",
+                data={
+                    "id": budget.id,
+                    "object": "budget",
+                    "api_key_id": budget.api_key_id,
+                    "period": budget.period,
+                    "limit_usd": str(budget.limit_usd),
+                    "soft_limit_usd": str(budget.soft_limit_usd),
+                    "spent_usd": str(budget.spent_usd),
+                },
+            )
     final: dict[str, Any] = {
         "finished_at": now,
         "updated_at": now,

@@ -44,6 +44,7 @@ class Stack:
             "MMJOBS_REDISPATCH_AFTER_SECONDS": "3",
             "MMJOBS_SCHEDULER_INTERVAL": "0.2",
             "MMJOBS_RETRY_BASE_SECONDS": "0.2",
+            "MMJOBS_WEBHOOK_ALLOW_LOOPBACK": "true",
             "MMJOBS_LOG_LEVEL": "INFO",
         }
         self.procs: list[Proc] = []
@@ -52,7 +53,7 @@ class Stack:
         wait_http(self.sim_url + "/healthz", self.simulator)
         self.scheduler = self.start("scheduler", ["-m", "service.cli", "scheduler"])
         self.worker = self.start_worker()
-        self.settings = Settings(database_url=self.database_url, redis_url=E2E_REDIS_URL)
+        self.settings = Settings(database_url=self.database_url, redis_url=E2E_REDIS_URL, webhook_allow_loopback=True)
         self.session_factory: sessionmaker[Session] = make_session_factory(make_engine(self.database_url))
         with transaction(self.session_factory) as session:
             self.api_key = tenants.create_key(session, tenant_name="e2e").secret

@@ -250,6 +250,9 @@ def test_openai_sdk_documented_flow(sdk_stack: SDKStack, tmp_path: Path) -> None
     assert error["custom_id"] == "bad"
     assert error["response"]["status_code"] == 400
     assert "2013" in error["error"]["message"]
+    assert client.files.delete(file.id).deleted
+    with pytest.raises(openai.NotFoundError):
+        client.files.retrieve(file.id)
 
 
 def test_openai_sdk_cancel_list_and_errors(sdk_stack: SDKStack, tmp_path: Path) -> None:

@@ -19,7 +19,8 @@ def test_publisher_sends_only_the_id(settings: Settings) -> None:
     broker = redis.Redis.from_url(settings.redis_url, decode_responses=True)
     publisher(make_celery(settings))("whd_test_publish")
     mine: list[str] = []
-    for raw in broker.lrange(QUEUE, 0, -1):  # type: ignore[union-attr]
+    queued: list[str] = broker.lrange(QUEUE, 0, -1)  # type: ignore[assignment]
+    for raw in queued:
         message = json.loads(raw)
         if message["headers"]["task"] == DELIVER_WEBHOOK and "whd_test_publish" in message["headers"]["argsrepr"]:
             mine.append(raw)
