@@ -21,5 +21,10 @@ def fresh_database(name: str) -> str:
     return url
 
 
+def drop_database(name: str) -> None:
+    with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 def database_name(url: str) -> str:
     return str(make_url(url).database)

@@ -26,7 +26,7 @@ Render = Callable[[APIError], JSONResponse]
 _HTTP_TYPES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
 
 
-def remember_session(request: Request, session: SessionDep) -> None:
+async def remember_session(request: Request, session: SessionDep) -> None:
     """Router dependency: keeps the request's session (the same one the route gets) for the rollback below."""
     request.state.dropin_session = session
 

@@ -5,6 +5,7 @@ The API runs in-process (TestClient) but commits for real, like every other part
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,17 +21,19 @@ from service.api.app import create_app
 from service.config import SIMULATOR_API_KEY, Settings
 from service.db import make_engine, make_session_factory, transaction
 from service.tenants import service as tenants
-from tests.db import fresh_database
+from tests.db import drop_database, fresh_database
 from tests.procs import Proc, free_port, wait_http, wait_until
 
-E2E_REDIS_URL = "redis://127.0.0.1:6379/14"
+# Per test process, so two runs side by side (a developer and a helper) never share a queue or a database.
+E2E_REDIS_URL = f"redis://127.0.0.1:6379/{1 + os.getpid() % 8}"
+E2E_DATABASE = f"mmjobs_e2e_{os.getpid()}"
 TERMINAL = {"succeeded", "failed", "canceled", "expired"}
 
 
 class Stack:
     def __init__(self, log_dir: Path) -> None:
         self.log_dir = log_dir
-        self.database_url = fresh_database("mmjobs_e2e")
+        self.database_url = fresh_database(E2E_DATABASE)
         redis.Redis.from_url(E2E_REDIS_URL).flushdb()
         self.sim_url = f"http://127.0.0.1:{free_port()}"
         self.env = {
@@ -110,6 +113,7 @@ class Stack:
         self.client.close()
         for proc in reversed(self.procs):
             proc.stop()
+        drop_database(E2E_DATABASE)
 
 
 @pytest.fixture(scope="module")
