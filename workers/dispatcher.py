@@ -36,21 +36,29 @@ def permit_id(job_id: str, attempt: int) -> str:
 
 @dataclass
 class Pace:
-    """Spreads one model's grants evenly (GCRA): the shared limiter guarantees the per-minute cap, this keeps
-    a backlog from arriving at MiniMax as one burst at the start of every minute."""
+    """Spreads one model's grants evenly (GCRA): the shared limiter guarantees the per-minute caps, this keeps a
+    backlog from reaching MiniMax as one burst at the start of every minute. A grant costs the time its request
+    and its tokens take at the configured rates, whichever is longer."""
 
-    interval: float
-    burst: float
+    seconds_per_request: float
+    seconds_per_token: float
     tat: float = 0.0  # theoretical arrival time of the next grant
 
-    def ready(self, now: float) -> bool:
-        return self.tat - now <= self.burst
+    def cost(self, tokens: int) -> float:
+        return max(self.seconds_per_request, tokens * self.seconds_per_token)
 
-    def take(self, now: float) -> None:
-        self.tat = max(self.tat, now) + self.interval
+    def _burst(self, tokens: int) -> float:
+        # Up to a second ahead, and never less than one whole request, however large.
+        return max(1.0, self.cost(tokens))
 
-    def wait(self, now: float) -> float:
-        return max(0.0, self.tat - self.burst - now)
+    def ready(self, now: float, tokens: int) -> bool:
+        return self.tat - now <= self._burst(tokens)
+
+    def take(self, now: float, tokens: int) -> None:
+        self.tat = max(self.tat, now) + self.cost(tokens)
+
+    def wait(self, now: float, tokens: int) -> float:
+        return max(0.0, self.tat - self._burst(tokens) - now)
 
 
 @dataclass
@@ -75,10 +83,10 @@ class Dispatcher:
         self._rotation = 0
 
     def _pace(self, model: str) -> Pace:
-        rpm = self.limits.get(model, (600, 0))[0]
         if model not in self.paces:
-            interval = self.settings.limiter_window_seconds / rpm
-            self.paces[model] = Pace(interval=interval, burst=max(interval, 1.0))
+            rpm, tpm = self.limits[model]
+            window = self.settings.limiter_window_seconds
+            self.paces[model] = Pace(seconds_per_request=window / rpm, seconds_per_token=window / tpm)
         return self.paces[model]
 
     def _tokens(self, c: Candidate) -> int:
@@ -130,9 +138,11 @@ class Dispatcher:
                     continue
                 candidate = queue[0]
                 pace = self._pace(candidate.model)
-                if not pace.ready(clock):
-                    delay = pace.wait(clock)
-                    blocked_models[candidate.model] = self._wait("rate_limit", "rpm", now, delay)
+                tokens = self._tokens(candidate)
+                if not pace.ready(clock, tokens):
+                    delay = pace.wait(clock, tokens)
+                    binding = "tpm" if tokens * pace.seconds_per_token > pace.seconds_per_request else "rpm"
+                    blocked_models[candidate.model] = self._wait("rate_limit", binding, now, delay)
                     report.next_wake = min(report.next_wake, delay)
                     continue
                 if not candidate.budget_reserved:
@@ -144,7 +154,7 @@ class Dispatcher:
                 outcome = self._acquire(candidate, caps.get(candidate.tenant_id))
                 if outcome is None:
                     queue.popleft()
-                    pace.take(clock)
+                    pace.take(clock, tokens)
                     self.publish(candidate.job_id)
                     report.published.append(candidate.job_id)
                     budget -= 1
