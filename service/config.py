@@ -104,6 +104,15 @@ class Settings(BaseSettings):
     # Logging
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
+    # Observability (service/observability/): one JSON object per log line, or human-readable lines.
+    log_format: Literal["json", "console"] = "json"
+    # `GET /metrics` is open unless a token is set (then `Authorization: Bearer TOKEN`); firewall it either way.
+    metrics_token: str | None = None
+    # How long the API reuses the figures it read from Postgres and Redis for `/metrics`.
+    metrics_cache_seconds: float = Field(5.0, ge=0)
+    # Serve this worker process's own metrics (calls in flight, upstream latency) on this port; 0: off.
+    worker_metrics_port: int = Field(0, ge=0, le=65535)
+
     @field_validator("rate_limits")
     @classmethod
     def _known_models(cls, value: dict[str, ModelRateLimit]) -> dict[str, ModelRateLimit]:

@@ -21,6 +21,7 @@ from service.db import engine_for, make_session_factory
 from service.dropins import router as dropins_router
 from service.jobs.router import router as jobs_router
 from service.limits.router import router as limits_router
+from service.ui import router as ui
 from service.usage.router import router as usage_router
 from service.webhooks.router import router as webhooks_router
 
@@ -63,6 +64,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(webhooks_router)
     app.include_router(usage_router)
     app.include_router(dropins_router)
+    app.include_router(ui.router)
+    app.mount(ui.STATIC_PATH, ui.static_files(), name="ui-static")
 
     @app.get("/healthz", tags=["health"], summary="The process is up")
     def healthz() -> dict[str, str]:

@@ -32,7 +32,7 @@ def batch_out(request: Request, session: Session, batch: Batch) -> BatchOut:
         expires_at=batch.expires_at,
         ended_at=batch.ended_at,
         cancel_initiated_at=batch.cancel_initiated_at,
-        usage=UsageCost.model_validate(service.usage(session, batch=batch)),
-        estimated_completion_at=service.estimated_completion(session, batch=batch, now=utcnow()),
+        usage=UsageCost.model_validate(service.usage(batch)),
+        estimated_completion_at=service.estimated_completion(batch, now=utcnow()),
         results_url=str(request.url_for("batch_results", batch_id=batch.id)),
     )

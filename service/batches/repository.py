@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any, cast
 
 from psycopg.types.json import Jsonb
-from sqlalchemy import Table, delete, func, insert, select, update
+from sqlalchemy import Table, delete, insert, select, update
 from sqlalchemy.orm import Session, undefer
 
 from service.jobs.transitions import cancel_waiting
@@ -79,30 +79,6 @@ def list_page(
         query = query.where(Batch.id < after_id)
     rows = list(session.scalars(query.order_by(Batch.id.desc()).limit(limit + 1)))
     return rows[:limit], len(rows) > limit
-
-
-def usage(session: Session, *, batch_id: str) -> dict[str, Any]:
-    row = session.execute(
-        select(
-            func.coalesce(func.sum(Job.input_tokens), 0),
-            func.coalesce(func.sum(Job.output_tokens), 0),
-            func.coalesce(func.sum(Job.cache_read_tokens), 0),
-            func.coalesce(func.sum(Job.cache_write_tokens), 0),
-            func.coalesce(func.sum(Job.cost_usd), 0),
-        ).where(Job.batch_id == batch_id)
-    ).one()
-    return {
-        "input_tokens": int(row[0]),
-        "output_tokens": int(row[1]),
-        "cache_read_tokens": int(row[2]),
-        "cache_write_tokens": int(row[3]),
-        "cost_usd": row[4],
-    }
-
-
-def first_started_at(session: Session, *, batch_id: str) -> datetime | None:
-    value: datetime | None = session.scalar(select(func.min(Job.started_at)).where(Job.batch_id == batch_id))
-    return value
 
 
 def start_cancel(session: Session, *, batch_id: str, now: datetime) -> int:

@@ -166,16 +166,22 @@ def get(session: Session, *, key: ApiKey, batch_id: str, api: str | None = None)
     return batch
 
 
-def usage(session: Session, *, batch: Batch) -> dict[str, Any]:
-    return repository.usage(session, batch_id=batch.id)
+def usage(batch: Batch) -> dict[str, Any]:
+    return {
+        "input_tokens": batch.input_tokens,
+        "output_tokens": batch.output_tokens,
+        "cache_read_tokens": batch.cache_read_tokens,
+        "cache_write_tokens": batch.cache_write_tokens,
+        "cost_usd": batch.cost_usd,
+    }
 
 
-def estimated_completion(session: Session, *, batch: Batch, now: datetime) -> datetime | None:
+def estimated_completion(batch: Batch, *, now: datetime) -> datetime | None:
     """Now plus what is left at the rate requests have finished so far; None until one has finished."""
     if batch.status == BatchStatus.ENDED:
         return batch.ended_at
     done = batch.request_total - batch.processing
-    started = repository.first_started_at(session, batch_id=batch.id)
+    started = batch.started_at
     if done <= 0 or started is None:
         return None
     elapsed = max((now - started).total_seconds(), 1e-3)

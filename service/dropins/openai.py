@@ -63,7 +63,7 @@ class BatchCreate(BaseModel):
     endpoint: str
     completion_window: str
     metadata: Metadata | None = None
-    # Accepted for compatibility; generated files live as long as their batch (delete it to drop them).
+    # Accepted for compatibility and ignored: output and error files are written from the batch's jobs on demand.
     output_expires_after: dict[str, Any] | None = None
 
 

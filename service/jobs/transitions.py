@@ -96,6 +96,10 @@ def claim(session: Session, *, job_id: str, owner: str, lease_seconds: float) ->
     if row is None:
         return None
     session.add(JobAttempt(job_id=job_id, number=row.attempt_count, worker=owner, started_at=now))
+    if row.batch_id is not None:
+        session.execute(
+            update(Batch).where(Batch.id == row.batch_id, Batch.started_at.is_(None)).values(started_at=now)
+        )
     session.flush()
     return Claim(
         job_id=job_id,

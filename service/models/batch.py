@@ -1,9 +1,10 @@
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 from enum import StrEnum
 
-from sqlalchemy import ForeignKey, Index, String
+from sqlalchemy import ForeignKey, Index, Numeric, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from service.db import JSONType, utcnow
@@ -46,6 +47,14 @@ class Batch(CreatedAtMixin, Base):
     errored: Mapped[int] = mapped_column(default=0)
     canceled: Mapped[int] = mapped_column(default=0)
     expired: Mapped[int] = mapped_column(default=0)
+
+    # Usage so far, moved with each billed attempt (service/usage/ledger.py): reading a batch never sums its rows.
+    input_tokens: Mapped[int] = mapped_column(default=0)
+    output_tokens: Mapped[int] = mapped_column(default=0)
+    cache_read_tokens: Mapped[int] = mapped_column(default=0)
+    cache_write_tokens: Mapped[int] = mapped_column(default=0)
+    cost_usd: Mapped[Decimal] = mapped_column(Numeric(18, 9), default=Decimal(0))
+    started_at: Mapped[datetime | None] = mapped_column(comment="When its first request started.")
 
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     expires_at: Mapped[datetime]

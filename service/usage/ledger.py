@@ -9,7 +9,7 @@ from decimal import Decimal
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from service.models import Budget, Job, UsageEntry
+from service.models import Batch, Budget, Job, UsageEntry
 from service.usage import budgets
 from service.usage.pricing import PriceTable, TokenCounts
 
@@ -62,6 +62,18 @@ def record(
         )
     )
     session.execute(update(Job).where(Job.id == job_id).values(cost_usd=Job.cost_usd + cost))
+    if batch_id is not None:
+        session.execute(
+            update(Batch)
+            .where(Batch.id == batch_id)
+            .values(
+                input_tokens=Batch.input_tokens + tokens.input_tokens,
+                output_tokens=Batch.output_tokens + tokens.output_tokens,
+                cache_read_tokens=Batch.cache_read_tokens + tokens.cache_read_tokens,
+                cache_write_tokens=Batch.cache_write_tokens + tokens.cache_write_tokens,
+                cost_usd=Batch.cost_usd + cost,
+            )
+        )
     return budgets.charge(session, tenant_id=tenant_id, api_key_id=api_key_id, cost=cost, now=now)
 
 

@@ -51,6 +51,15 @@ class Stack:
             "MMJOBS_LOG_LEVEL": "INFO",
         }
         self.procs: list[Proc] = []
+        try:
+            self._start()
+        except BaseException:
+            for proc in reversed(self.procs):
+                proc.stop()
+            drop_database(E2E_DATABASE)
+            raise
+
+    def _start(self) -> None:
         port = self.sim_url.rsplit(":", 1)[1]
         self.simulator = self.start("simulator", ["-m", "service.cli", "simulator", "--port", port, "--latency", "0.2"])
         wait_http(self.sim_url + "/healthz", self.simulator)
