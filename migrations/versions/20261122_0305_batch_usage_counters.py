@@ -10,7 +10,6 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-
 import service.db
 
 revision: str = '0b70a4328c7b'
