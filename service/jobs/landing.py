@@ -22,7 +22,9 @@ LANDED = (Job.id, Job.batch_id, Job.status)
 
 
 def on_terminal(session: Session, landed: Sequence[Row[Any]] | Sequence[tuple[Any, ...]], *, now: datetime) -> None:
-    """`landed` holds (job id, batch id, new status) for jobs that just became final."""
+    """`landed` holds (job id, batch id, new status) of jobs a transition just moved; only final states count (a
+    failed attempt that will be retried moves its job to `retrying`, which is not an ending)."""
+    landed = [row for row in landed if row[2] in COUNT_FOR_STATUS]
     if not landed:
         return
     moves: Counter[tuple[str, str]] = Counter()

@@ -1,0 +1,88 @@
+"""The guarded transitions a worker makes, against the real Postgres: claim, a retry that is not an ending, a final
+failure that is, and a stale worker that can no longer write."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session
+
+from service.config import Settings
+from service.db import utcnow
+from service.jobs import transitions
+from service.jobs.transitions import Outcome
+from service.models import Batch, Job
+
+REQ = {"model": "MiniMax-M2.7", "params": {"max_tokens": 50, "messages": [{"role": "user", "content": "x"}]}}
+
+
+def test_retry_then_final_failure_moves_batch_counts_only_at_the_end(
+    client: TestClient, auth: dict[str, str], session: Session, settings: Settings
+) -> None:
+    bid = client.post("/v1/batches", json={"requests": [{"custom_id": "a", **REQ}]}, headers=auth).json()["id"]
+    [job] = session.query(Job).filter(Job.batch_id == bid).all()
+    prices = settings.price_table()
+    claim = transitions.claim(session, job_id=job.id, owner="w1", lease_seconds=30)
+    assert claim is not None
+    assert claim.number == 1
+    # A second claim of the same job loses.
+    assert transitions.claim(session, job_id=job.id, owner="w2", lease_seconds=30) is None
+    retry_at = utcnow() - timedelta(seconds=1)
+    failed = Outcome(classification="retryable", http_status=500, error_type="api_error", error_message="boom",
+                     usage={"input_tokens": 10}, retry_at=retry_at, retry_note="retry 2 of 5")  # fmt: skip
+    assert transitions.finish(session, claim=claim, outcome=failed, prices=prices)
+    session.expire_all()
+    batch = session.get(Batch, bid)
+    assert batch is not None
+    assert job.status == "retrying"
+    assert (batch.processing, batch.errored, batch.status) == (1, 0, "in_progress")
+    assert batch.input_tokens == 10  # billed tokens count even on a failed attempt
+    second = transitions.claim(session, job_id=job.id, owner="w1", lease_seconds=30)
+    assert second is not None
+    assert second.number == 2
+    final = Outcome(classification="permanent", http_status=400, minimax_code=2013, error_type="invalid_request_error",
+                    error_message="bad (2013)")  # fmt: skip
+    assert transitions.finish(session, claim=second, outcome=final, prices=prices)
+    # The first claim's worker comes back late: its write is refused.
+    assert not transitions.finish(session, claim=claim, outcome=final, prices=prices)
+    session.expire_all()
+    assert job.status == "failed"
+    assert job.error is not None
+    assert job.error["minimax_code"] == 2013
+    assert (batch.processing, batch.errored, batch.status) == (0, 1, "ended")
+
+
+def test_a_retry_keeps_the_single_jobs_budget_reservation(
+    client: TestClient, auth: dict[str, str], session: Session, settings: Settings, api_key: str
+) -> None:
+    from decimal import Decimal
+
+    from service.models import Budget
+    from service.tenants import service as tenants
+    from service.usage import budgets
+
+    key = tenants.authenticate(session, secret=api_key)
+    assert key is not None
+    budgets.upsert(session, tenant_id=key.tenant_id, api_key_id=None, period="total", limit_usd=Decimal(1),
+                   soft_limit_usd=None, now=utcnow())  # fmt: skip
+    session.commit()
+    job_id = client.post("/v1/jobs", json=REQ, headers=auth).json()["id"]
+    budget = session.query(Budget).filter(Budget.tenant_id == key.tenant_id).one()
+    held = budget.reserved_usd
+    assert held > 0
+    claim = transitions.claim(session, job_id=job_id, owner="w1", lease_seconds=30)
+    assert claim is not None
+    retry = Outcome(classification="retryable", http_status=529, error_type="overloaded_error", error_message="busy",
+                    retry_at=utcnow(), retry_note="retry 2 of 5")  # fmt: skip
+    assert transitions.finish(session, claim=claim, outcome=retry, prices=settings.price_table())
+    session.expire_all()
+    assert budget.reserved_usd == held  # still running: still held
+    claim = transitions.claim(session, job_id=job_id, owner="w1", lease_seconds=30)
+    assert claim is not None
+    done = Outcome(classification="succeeded", http_status=200, usage={"input_tokens": 5, "output_tokens": 5},
+                   result={"content": [], "text": "", "stop_reason": "end_turn", "usage": {}, "raw": {}})  # fmt: skip
+    assert transitions.finish(session, claim=claim, outcome=done, prices=settings.price_table())
+    session.expire_all()
+    assert budget.reserved_usd == 0
+    assert budget.spent_usd > 0
