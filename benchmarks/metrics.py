@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-import psutil  # type: ignore[import-untyped, unused-ignore]
+import psutil
 
 TERMINAL = ("succeeded", "failed", "canceled", "expired")
 MIB = 1024 * 1024

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-import psutil  # type: ignore[import-untyped, unused-ignore]
+import psutil
 
 from benchmarks.metrics import MIB, Figures
 from benchmarks.scenarios import NAMES, Scenario
@@ -170,9 +170,12 @@ def table(s: Scenario, ours: Side, base: Side) -> str:
     return "\n".join(lines)
 
 
-def section(s: Scenario, ours: Side, base: Side, when: datetime) -> str:
+def section(s: Scenario, ours: Side, base: Side, when: datetime, *, load: tuple[float, float]) -> str:
     head = f"## {s.title} ({s.name}, {s.mode})"
-    meta = f"Measured {when:%Y-%m-%d %H:%M} UTC on {machine()}."
+    meta = (
+        f"Measured {when:%Y-%m-%d %H:%M} UTC on {machine()}; 1-minute load average {load[0]:.1f} before, "
+        f"{load[1]:.1f} after (anything above ~2 means other work shared these cores)."
+    )
     work = f"Workload: {s.describe()}."
     notes = []
     for name, side in (("minimax-jobs", ours), ("baseline", base)):
@@ -182,7 +185,9 @@ def section(s: Scenario, ours: Side, base: Side, when: datetime) -> str:
     return "\n\n".join([head, meta, work, table(s, ours, base), *notes])
 
 
-_MARK = re.compile(r"<!-- section: (\S+) -->\n(.*?)<!-- end -->\n", re.S)
+# A section: "<!-- section: KEY -->" ... "<!-- end -->" (ours) or "<!-- end KEY -->" (other benchmarks' own,
+# e.g. benchmarks/intake.py): those are kept as they are, also by a run that rewrites every scenario.
+_BLOCK = re.compile(r"<!-- section: (\S+) -->\n(.*?)<!-- end(?: \1)? -->\n?", re.S)
 _HEADER = """# Benchmark results
 
 The latest tables of `python -m benchmarks.run` (what each figure means: README.md). Targets are issue 3's, for
@@ -191,14 +196,22 @@ the full sizes; ✓ / ✗ say whether a side meets the target. Each section says
 
 
 def write_results(sections: dict[str, str], *, replace_all: bool) -> Path:
-    """Replace the given sections (key "name/mode") in RESULTS.md, or rewrite the file from them alone."""
-    existing: dict[str, str] = {}
-    if not replace_all and RESULTS.exists():
-        existing = {m.group(1): m.group(2).rstrip("\n") for m in _MARK.finditer(RESULTS.read_text())}
-    existing.update(sections)
+    """Replace the given scenario sections (key "name/mode") in RESULTS.md; with `replace_all`, drop every other
+    scenario section too. Sections written by other benchmarks are kept verbatim."""
     order = [f"{n}/{m}" for m in ("full", "quick") for n in NAMES]
-    keys = sorted(existing, key=lambda k: order.index(k) if k in order else len(order))
-    body = "".join(f"\n<!-- section: {k} -->\n{existing[k]}\n<!-- end -->\n" for k in keys)
+    ours: dict[str, str] = {}
+    foreign: list[str] = []
+    if RESULTS.exists():
+        for m in _BLOCK.finditer(RESULTS.read_text()):
+            if m.group(1) in order:
+                if not replace_all:
+                    ours[m.group(1)] = m.group(2).rstrip("\n")
+            else:
+                foreign.append(m.group(0).rstrip("\n"))
+    ours.update(sections)
+    keys = sorted(ours, key=order.index)
+    body = "".join(f"\n<!-- section: {k} -->\n{ours[k]}\n<!-- end -->\n" for k in keys)
+    body += "".join(f"\n{block}\n" for block in foreign)
     RESULTS.write_text(_HEADER + body)
     return RESULTS
 

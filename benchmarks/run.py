@@ -9,6 +9,7 @@ Every process started is stopped at the end, also on Ctrl-C, SIGTERM or an error
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import tempfile
@@ -65,6 +66,7 @@ def run_scenario(s: Scenario, *, side: str, api_workers: int, batches: bool, log
     scenario_logs = log_dir / f"{s.name}-{s.mode}"
     scenario_logs.mkdir(parents=True, exist_ok=True)
     when = now()
+    load_before = os.getloadavg()[0]
     with process_scope(scenario_logs) as procs:
         sim_url = start_simulator(procs, s.sim)
         ours = _side(
@@ -74,7 +76,7 @@ def run_scenario(s: Scenario, *, side: str, api_workers: int, batches: bool, log
         )
         reset_simulator(sim_url)
         base = _side("baseline", side in ("both", "baseline"), lambda: run_baseline(s, sim_url, scenario_logs))
-    text = section(s, ours, base, when)
+    text = section(s, ours, base, when, load=(load_before, os.getloadavg()[0]))
     print("\n" + text + "\n", flush=True)  # noqa: T201
     return text
 

@@ -20,6 +20,8 @@ from sqlalchemy.orm import Session
 from service.batch_cli import batch_app
 from service.config import get_settings
 from service.db import engine_for, make_session_factory, transaction
+from service.media_cli import video_app
+from service.schedules_cli import schedules_app
 
 app = typer.Typer(help="minimax-jobs: asynchronous jobs for MiniMax models.", no_args_is_help=True)
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
@@ -29,6 +31,8 @@ budgets_app = typer.Typer(help="USD budgets per tenant or API key.", no_args_is_
 app.add_typer(budgets_app, name="budgets")
 app.add_typer(tenants_app, name="tenants")
 app.add_typer(batch_app, name="batch")
+app.add_typer(video_app, name="video")
+app.add_typer(schedules_app, name="schedules")
 console = Console()
 err = Console(stderr=True)
 

@@ -49,6 +49,20 @@ class Settings(BaseSettings):
     # Where uploaded files (the OpenAI drop-in's batch input) are kept; unset: `<data_dir>/files`. Every API
     # process must see the same directory.
     files_dir: str | None = None
+    # Media (issue 6): where uploaded files live, `dir` (files_dir, shared by every API and worker process)
+    # or `s3` (any S3-compatible object store, for several hosts); the largest file POST /v1/files takes; how long
+    # a MiniMax file id is reused (MiniMax keeps files 7 days; the margin covers jobs that wait and retry).
+    storage: Literal["dir", "s3"] = "dir"
+    s3_bucket: str | None = None
+    s3_endpoint_url: str = "https://s3.amazonaws.com"
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: str | None = None
+    s3_prefix: str = "files/"
+    max_file_bytes: int = 512 * 1024 * 1024
+    minimax_file_reuse_seconds: float = Field(6 * 24 * 3600, gt=0, le=7 * 24 * 3600)
+    # Ask count_tokens before calling a model that offers it when the estimate is within this share of the window.
+    preflight_margin: float = Field(0.10, ge=0, le=1)
     default_max_attempts: int = 5
     job_expiry_seconds: int = 24 * 3600
     page_size_max: int = 200
@@ -90,6 +104,13 @@ class Settings(BaseSettings):
     max_unclaimed: int = 100
     retry_base_seconds: float = 1.0
     retry_cap_seconds: float = 300.0
+
+    # Schedules: directories on this server whose files a schedule may submit as documents (a JSON list of absolute
+    # paths, e.g. ["/srv/reports"]); empty: no document sources.
+    schedule_source_dirs: list[str] = Field(default_factory=list)
+    # Idempotency-Key: how long an in-flight request holds its key without renewal (renewed while it runs), so
+    # a key left by a crashed API process can be used again.
+    idempotency_lock_seconds: float = Field(60.0, gt=0)
 
     # Database pools, per process (Postgres allows 100 connections by default: API + N workers + scheduler).
     db_pool_size: int = 5

@@ -5,6 +5,8 @@ against it unchanged:
 
 - ``POST /anthropic/v1/messages`` (plain and ``stream: true``), ``POST /anthropic/v1/messages/count_tokens``
 - ``POST /v1/chat/completions`` (plain and ``stream: true``)
+- ``POST /v1/files/upload``, ``GET /v1/files/retrieve``, ``GET /v1/files/list``, ``POST /v1/files/delete`` (the
+  Files API; referenced in messages as ``mm_file://ID``, see ``simulator.files``)
 - ``GET /_sim/ledger``, ``GET /_sim/stats``, ``GET|POST /_sim/config``, ``POST /_sim/reset``, ``GET /healthz``
 
 Answers are deterministic (see ``simulator.tokens`` for the token-counting and answer rules): the text

@@ -32,6 +32,7 @@ from simulator.calls import (
     thinking_type,
 )
 from simulator.errors import SimError, status_message
+from simulator.files import check_references
 from simulator.state import SimState, StateDep
 from simulator.tokens import Generation, input_tokens, last_user_text, pieces, text_tokens
 
@@ -53,8 +54,10 @@ def _api_key(state: SimState, request: Request) -> str:
     return check_key(state, bearer_key(request) or request.headers.get("x-api-key"))
 
 
-def _input_tokens(body: dict[str, Any], messages: list[dict[str, Any]]) -> int:
-    return input_tokens(system=body.get("system"), messages=messages, tools=body.get("tools"))
+def _input_tokens(state: SimState, body: dict[str, Any], messages: list[dict[str, Any]]) -> int:
+    check_references(state, messages)
+    files = state.files.size_of
+    return input_tokens(system=body.get("system"), messages=messages, tools=body.get("tools"), files=files)
 
 
 def _usage(plan: Plan, output_tokens: int) -> dict[str, int]:
@@ -103,7 +106,7 @@ async def create_message(request: Request, state: StateDep) -> Response:
     messages = require_messages(body, _ROLES)
     check_sampling(body)
     max_tokens = resolve_max_tokens(body.get("max_tokens"), model)
-    tokens = _input_tokens(body, messages)
+    tokens = _input_tokens(state, body, messages)
     check_fit(model, messages, tokens, max_tokens)
     call = Call(
         request_id=new_request_id(),
@@ -150,7 +153,7 @@ async def count_tokens(request: Request, state: StateDep) -> dict[str, int]:
         raise SimError.invalid(f"count_tokens is not supported for model {model.name}")
     messages = require_messages(body, _ROLES)
     state.stats.outcome("count_tokens")
-    return {"input_tokens": _input_tokens(body, messages)}
+    return {"input_tokens": _input_tokens(state, body, messages)}
 
 
 def _sse(event: str, data: dict[str, Any]) -> bytes:

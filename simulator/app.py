@@ -8,6 +8,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from simulator import anthropic as anthropic_routes
 from simulator import control
+from simulator import files as files_routes
 from simulator import openai as openai_routes
 from simulator.config import SimulatorConfig
 from simulator.errors import SimError
@@ -53,6 +54,7 @@ def create_app(config: SimulatorConfig | None = None) -> FastAPI:
     app.include_router(anthropic_routes.router)
     app.include_router(openai_routes.router)
     app.include_router(control.router)
+    app.include_router(files_routes.router)
     app.add_exception_handler(SimError, _render_error)
     app.add_middleware(_InFlight, state=state)
     return app

@@ -33,6 +33,7 @@ from simulator.calls import (
     thinking_type,
 )
 from simulator.errors import SimError, SimulatedDisconnect, status_message
+from simulator.files import check_references
 from simulator.state import SimState, StateDep
 from simulator.tokens import input_tokens, last_user_text, pieces, text_tokens
 
@@ -109,7 +110,8 @@ async def create_completion(request: Request, state: StateDep) -> Response:
     messages = require_messages(body, _ROLES)
     check_sampling(body)
     max_tokens = resolve_max_tokens(body.get("max_completion_tokens", body.get("max_tokens")), model)
-    tokens = input_tokens(system=None, messages=messages, tools=body.get("tools"))
+    check_references(state, messages)
+    tokens = input_tokens(system=None, messages=messages, tools=body.get("tools"), files=state.files.size_of)
     check_fit(model, messages, tokens, max_tokens)
     split = _flag(body, "reasoning_split")
     options = body.get("stream_options")

@@ -5,7 +5,11 @@ Counting rule (one function serves ``count_tokens`` and billing, on both endpoin
 - a text piece costs ``ceil(len(text) / 4)`` tokens (0 for empty text);
 - every request costs 3 tokens, every message 4 more, a system prompt 4 more plus its text;
 - image blocks cost 300 / 1500 / 6000 tokens for ``detail`` low / default (or auto, or absent) / high;
-  video blocks cost 4000 tokens each;
+- a video costs ``frames x (50 / 200 / 800)`` tokens for ``detail`` low / default / high, with
+  ``frames = max(1, ceil(seconds x fps))`` (``fps`` default 1). Its length in seconds is derived from its size at
+  1,000,000 bytes per second, rounded up (at least 1): the decoded size of base64 data, the uploaded size of an
+  ``mm_file://ID``; a URL video says its length with ``sim_seconds=N`` in its query or fragment, else 20 s
+  (so a URL video at the defaults costs 4000 tokens);
 - tool definitions, tool calls and any block the counter does not know cost the tokens of their compact JSON
   (``sort_keys``, no spaces); thinking blocks sent back cost their thinking text (the signature is free).
 
@@ -20,7 +24,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +34,14 @@ REQUEST_OVERHEAD = 3
 MESSAGE_OVERHEAD = 4
 SYSTEM_OVERHEAD = 4
 IMAGE_TOKENS = {"low": 300, "default": 1500, "auto": 1500, "high": 6000}
-VIDEO_TOKENS = 4000
+VIDEO_FRAME_TOKENS = {"low": 50, "default": 200, "auto": 200, "high": 800}
+VIDEO_BYTES_PER_SECOND = 1_000_000
+VIDEO_DEFAULT_SECONDS = 20
+VIDEO_TOKENS = VIDEO_DEFAULT_SECONDS * VIDEO_FRAME_TOKENS["default"]  # a URL video without a length hint
+_SIM_SECONDS = re.compile(r"[?&#]sim_seconds=([0-9]{1,6})")
+
+# The uploaded size of a Files API id (``mm_file://ID``), or None if there is no such file.
+FileBytes = Callable[[str], int | None]
 
 _FILLER = (
     "quiet", "river", "stone", "maple", "cloud", "amber", "lantern", "meadow", "copper", "harbor",
@@ -45,14 +57,49 @@ def json_tokens(value: object) -> int:
     return text_tokens(json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False))
 
 
+def _holder(part: Mapping[str, Any]) -> Mapping[str, Any]:
+    """Where a media part keeps its url or data and its options, in either endpoint's shape."""
+    for holder in (part.get("source"), part.get("image_url"), part.get("video_url")):
+        if isinstance(holder, Mapping):
+            return holder
+    return part
+
+
 def _detail(part: Mapping[str, Any]) -> str:
-    for holder in (part.get("source"), part.get("image_url"), part):
-        if isinstance(holder, Mapping) and isinstance(holder.get("detail"), str):
-            return str(holder["detail"])
-    return "default"
+    detail = _holder(part).get("detail")
+    return detail if isinstance(detail, str) else "default"
 
 
-def part_tokens(part: object) -> int:
+def video_seconds(part: Mapping[str, Any], files: FileBytes | None = None) -> int:
+    """A video's length by the counting rule: from its bytes, or a URL's ``sim_seconds``, else 20 s."""
+    holder = _holder(part)
+    data, url = holder.get("data"), holder.get("url")
+    size: int | None = None
+    if isinstance(data, str):
+        size = _decoded_size(len(data), data)
+    elif isinstance(url, str) and url.startswith("data:"):
+        size = _decoded_size(len(url) - url.find(",") - 1, url)
+    elif isinstance(url, str) and url.startswith("mm_file://"):
+        size = files(url.removeprefix("mm_file://")) if files is not None else None
+    elif isinstance(url, str) and (hint := _SIM_SECONDS.search(url)):
+        return max(1, int(hint.group(1)))
+    if size is None:
+        return VIDEO_DEFAULT_SECONDS
+    return max(1, math.ceil(size / VIDEO_BYTES_PER_SECOND))
+
+
+def _decoded_size(length: int, text: str) -> int:
+    return length * 3 // 4 - text.endswith("=") - text.endswith("==")
+
+
+def video_tokens(part: Mapping[str, Any], files: FileBytes | None = None) -> int:
+    fps = _holder(part).get("fps")
+    rate = float(fps) if isinstance(fps, int | float) and not isinstance(fps, bool) and fps > 0 else 1.0
+    frames = max(1, math.ceil(video_seconds(part, files) * rate))
+    return frames * VIDEO_FRAME_TOKENS.get(_detail(part), VIDEO_FRAME_TOKENS["default"])
+
+
+def part_tokens(part: object, files: FileBytes | None = None) -> int:
     """Tokens of one content part, in either endpoint's block shape."""
     if isinstance(part, str):
         return text_tokens(part)
@@ -64,7 +111,7 @@ def part_tokens(part: object) -> int:
     if kind in ("image", "image_url"):
         return IMAGE_TOKENS.get(_detail(part), IMAGE_TOKENS["default"])
     if kind in ("video", "video_url"):
-        return VIDEO_TOKENS
+        return video_tokens(part, files)
     if kind == "thinking":
         return text_tokens(str(part.get("thinking", "")))
     if kind == "redacted_thinking":
@@ -72,20 +119,20 @@ def part_tokens(part: object) -> int:
     if kind == "tool_use":
         return text_tokens(str(part.get("name", ""))) + json_tokens(part.get("input", {}))
     if kind == "tool_result":
-        return content_tokens(part.get("content", ""))
+        return content_tokens(part.get("content", ""), files)
     return json_tokens(part)
 
 
-def content_tokens(content: object) -> int:
+def content_tokens(content: object, files: FileBytes | None = None) -> int:
     if isinstance(content, list):
-        return sum(part_tokens(part) for part in content)
+        return sum(part_tokens(part, files) for part in content)
     if content is None:
         return 0
-    return part_tokens(content)
+    return part_tokens(content, files)
 
 
-def _message_tokens(message: Mapping[str, Any]) -> int:
-    tokens = MESSAGE_OVERHEAD + content_tokens(message.get("content"))
+def _message_tokens(message: Mapping[str, Any], files: FileBytes | None) -> int:
+    tokens = MESSAGE_OVERHEAD + content_tokens(message.get("content"), files)
     # OpenAI-shaped assistant turns carry tool calls and split-out reasoning beside the content.
     if message.get("tool_calls"):
         tokens += json_tokens(message["tool_calls"])
@@ -97,12 +144,14 @@ def _message_tokens(message: Mapping[str, Any]) -> int:
     return tokens
 
 
-def input_tokens(*, system: object, messages: Iterable[Mapping[str, Any]], tools: object) -> int:
-    """Billed input tokens of a request (see the module docstring for the rule)."""
+def input_tokens(
+    *, system: object, messages: Iterable[Mapping[str, Any]], tools: object, files: FileBytes | None = None
+) -> int:
+    """Billed input tokens of a request (see the module docstring for the rule); `files` sizes mm_file ids."""
     tokens = REQUEST_OVERHEAD
     if system:
         tokens += SYSTEM_OVERHEAD + content_tokens(system)
-    tokens += sum(_message_tokens(message) for message in messages)
+    tokens += sum(_message_tokens(message, files) for message in messages)
     if tools:
         tokens += json_tokens(tools)
     return tokens

@@ -4,6 +4,7 @@ and settle the rate-limit permit it ran under."""
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import replace
 
 import redis
@@ -11,6 +12,9 @@ import redis
 from service.db import transaction, utcnow
 from service.jobs import transitions
 from service.jobs.transitions import Claim, Outcome
+from service.observability import logging as obs_logging
+from service.observability import worker as worker_metrics
+from workers import media, preflight
 from workers.dispatcher import permit_id
 from workers.providers import Completion, UpstreamError, Usage, get_provider
 from workers.retry import slows_the_limiter
@@ -63,6 +67,8 @@ def failure(error: UpstreamError) -> Outcome:
 def call_upstream(claim: Claim, rt: Runtime) -> tuple[Outcome, UpstreamError | None]:
     handle = rt.register(claim.job_id, claim.number, claim.tenant_id)
     try:
+        claim = media.prepare(claim, rt)  # mmjobs_file:// -> mm_file:// (uploaded once) or inline (issue 6)
+        preflight.check(claim, rt)  # near M3's window: count_tokens first, fail early with the figure (issue 6)
         completion = get_provider(claim.format).call(
             client=rt.http,
             base_url=rt.settings.minimax_base_url,
@@ -121,12 +127,16 @@ def _settle(claim: Claim, outcome: Outcome, error: UpstreamError | None, rt: Run
 
 def run_job(job_id: str, *, rt: Runtime) -> None:
     """Safe to run twice and to run for a job that is not runnable: the claim decides."""
+    obs_logging.new_context(job_id=job_id)  # every log line of this attempt carries the ids (observability)
     with transaction(rt.session_factory) as session:
         claim = transitions.claim(session, job_id=job_id, owner=rt.owner, lease_seconds=rt.settings.lease_seconds)
     if claim is None:
         log.debug("job %s not claimable (taken, finished or not due)", job_id)
         return
+    obs_logging.bind(batch_id=claim.batch_id, tenant=claim.tenant_id, attempt=claim.number)
+    started = time.monotonic()
     outcome, error = call_upstream(claim, rt)
+    worker_metrics.observe_call(claim.model, claim.format, outcome.classification, seconds=time.monotonic() - started)
     if error is not None:
         outcome = _with_retry_decision(outcome, error, claim, rt)
     with transaction(rt.session_factory) as session:

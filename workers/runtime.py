@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from service.config import Settings, get_settings
 from service.db import engine_for, make_session_factory, transaction
 from service.jobs import transitions
+from service.observability import worker as worker_metrics
 from workers.limiter import RateLimiter
 from workers.retry import RetryPolicy
 
@@ -67,6 +68,7 @@ class Runtime:
         )
         self._inflight: dict[str, InFlight] = {}
         self._lock = threading.Lock()
+        worker_metrics.CALLS_IN_FLIGHT.set_function(self.in_flight)  # served on MMJOBS_WORKER_METRICS_PORT
         self._keeper = threading.Thread(target=self._keep_leases, name="lease-keeper", daemon=True)
         self._keeper.start()
 

@@ -20,8 +20,9 @@ from service.config import Settings, get_settings
 from service.db import engine_for, make_session_factory, transaction, utcnow
 from service.dispatch import WAKE_CHANNEL
 from service.jobs import transitions
+from service.observability import logging as obs_logging
 from service.tenants import repository as tenants_repo
-from workers import webhooks
+from workers import cron, webhooks
 from workers.celery_app import QUEUE, RUN_JOB, make_celery
 from workers.dispatcher import Dispatcher
 from workers.limiter import Limits, RateLimiter
@@ -61,6 +62,8 @@ class Scheduler:
             report = self.dispatcher.run(session, now=now)
         with transaction(self.session_factory) as session:
             webhooks.dispatch_due(session, now=now, publish=self.publish_webhook)
+        with transaction(self.session_factory) as session:
+            cron.fire_due(session, settings=self.settings, now=now)
         self.next_wake = min(self.settings.scheduler_interval, max(0.01, report.next_wake))
         if report.saturated:
             self.next_wake = SATURATED_RECHECK
@@ -126,7 +129,7 @@ class Scheduler:
 
 def main() -> None:
     settings = get_settings()
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    obs_logging.configure(settings)
     log.info("scheduler started (interval %ss)", settings.scheduler_interval)
     Scheduler(settings).run_forever()
 

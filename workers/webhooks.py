@@ -25,6 +25,8 @@ from service import netguard
 from service.config import Settings
 from service.db import transaction, utcnow
 from service.models import DeliveryStatus, WebhookAttempt, WebhookEndpoint, WebhookEvent
+from service.observability import logging as obs_logging
+from service.observability import worker as worker_metrics
 from service.webhooks import repository
 from service.webhooks.events import ENDPOINT_DISABLED, envelope, new_secret, rfc3339, signed_headers
 from service.webhooks.outbox import emit
@@ -100,6 +102,7 @@ def deliver(
     if isinstance(plan, str):
         return plan
     answer = send(client, plan)
+    worker_metrics.observe_webhook(http_status=answer.http_status, seconds=answer.latency_ms / 1000)
     with transaction(factory) as session:
         return _record(session, plan, answer, now=now + timedelta(milliseconds=answer.latency_ms), rng=rng)
 
@@ -283,6 +286,7 @@ def http_client(settings: Settings) -> httpx.Client:
 
 @app.task(name=DELIVER_WEBHOOK, ignore_result=True)
 def deliver_webhook_task(delivery_id: str) -> None:
+    obs_logging.new_context(delivery_id=delivery_id)
     rt = get_runtime()
     deliver(rt.session_factory, delivery_id, client=http_client(rt.settings))
 

@@ -13,14 +13,21 @@ from sqlalchemy import text
 
 from service.api import errors
 from service.api.deps import SessionDep
-from service.api.limits import UPLOAD_PATHS, BodySizeLimit
+from service.api.limits import UPLOAD_PATHS
 from service.batches.documents_router import router as documents_router
 from service.batches.router import router as batches_router
 from service.config import Settings, get_settings
 from service.db import engine_for, make_session_factory
 from service.dropins import router as dropins_router
+from service.files.limits import BodySizeLimitWithFiles
+from service.files.router import router as files_router
+from service.idempotency import install as install_idempotency
 from service.jobs.router import router as jobs_router
 from service.limits.router import router as limits_router
+from service.observability import logging as obs_logging
+from service.observability import metrics
+from service.observability.requests import RequestLog
+from service.schedules.router import router as schedules_router
 from service.ui import router as ui
 from service.usage.router import router as usage_router
 from service.webhooks.router import router as webhooks_router
@@ -51,12 +58,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.session_factory = make_session_factory(engine)
     app.state.redis = redis.Redis.from_url(settings.redis_url, socket_timeout=1, socket_connect_timeout=1)
     errors.install(app)
+    # Idempotency-Key on every POST (issue 7); added first so BodySizeLimit, outside it, refuses oversized bodies.
+    install_idempotency(app)
     app.add_middleware(
-        BodySizeLimit,
+        BodySizeLimitWithFiles,  # BodySizeLimit, with POST /v1/files up to max_file_bytes (issue 6)
         max_bytes=settings.max_body_bytes,
         large_bytes=settings.max_upload_bytes,
         large_prefixes=UPLOAD_PATHS,
+        files_bytes=settings.max_file_bytes,
     )
+    # Observability (issue 9): JSON logs, one line per request (outermost, so it sees every status), /metrics.
+    obs_logging.configure(settings)
+    app.add_middleware(RequestLog)
+    metrics.install(app, settings)
     app.include_router(jobs_router)
     app.include_router(documents_router)
     app.include_router(batches_router)
@@ -64,6 +78,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(webhooks_router)
     app.include_router(usage_router)
     app.include_router(dropins_router)
+    app.include_router(files_router)
+    app.include_router(schedules_router)
     app.include_router(ui.router)
     app.mount(ui.STATIC_PATH, ui.static_files(), name="ui-static")
 

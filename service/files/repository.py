@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from sqlalchemy import delete, select
+from datetime import datetime
+
+from sqlalchemy import delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from service.models import File
@@ -19,3 +21,44 @@ def get(session: Session, *, tenant_id: str, file_id: str) -> File | None:
 
 def remove(session: Session, *, file_id: str) -> None:
     session.execute(delete(File).where(File.id == file_id))
+
+
+def fresh_minimax_id(session: Session, *, file_id: str, uploaded_after: datetime) -> str | None:
+    """The file's MiniMax id if it was uploaded after `uploaded_after` (young enough to reuse)."""
+    return session.scalar(
+        select(File.minimax_file_id).where(
+            File.id == file_id, File.minimax_file_id.is_not(None), File.minimax_uploaded_at > uploaded_after
+        )
+    )
+
+
+def take_upload(session: Session, *, file_id: str, uploaded_after: datetime, now: datetime, until: datetime) -> bool:
+    """Become the one process uploading the file to MiniMax, until `until`: one conditional UPDATE, won only while
+    the file has no young MiniMax copy and no other upload holds it (or that upload's hold ran out)."""
+    won = session.execute(
+        update(File)
+        .where(
+            File.id == file_id,
+            or_(File.minimax_uploaded_at.is_(None), File.minimax_uploaded_at <= uploaded_after),
+            or_(File.minimax_upload_until.is_(None), File.minimax_upload_until < now),
+        )
+        .values(minimax_upload_until=until)
+        .returning(File.id)
+    ).one_or_none()
+    return won is not None
+
+
+def upload_held_until(session: Session, *, file_id: str) -> datetime | None:
+    return session.scalar(select(File.minimax_upload_until).where(File.id == file_id))
+
+
+def record_upload(session: Session, *, file_id: str, minimax_file_id: str, uploaded_at: datetime) -> None:
+    session.execute(
+        update(File)
+        .where(File.id == file_id)
+        .values(minimax_file_id=minimax_file_id, minimax_uploaded_at=uploaded_at, minimax_upload_until=None)
+    )
+
+
+def release_upload(session: Session, *, file_id: str) -> None:
+    session.execute(update(File).where(File.id == file_id).values(minimax_upload_until=None))

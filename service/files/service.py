@@ -1,5 +1,6 @@
-"""Uploaded files: the bytes go to the files directory, a row records whose they are. Used by the OpenAI
-drop-in, whose batches read their requests from an uploaded JSONL file."""
+"""Uploaded files: the bytes go to the file store (`storage.py`), a row records whose they are and what they are.
+Used by the OpenAI drop-in (batch input, JSONL) and by `POST /v1/files` (images and videos for MiniMax-M3, whose
+type is sniffed from the content and must suit the purpose)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,12 @@ from service.api.errors import APIError
 from service.config import Settings
 from service.db import new_id, utcnow
 from service.files import repository, storage
+from service.media import formats
 from service.models import ApiKey, File
 
 PURPOSES = ("batch",)
+# What a media file is for: a video for MiniMax's video understanding, or an image.
+MEDIA_PURPOSES: dict[str, formats.Kind] = {"video_understanding": "video", "image": "image"}
 ID_PREFIX = "file-"
 _ID = re.compile(r"^file-[0-9a-z]{26}$")
 
@@ -37,7 +41,8 @@ def create(
             400, "invalid_request", f"purpose: {purpose!r} is not supported; use {', '.join(PURPOSES)}", field="purpose"
         )
     file_id = new_file_id()
-    size = storage.save(settings, file_id, source)
+    store = storage.backend(settings)
+    written = storage.write_all(store, file_id, source)
     try:
         file = File(
             id=file_id,
@@ -45,13 +50,63 @@ def create(
             api_key_id=key.id,
             purpose=purpose,
             filename=(filename or "upload.jsonl")[:255],
-            size=size,
+            size=written.size,
+            sha256=written.sha256,
             created_at=utcnow(),
         )
         repository.add(session, file)
     except BaseException:
-        storage.remove(settings, file_id)
+        store.remove(file_id)
         raise
+    return file
+
+
+def check_media_purpose(purpose: str) -> formats.Kind:
+    if purpose not in MEDIA_PURPOSES:
+        allowed = ", ".join(MEDIA_PURPOSES)
+        raise APIError(422, "invalid_request", f"purpose: {purpose!r} is not supported; use {allowed}", field="purpose")
+    return MEDIA_PURPOSES[purpose]
+
+
+def media_format(head: bytes, purpose: str) -> formats.Format:
+    """The format the content shows; a 422 naming `file` if it is not one MiniMax reads or does not suit the
+    purpose."""
+    kind = check_media_purpose(purpose)
+    found = formats.sniff(head)
+    if found is None:
+        raise APIError(
+            422,
+            "invalid_request",
+            f"file: the content is not a supported {kind} format ({formats.supported_names(kind)})",
+            field="file",
+        )
+    if found.kind != kind:
+        raise APIError(
+            422,
+            "invalid_request",
+            f"file: the content is {found.name}, a {found.kind}, but purpose {purpose!r} needs a {kind}",
+            field="file",
+        )
+    return found
+
+
+def record_media(
+    session: Session, *, key: ApiKey, file_id: str, written: storage.Writer, filename: str, purpose: str
+) -> File:
+    """The row of a media file whose bytes the store already holds (committed by the upload)."""
+    found = media_format(written.head, purpose)
+    file = File(
+        id=file_id,
+        tenant_id=key.tenant_id,
+        api_key_id=key.id,
+        purpose=purpose,
+        filename=(filename or "upload")[:255],
+        size=written.size,
+        sha256=written.sha256,
+        media_type=found.media_type,
+        created_at=utcnow(),
+    )
+    repository.add(session, file)
     return file
 
 
@@ -71,11 +126,10 @@ def delete(session: Session, *, key: ApiKey, settings: Settings, file_id: str) -
 
 @contextmanager
 def open_bytes(settings: Settings, file: File) -> Iterator[IO[bytes]]:
-    path = storage.path_for(settings, file.id)
     try:
-        handle = path.open("rb")
-    except FileNotFoundError:
-        # The row exists but the directory lost the bytes (a different MMJOBS_FILES_DIR per API process?).
-        raise APIError(500, "file_missing", f"the bytes of {file.id} are not in the files directory") from None
+        handle = storage.backend(settings).open(file.id)
+    except storage.StoredFileMissing as exc:
+        # The row exists but the store lost the bytes (a different MMJOBS_FILES_DIR per process?).
+        raise APIError(500, "file_missing", str(exc)) from None
     with handle:
         yield handle

@@ -62,6 +62,7 @@ def summary(request: Request, job: Job) -> JobSummary:
         attempt_count=job.attempt_count,
         max_attempts=job.max_attempts,
         estimated_input_tokens=job.estimated_input_tokens,
+        counted_input_tokens=job.counted_input_tokens,
         usage=_usage_cost(job),
         error=JobError.model_validate(job.error) if job.error else None,
         links=_links(request, job.id),

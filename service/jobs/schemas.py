@@ -121,6 +121,10 @@ class JobSummary(BaseModel):
     attempt_count: int
     max_attempts: int
     estimated_input_tokens: int
+    counted_input_tokens: int | None = Field(
+        None, description="MiniMax's own count (count_tokens), asked before the call when the estimate is near the "
+        "model's window (MiniMax-M3, Anthropic format)."
+    )
     usage: UsageCost
     error: JobError | None
     links: Links

@@ -13,6 +13,7 @@ from typing import Any
 
 from service.api.errors import APIError
 from service.catalog import MODELS, ModelInfo, get_model
+from service.media.validation import check_media
 from service.tokens import estimate_input_tokens
 
 FORMATS = ("anthropic", "openai")
@@ -99,6 +100,7 @@ def check_request(*, model: str, fmt: str, params: Mapping[str, Any]) -> Checked
     media = _find_media(params, fmt)
     if media is not None and "image" not in info.modalities:
         raise _invalid(media, f"{info.name} accepts text only; images and video need MiniMax-M3")
+    check_media(params, fmt)  # formats by content, sizes, detail / fps / max_long_side_pixel, URLs (issue 6)
     estimate = estimate_input_tokens(params)
     if estimate + (max_tokens or 0) > info.context_window:
         raise APIError(

@@ -3,7 +3,9 @@
 from service.models.base import Base
 from service.models.batch import BATCH_APIS, COUNT_FOR_STATUS, Batch, BatchStatus
 from service.models.file import File
+from service.models.idempotency import IdempotencyKey
 from service.models.job import ACTIVE, TERMINAL, WAITING, Job, JobAttempt, JobStatus
+from service.models.schedule import Catchup, Overlap, RunStatus, Schedule, ScheduleRun
 from service.models.tenant import ApiKey, Tenant
 from service.models.usage import Budget, BudgetReservation, UsageEntry
 from service.models.webhook import (
@@ -27,11 +29,17 @@ __all__ = [
     "BatchStatus",
     "Budget",
     "BudgetReservation",
+    "Catchup",
     "DeliveryStatus",
     "File",
+    "IdempotencyKey",
     "Job",
     "JobAttempt",
     "JobStatus",
+    "Overlap",
+    "RunStatus",
+    "Schedule",
+    "ScheduleRun",
     "Tenant",
     "TenantWebhookSecret",
     "UsageEntry",

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from datetime import datetime
+
 from sqlalchemy import BigInteger, ForeignKey, Index, String
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -7,8 +9,9 @@ from service.models.base import Base, CreatedAtMixin
 
 
 class File(CreatedAtMixin, Base):
-    """An uploaded file (the OpenAI drop-in's batch input). The bytes live in the files directory under the id;
-    the row says whose they are and what they are for."""
+    """An uploaded file: an OpenAI drop-in batch input, or an image or video for MiniMax-M3 (`POST /v1/files`).
+    The bytes live in the file store (a directory or S3) under the id; the row says whose they are, what they
+    are, and where MiniMax has a copy."""
 
     __tablename__ = "files"
 
@@ -18,5 +21,13 @@ class File(CreatedAtMixin, Base):
     purpose: Mapped[str] = mapped_column(String(32))
     filename: Mapped[str] = mapped_column(String(255))
     size: Mapped[int] = mapped_column("bytes", BigInteger)
+    # Hex SHA-256 of the bytes, and the type their content shows (images and videos); unset for older rows.
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    media_type: Mapped[str | None] = mapped_column(String(64))
+    # The copy in MiniMax's Files API (kept 7 days there), as a decimal string, and when it was uploaded.
+    minimax_file_id: Mapped[str | None] = mapped_column(String(32))
+    minimax_uploaded_at: Mapped[datetime | None]
+    # While a worker uploads the file to MiniMax: until when that upload holds the file (others wait for it).
+    minimax_upload_until: Mapped[datetime | None]
 
     __table_args__ = (Index("ix_files_tenant_id_id", "tenant_id", "id"),)

@@ -47,6 +47,8 @@ class Job(CreatedAtMixin, Base):
     meta: Mapped[dict[str, str]] = mapped_column("metadata", JSONType, default=dict)
     params: Mapped[dict[str, Any]] = deferred(mapped_column(JSONType))
     estimated_input_tokens: Mapped[int] = mapped_column(default=0)
+    # MiniMax's own count (count_tokens), asked before calling when the estimate is near the model's window.
+    counted_input_tokens: Mapped[int | None]
     max_tokens: Mapped[int | None]
 
     max_attempts: Mapped[int] = mapped_column(default=5)

@@ -30,7 +30,40 @@ export class ApiError extends Error {
  * key (a key to try instead of the stored one: the sign-in form's).
  * A 401 on a stored key signs out (the "mmjobs:unauthorized" event); the error is thrown either way.
  */
-export async function api(path, { method = "GET", params = {}, body, text = false, key } = {}) {
+export async function api(path, options = {}) {
+  const response = await request(path, options);
+  if (response.status === 204) return null;
+  return options.text ? response.text() : response.json();
+}
+
+/**
+ * The first `limit` lines of a JSONL answer, read as they stream in; the rest is not downloaded.
+ * Returns {lines: [parsed objects], more: whether lines were left unread}.
+ */
+export async function jsonLines(path, { params = {}, limit = 1000 } = {}) {
+  const response = await request(path, { params, text: true });
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  const lines = [];
+  let pending = "";
+  for (;;) {
+    const { done, value } = await reader.read();
+    pending += decoder.decode(value || new Uint8Array(), { stream: !done });
+    const parts = pending.split("\n");
+    pending = done ? "" : parts.pop();
+    for (const part of parts) {
+      if (!part.trim()) continue;
+      if (lines.length === limit) {
+        await reader.cancel();
+        return { lines, more: true };
+      }
+      lines.push(JSON.parse(part));
+    }
+    if (done) return { lines, more: false };
+  }
+}
+
+async function request(path, { method = "GET", params = {}, body, text = false, key } = {}) {
   const url = new URL(path, window.location.origin);
   for (const [name, value] of Object.entries(params)) {
     for (const v of Array.isArray(value) ? value : [value]) {
@@ -65,6 +98,5 @@ export async function api(path, { method = "GET", params = {}, body, text = fals
     }
     throw failure;
   }
-  if (response.status === 204) return null;
-  return text ? response.text() : response.json();
+  return response;
 }

@@ -4,6 +4,12 @@
 
 import { h, svg } from "./dom.js";
 
+/** The width a chart has inside a card of the page, so its text is drawn at its real size (not scaled). */
+function fitWidth() {
+  const main = document.getElementById("main");
+  return Math.round(Math.max(480, Math.min(1240, (main ? main.clientWidth : 800) - 90)));
+}
+
 /** 0, a round step, ... covering max: 1, 2 or 5 times a power of ten. */
 function ticks(max, count = 4) {
   if (!(max > 0)) return [0, 1];
@@ -19,8 +25,9 @@ function ticks(max, count = 4) {
  * barChart({label, categories: ["2026-11-01", ...], series: [{name, className, values: [...]}], format, tickFormat})
  * Series are stacked in order.
  */
-export function barChart({ label, categories, series, format, tickFormat = format, categoryFormat = (c) => c }) {
-  const width = 720;
+export function barChart({
+  label, categories, series, format, tickFormat = format, categoryFormat = (c) => c, width = fitWidth(),
+}) {
   const height = 240;
   const pad = { top: 12, right: 12, bottom: 34, left: 64 };
   const plotW = width - pad.left - pad.right;
@@ -42,8 +49,8 @@ export function barChart({ label, categories, series, format, tickFormat = forma
       svg("text", { class: "axis", x: pad.left - 8, y: y(t) + 4, "text-anchor": "end" }, tickFormat(t)),
     );
   }
-  // Label at most ~12 categories so the dates stay readable.
-  const every = Math.ceil(categories.length / 12);
+  // Label only as many categories as fit, so the dates stay readable.
+  const every = Math.ceil(categories.length / Math.max(2, Math.floor(plotW / 64)));
   categories.forEach((category, i) => {
     const x = pad.left + slot * i + (slot - barW) / 2;
     let base = 0;
@@ -69,9 +76,8 @@ export function barChart({ label, categories, series, format, tickFormat = forma
 }
 
 /** hbarChart({label, rows: [{label, value}], format}): one bar per row, longest first. */
-export function hbarChart({ label, rows, format }) {
+export function hbarChart({ label, rows, format, width = fitWidth() }) {
   const sorted = [...rows].sort((a, b) => b.value - a.value);
-  const width = 720;
   const rowH = 30;
   const labelW = 200;
   const valueW = 110;

@@ -1,0 +1,1 @@
+"""Cron schedules: a job, a batch or a directory of documents submitted on a timetable (issue 7)."""
