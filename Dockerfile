@@ -7,7 +7,7 @@ COPY service ./service
 COPY workers ./workers
 COPY simulator ./simulator
 COPY migrations ./migrations
-RUN pip install --no-compile -e . && useradd --create-home mmjobs
+RUN pip install --no-compile -e '.[monitoring]' && useradd --create-home mmjobs
 USER mmjobs
 EXPOSE 8000
 CMD ["mmjobs", "api", "--host", "0.0.0.0", "--port", "8000"]

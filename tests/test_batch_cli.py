@@ -181,7 +181,7 @@ def test_ctrl_c_stops_watching_cleanly(server: Server, tmp_path: Path) -> None:
         text=True,
     )
     # Interrupt once it is polling (the API logs its requests) a batch that never ends: there is no worker.
-    wait_until(lambda: server.proc.log().count(f"GET /v1/batches/{batch_id} ") >= 2, 30, "the watcher to poll")
+    wait_until(lambda: server.proc.log().count(f'"path": "/v1/batches/{batch_id}"') >= 2, 30, "the watcher to poll")
     assert watcher.poll() is None
     watcher.send_signal(signal.SIGINT)
     _, stderr = watcher.communicate(timeout=30)

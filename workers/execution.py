@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import replace
+from typing import TypeVar
 
 import redis
+from sqlalchemy import exc as sa_exc
 
 from service.db import transaction, utcnow
 from service.jobs import transitions
@@ -18,9 +21,10 @@ from workers import media, preflight
 from workers.dispatcher import permit_id
 from workers.providers import Completion, UpstreamError, Usage, get_provider
 from workers.retry import slows_the_limiter
-from workers.runtime import JobAborted, Runtime
+from workers.runtime import InFlight, JobAborted, Runtime
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def _usage(usage: Usage | None) -> dict[str, int]:
@@ -64,11 +68,11 @@ def failure(error: UpstreamError) -> Outcome:
     )
 
 
-def call_upstream(claim: Claim, rt: Runtime) -> tuple[Outcome, UpstreamError | None]:
-    handle = rt.register(claim.job_id, claim.number, claim.tenant_id)
+def call_upstream(claim: Claim, rt: Runtime, handle: InFlight) -> tuple[Outcome, UpstreamError | None]:
     try:
         claim = media.prepare(claim, rt)  # mmjobs_file:// -> mm_file:// (uploaded once) or inline (issue 6)
         preflight.check(claim, rt)  # near M3's window: count_tokens first, fail early with the figure (issue 6)
+        _mark_sent(claim, rt)
         completion = get_provider(claim.format).call(
             client=rt.http,
             base_url=rt.settings.minimax_base_url,
@@ -92,8 +96,33 @@ def call_upstream(claim: Claim, rt: Runtime) -> tuple[Outcome, UpstreamError | N
         # Our own bug, not the upstream's: fail the job with an explanation rather than leave it running.
         log.exception("job %s attempt %s crashed", claim.job_id, claim.number)
         return Outcome(classification="internal", error_type="internal_error", error_message=repr(exc)[:2000]), None
-    finally:
-        rt.unregister(claim.job_id)
+
+
+# Database errors worth waiting out (pool exhausted, connection dropped, server restarting), not our bugs.
+_TRANSIENT_DB = (sa_exc.OperationalError, sa_exc.TimeoutError, sa_exc.InterfaceError)
+
+
+def persist(what: str, fn: Callable[[], T], *, give_up_after: float) -> T:
+    """Run a database step until it succeeds or `give_up_after` seconds pass. A finished call's outcome exists only
+    in this process's memory: losing it to a full connection pool would mean calling (and paying) MiniMax again."""
+    deadline = time.monotonic() + give_up_after
+    delay = 0.2
+    while True:
+        try:
+            return fn()
+        except _TRANSIENT_DB as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("%s: database unavailable (%s); retrying in %.1fs", what, type(exc).__name__, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def _mark_sent(claim: Claim, rt: Runtime) -> None:
+    try:
+        rt.limiter.mark_sent(permit_id(claim.job_id, claim.number), model=claim.model, tenant=claim.tenant_id)
+    except redis.RedisError as exc:
+        log.warning("could not stamp the send time of %s: %s", claim.job_id, exc)
 
 
 def _with_retry_decision(outcome: Outcome, error: UpstreamError, claim: Claim, rt: Runtime) -> Outcome:
@@ -128,19 +157,34 @@ def _settle(claim: Claim, outcome: Outcome, error: UpstreamError | None, rt: Run
 def run_job(job_id: str, *, rt: Runtime) -> None:
     """Safe to run twice and to run for a job that is not runnable: the claim decides."""
     obs_logging.new_context(job_id=job_id)  # every log line of this attempt carries the ids (observability)
-    with transaction(rt.session_factory) as session:
-        claim = transitions.claim(session, job_id=job_id, owner=rt.owner, lease_seconds=rt.settings.lease_seconds)
+
+    def take() -> Claim | None:
+        with transaction(rt.session_factory) as session:
+            return transitions.claim(session, job_id=job_id, owner=rt.owner, lease_seconds=rt.settings.lease_seconds)
+
+    claim = persist(f"claim {job_id}", take, give_up_after=30)
     if claim is None:
         log.debug("job %s not claimable (taken, finished or not due)", job_id)
         return
     obs_logging.bind(batch_id=claim.batch_id, tenant=claim.tenant_id, attempt=claim.number)
     started = time.monotonic()
-    outcome, error = call_upstream(claim, rt)
-    worker_metrics.observe_call(claim.model, claim.format, outcome.classification, seconds=time.monotonic() - started)
-    if error is not None:
-        outcome = _with_retry_decision(outcome, error, claim, rt)
-    with transaction(rt.session_factory) as session:
-        moved = transitions.finish(session, claim=claim, outcome=outcome, prices=rt.prices)
+    # Registered until the outcome is written: the lease keeper renews the lease while a slow write is retried.
+    handle = rt.register(claim.job_id, claim.number, claim.tenant_id)
+    try:
+        outcome, error = call_upstream(claim, rt, handle)
+        worker_metrics.observe_call(
+            claim.model, claim.format, outcome.classification, seconds=time.monotonic() - started
+        )
+        if error is not None:
+            outcome = _with_retry_decision(outcome, error, claim, rt)
+
+        def record() -> bool:
+            with transaction(rt.session_factory) as session:
+                return transitions.finish(session, claim=claim, outcome=outcome, prices=rt.prices)
+
+        moved = persist(f"record {job_id}", record, give_up_after=rt.settings.lease_seconds * 10)
+    finally:
+        rt.unregister(claim.job_id)
     _settle(claim, outcome, error, rt)
     log.info(
         "job %s attempt %s: %s%s%s",

@@ -62,6 +62,7 @@ def current_key(request: Request, session: SessionDep) -> ApiKey:
     key = tenants.authenticate(session, secret=secret)
     if key is None:
         raise APIError(401, "authentication_error", "invalid or revoked API key")
+    request.state.tenant = key.tenant_id  # the request log names the tenant
     return key
 
 

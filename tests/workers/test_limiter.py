@@ -479,3 +479,17 @@ def test_limits_refuse_non_positive_values() -> None:
         Limits(rpm=0)
     with pytest.raises(ValueError, match="concurrency"):
         Limits(concurrency=-1)
+
+
+def test_mark_sent_moves_a_grant_later_in_the_window(client: redis.Redis) -> None:
+    """A call that waited after its grant counts from when it was sent, so the window frees it no earlier."""
+    rl = RateLimiter(client, account="sent", window_seconds=60)
+    limits = Limits(rpm=1)
+    assert rl.acquire(model="m", tenant="t", tokens=1, model_limits=limits, permit_id="p1", now=1000.0).granted
+    rl.mark_sent("p1", model="m", tenant="t", now=1005.0)
+    # Without the stamp the slot would free at 1060; the call reached MiniMax at 1005, so it frees at 1065.
+    assert not rl.acquire(model="m", tenant="t", tokens=1, model_limits=limits, permit_id="p2", now=1062.0).granted
+    assert rl.acquire(model="m", tenant="t", tokens=1, model_limits=limits, permit_id="p3", now=1065.5).granted
+    # A stamp never moves an entry earlier.
+    rl.mark_sent("p3", model="m", tenant="t", now=1001.0)
+    assert not rl.acquire(model="m", tenant="t", tokens=1, model_limits=limits, permit_id="p4", now=1100.0).granted

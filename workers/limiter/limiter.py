@@ -79,6 +79,7 @@ class RateLimiter:
         self._acquire = client.register_script(scripts.ACQUIRE)
         self._settle = client.register_script(scripts.SETTLE)
         self._extend = client.register_script(scripts.EXTEND)
+        self._mark_sent = client.register_script(scripts.MARK_SENT)
         self._penalize = client.register_script(scripts.PENALIZE)
         self._snapshot = client.register_script(scripts.SNAPSHOT)
         self._tenant_snapshot = client.register_script(scripts.TENANT_SNAPSHOT)
@@ -181,6 +182,12 @@ class RateLimiter:
                 str(memory_ms),
             ],
         )
+
+    def mark_sent(self, permit_id: str, *, model: str, tenant: str, now: float | None = None) -> None:
+        """The granted call is being sent now: its entries count from now on (they only ever move later)."""
+        m_req, m_tok, _, _ = self._model_keys(model)
+        t_req, t_tok, _, _ = self._tenant_keys(tenant)
+        self._mark_sent(keys=[m_req, m_tok, t_req, t_tok], args=[_arg(now), permit_id])
 
     def release(self, permit_id: str, *, tenant: str) -> None:
         """Free the tenant concurrency slot at once (the call is over). Harmless if already freed."""

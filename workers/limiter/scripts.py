@@ -227,6 +227,22 @@ return 1
 """
 )
 
+# KEYS: m_req m_tok t_req t_tok  ARGV: now permit -> 1
+# The call leaves now: its request and input entries count from this moment, never earlier (GT), so a call that
+# waited in a queue after its grant cannot land in MiniMax's window beside the calls that replace it a minute on.
+MARK_SENT = (
+    _PRELUDE
+    + r"""
+local now, permit = clock(ARGV[1]), ARGV[2]
+local at = fmt(now)
+redis.call('ZADD', KEYS[1], 'XX', 'GT', at, permit)
+redis.call('ZADD', KEYS[2], 'XX', 'GT', at, permit .. ':i')
+redis.call('ZADD', KEYS[3], 'XX', 'GT', at, permit)
+redis.call('ZADD', KEYS[4], 'XX', 'GT', at, permit .. ':i')
+return 1
+"""
+)
+
 # KEYS: m_adapt  ARGV: now decrease floor recovery cooldown -> {factor, counted 0|1}
 PENALIZE = (
     _PRELUDE

@@ -66,14 +66,10 @@ class AnthropicProvider:
         """Input tokens the request would use, without generating (MiniMax serves this for M3 only)."""
         body: dict[str, Any] = {"model": model}
         body.update({k: params[k] for k in COUNT_TOKENS_FIELDS if k in params})
-        payload = post_json(
-            client, endpoint(base_url, COUNT_TOKENS_PATH), headers=_headers(api_key), body=body
-        )
+        payload = post_json(client, endpoint(base_url, COUNT_TOKENS_PATH), headers=_headers(api_key), body=body)
         tokens = payload.get("input_tokens")
         if isinstance(tokens, bool) or not isinstance(tokens, int):
-            raise invalid_response(
-                f"count_tokens answer without input_tokens: {payload!r:.200}", http_status=200
-            )
+            raise invalid_response(f"count_tokens answer without input_tokens: {payload!r:.200}", http_status=200)
         return tokens
 
 

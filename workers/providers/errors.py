@@ -17,9 +17,7 @@ from workers.providers.base import Classification, UpstreamError, Usage, classif
 # "invalid params, context window exceeds limit (2013)": MiniMax puts its code in brackets at the end.
 _CODE_AT_END = re.compile(r"[(\[]\s*(\d{3,5})\s*[)\]][\s.]*$")
 # "... 5-hour usage limit reached ..., resets at 2026-05-15T15:00:00Z (2056)"
-_RESETS_AT = re.compile(
-    r"resets?\s+at\s+(\d{4}-\d{2}-\d{2}[T ][0-9:.]+(?:Z|[+-]\d{2}:?\d{2})?)", re.IGNORECASE
-)
+_RESETS_AT = re.compile(r"resets?\s+at\s+(\d{4}-\d{2}-\d{2}[T ][0-9:.]+(?:Z|[+-]\d{2}:?\d{2})?)", re.IGNORECASE)
 _RESETS_IN = re.compile(
     r"resets?\s+in\s+(\d+(?:\.\d+)?)\s*(s|sec|secs|seconds?|m|min|mins|minutes?|h|hr|hrs|hours?)\b",
     re.IGNORECASE,
@@ -239,9 +237,7 @@ def stream_broken(
     )
 
 
-def invalid_response(
-    message: str, *, http_status: int | None, request_id: str | None = None
-) -> UpstreamError:
+def invalid_response(message: str, *, http_status: int | None, request_id: str | None = None) -> UpstreamError:
     return UpstreamError(
         classification=Classification.RETRYABLE,
         error_type="invalid_response",

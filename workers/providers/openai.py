@@ -95,9 +95,7 @@ def _thinking_and_text(message: Mapping[str, Any]) -> tuple[str, str]:
     thinking = ""
     details = message.get("reasoning_details")
     if isinstance(details, list):
-        thinking = "".join(
-            d["text"] for d in details if isinstance(d, Mapping) and isinstance(d.get("text"), str)
-        )
+        thinking = "".join(d["text"] for d in details if isinstance(d, Mapping) and isinstance(d.get("text"), str))
     if not thinking and isinstance(message.get("reasoning_content"), str):
         thinking = message["reasoning_content"]
     if match := _THINK.match(text):
@@ -149,9 +147,7 @@ def to_completion(raw: dict[str, Any], *, model: str) -> Completion:
     return Completion(
         content=content,
         text=text,
-        stop_reason=STOP_REASONS.get(finish_reason, finish_reason)
-        if isinstance(finish_reason, str)
-        else None,
+        stop_reason=STOP_REASONS.get(finish_reason, finish_reason) if isinstance(finish_reason, str) else None,
         usage=to_usage(raw.get("usage")),
         raw=raw,
         request_id=request_id if isinstance(request_id, str) and request_id else None,

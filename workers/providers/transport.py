@@ -27,9 +27,7 @@ def bearer_headers(api_key: str, extra: Mapping[str, str] | None = None) -> dict
     return headers
 
 
-def post_json(
-    client: httpx.Client, url: str, *, headers: Mapping[str, str], body: Mapping[str, Any]
-) -> dict[str, Any]:
+def post_json(client: httpx.Client, url: str, *, headers: Mapping[str, str], body: Mapping[str, Any]) -> dict[str, Any]:
     """POST and return the JSON object answered; raise `UpstreamError` for any failure, including a 200 that
     carries an `error` object or a non-zero `base_resp`. Sent as a stream too, so that a connection lost
     while the body arrives is told apart from one that never got an answer."""
@@ -125,9 +123,7 @@ def event_json(event: ServerSentEvent, *, http_status: int) -> dict[str, Any]:
     try:
         payload = json.loads(event.data)
     except ValueError as exc:
-        raise invalid_response(
-            f"event data is not JSON: {event.data[:200]!r}", http_status=http_status
-        ) from exc
+        raise invalid_response(f"event data is not JSON: {event.data[:200]!r}", http_status=http_status) from exc
     if not isinstance(payload, dict):
         raise invalid_response("event data is not a JSON object", http_status=http_status)
     return payload
