@@ -82,7 +82,8 @@ def run_embedded(settings: Settings, *, host: str, port: int, console: Console) 
     simulated = not settings.minimax_api_key
     import os
 
-    child_env = {**os.environ, **env}
+    # Three processes share this terminal: readable lines unless the user chose otherwise.
+    child_env = {"MMJOBS_LOG_FORMAT": "console", **os.environ, **env}
     procs: list[tuple[str, subprocess.Popen[bytes]]] = []
 
     def spawn(name: str, *argv: str) -> subprocess.Popen[bytes]:
