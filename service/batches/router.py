@@ -12,6 +12,7 @@ from service.api.errors import APIError
 from service.batches import intake, present, service
 from service.batches.results import STATUS_FOR_RESULT, jsonl, native_line
 from service.batches.schemas import BatchCreate, BatchList, BatchOut
+from service.jobs.schemas import Estimate
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 
@@ -44,7 +45,8 @@ _CREATE_BODY: dict[str, Any] = {
 @router.post(
     "",
     status_code=202,
-    response_model=BatchOut,
+    response_model=BatchOut | Estimate,
+    responses={200: {"model": Estimate, "description": "dry_run: the estimate"}},
     summary="Submit a batch of up to 100,000 requests",
     description="As JSON `{requests: [...], metadata?, webhook_url?, completion_window?}`, as a streamed JSONL body "
     "(`application/x-ndjson`; options as query parameters, metadata as a JSON string), or as a multipart upload "
@@ -52,7 +54,14 @@ _CREATE_BODY: dict[str, Any] = {
     "whole batch with its line number and field, and nothing is stored.",
     openapi_extra=_CREATE_BODY,
 )
-async def create_batch(request: Request, session: SessionDep, key: CurrentKey, settings: SettingsDep) -> BatchOut:
+async def create_batch(
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    key: CurrentKey,
+    settings: SettingsDep,
+    dry_run: Annotated[bool, Query(description="Validate and estimate tokens and cost; store nothing.")] = False,
+) -> BatchOut | Estimate:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     body: IO[bytes] | None = None
     try:
@@ -61,7 +70,7 @@ async def create_batch(request: Request, session: SessionDep, key: CurrentKey, s
             options, requests = await run_in_threadpool(intake.json_body, body)
         elif content_type in _JSONL_TYPES:
             body = await intake.spool(request)
-            options = intake.parse_options(dict(request.query_params))
+            options = intake.parse_options({k: v for k, v in request.query_params.items() if k != "dry_run"})
             requests = intake.jsonl_requests(body)
         elif content_type == "multipart/form-data":
             form = await request.form(max_files=1)
@@ -77,6 +86,9 @@ async def create_batch(request: Request, session: SessionDep, key: CurrentKey, s
                 "send application/json, application/x-ndjson or multipart/form-data",
                 field="content-type",
             )
+        if dry_run:
+            response.status_code = 200
+            return await run_in_threadpool(lambda: service.estimate(requests, settings=settings))
         batch = await run_in_threadpool(
             lambda: service.create(session, key=key, requests=requests, options=options, settings=settings)
         )

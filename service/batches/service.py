@@ -6,6 +6,7 @@ import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from pydantic import ValidationError
@@ -17,8 +18,11 @@ from service.batches import repository
 from service.batches.schemas import MAX_REQUESTS, BatchOptions, BatchRequestIn
 from service.config import Settings
 from service.db import new_id, utcnow
-from service.jobs.validation import check_request
+from service.jobs.schemas import CostRange, Estimate
+from service.jobs.validation import CheckedRequest, check_request
 from service.models import ApiKey, Batch, BatchStatus, Job, JobStatus
+from service.usage import admission
+from service.usage.pricing import is_priority
 
 INSERT_CHUNK = 2000
 # Write a chunk sooner when its documents are large, so memory stays bounded whatever the request sizes.
@@ -51,6 +55,61 @@ def _validate(raw: RawRequest) -> BatchRequestIn:
         field = field_path(tuple(first["loc"])) or ""
         message = f"{field}: {first['msg']}" if field else str(first["msg"])
         raise _line_error(raw.index, custom_id, APIError(422, "invalid_request", message, field=field)) from None
+
+
+def checked_requests(requests: Iterable[RawRequest]) -> Iterator[tuple[BatchRequestIn, CheckedRequest]]:
+    """Each request validated like a single job, custom_ids unique; the first bad line raises naming it."""
+    seen: set[str] = set()
+    for count, raw in enumerate(requests, start=1):
+        request = _validate(raw)
+        if request.custom_id in seen:
+            raise _line_error(
+                raw.index,
+                request.custom_id,
+                APIError(422, "invalid_request", "custom_id is already used in this batch", field="custom_id"),
+            )
+        seen.add(request.custom_id)
+        try:
+            checked = check_request(model=request.model, fmt=request.format, params=request.params)
+        except APIError as exc:
+            raise _line_error(raw.index, request.custom_id, exc) from None
+        if count > MAX_REQUESTS:
+            raise APIError(
+                422, "too_many_requests", f"a batch holds at most {MAX_REQUESTS:,} requests", field="requests"
+            )
+        yield request, checked
+
+
+def estimate(requests: Iterable[RawRequest], *, settings: Settings) -> Estimate:
+    """What the batch would cost (`dry_run`): every line validated, nothing stored."""
+    prices = settings.price_table()
+    n = tokens_in = tokens_out = 0
+    least = most = Decimal(0)
+    models: set[str] = set()
+    for request, checked in checked_requests(requests):
+        e = admission.estimate(
+            prices,
+            model=checked.model,
+            input_tokens=checked.estimated_input_tokens,
+            max_tokens=checked.max_tokens,
+            priority=is_priority(request.params),
+        )
+        n += 1
+        tokens_in += e.estimated_input_tokens
+        tokens_out += e.max_output_tokens
+        least += e.cost_min
+        most += e.cost_max
+        models.add(e.model)
+    if n == 0:
+        raise APIError(422, "invalid_request", "a batch needs at least one request", field="requests")
+    return Estimate(
+        model=models.pop() if len(models) == 1 else "mixed",
+        requests=n,
+        estimated_input_tokens=tokens_in,
+        max_output_tokens=tokens_out,
+        cost_usd=CostRange(min=least, max=most),
+        price_version=prices.version,
+    )
 
 
 def create(
@@ -92,28 +151,11 @@ def create(
         expires_at=expires_at,
     )
     repository.add(session, batch)
-    seen: set[str] = set()
     chunk: list[dict[str, Any]] = []
     chunk_tokens = 0
     total = 0
-    for raw in requests:
-        request = _validate(raw)
-        if request.custom_id in seen:
-            raise _line_error(
-                raw.index,
-                request.custom_id,
-                APIError(422, "invalid_request", "custom_id is already used in this batch", field="custom_id"),
-            )
-        seen.add(request.custom_id)
-        try:
-            checked = check_request(model=request.model, fmt=request.format, params=request.params)
-        except APIError as exc:
-            raise _line_error(raw.index, request.custom_id, exc) from None
+    for request, checked in checked_requests(requests):
         total += 1
-        if total > MAX_REQUESTS:
-            raise APIError(
-                422, "too_many_requests", f"a batch holds at most {MAX_REQUESTS:,} requests", field="requests"
-            )
         chunk.append(
             {
                 "id": new_id("job"),

@@ -121,3 +121,50 @@ def test_a_batch_pauses_at_its_budget_and_resumes_when_raised(
     d.run(session, now=utcnow())
     assert len(published) == 10
     assert len(set(published)) == 10
+
+
+def test_batch_dry_run_estimates_every_line_and_stores_nothing(
+    client: TestClient, auth: dict[str, str], session: Session
+) -> None:
+    from service.models import Batch
+
+    before = (
+        session.scalar(select(func.count()).select_from(Job)),
+        session.scalar(select(func.count()).select_from(Batch)),
+    )
+    reqs = [{"custom_id": f"r{i}", **BODY} for i in range(4)]
+    r = client.post("/v1/batches", params={"dry_run": "true"}, json={"requests": reqs}, headers=auth)
+    assert r.status_code == 200, r.text
+    est = r.json()
+    assert est["requests"] == 4
+    assert est["max_output_tokens"] == 4000
+    one = client.post("/v1/jobs", params={"dry_run": "true"}, json=BODY, headers=auth).json()
+    assert Decimal(est["cost_usd"]["max"]) == 4 * Decimal(one["cost_usd"]["max"])
+    # A bad line is still named, as without dry_run.
+    bad = client.post("/v1/batches", params={"dry_run": "true"}, json={"requests": [*reqs, {"custom_id": "r0", **BODY}]},
+                      headers=auth)  # fmt: skip
+    assert bad.status_code == 422
+    assert bad.json()["error"]["field"] == "requests[4].custom_id"
+    after = (
+        session.scalar(select(func.count()).select_from(Job)),
+        session.scalar(select(func.count()).select_from(Batch)),
+    )
+    assert after == before
+
+
+def test_the_soft_limit_is_crossed_once(session: Session, api_key: str, settings: Settings) -> None:
+    from service.usage import ledger
+
+    key = tenants.authenticate(session, secret=api_key)
+    assert key is not None
+    budgets.upsert(session, tenant_id=key.tenant_id, api_key_id=None, period="monthly", limit_usd=Decimal(1),
+                   soft_limit_usd=Decimal("0.0001"), now=utcnow())  # fmt: skip
+    crossed = []
+    for _ in range(3):
+        crossed += ledger.record(
+            session, job_id="job_x", attempt=1, tenant_id=key.tenant_id, api_key_id=key.id, batch_id=None,
+            model="MiniMax-M2.7", format="anthropic", upstream_request_id=None,
+            usage={"input_tokens": 1000, "output_tokens": 1000}, priority=False, prices=settings.price_table(),
+            now=utcnow(),
+        )  # fmt: skip
+    assert len(crossed) == 1  # the first charge over the soft limit, not every one after
