@@ -141,8 +141,8 @@ def test_batch_dry_run_estimates_every_line_and_stores_nothing(
     one = client.post("/v1/jobs", params={"dry_run": "true"}, json=BODY, headers=auth).json()
     assert Decimal(est["cost_usd"]["max"]) == 4 * Decimal(one["cost_usd"]["max"])
     # A bad line is still named, as without dry_run.
-    bad = client.post("/v1/batches", params={"dry_run": "true"}, json={"requests": [*reqs, {"custom_id": "r0", **BODY}]},
-                      headers=auth)  # fmt: skip
+    dup = {"requests": [*reqs, {"custom_id": "r0", **BODY}]}
+    bad = client.post("/v1/batches", params={"dry_run": "true"}, json=dup, headers=auth)
     assert bad.status_code == 422
     assert bad.json()["error"]["field"] == "requests[4].custom_id"
     after = (
