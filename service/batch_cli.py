@@ -62,13 +62,16 @@ def fail(message: str) -> typer.Exit:
 class Api:
     """The REST API over httpx; every failure becomes one line that says what to do, and exit code 1."""
 
-    def __init__(self, url: str, key: str | None, *, read_timeout: float = 60) -> None:
+    def __init__(
+        self, url: str, key: str | None, *, read_timeout: float = 60, not_found_hint: str = "see `mmjobs batch list`"
+    ) -> None:
         if not key:
             raise fail(
                 "no API key: pass --api-key or set MMJOBS_API_KEY "
                 "(`mmjobs up` prints a development key; or `mmjobs keys create --tenant NAME`)"
             )
         self.url = url.rstrip("/")
+        self.not_found_hint = not_found_hint
         self.client = httpx.Client(
             base_url=self.url,
             headers={"Authorization": f"Bearer {key}"},
@@ -100,7 +103,7 @@ class Api:
         if response.status_code == 401:
             message += " (pass a valid key with --api-key or MMJOBS_API_KEY)"
         elif response.status_code == 404:
-            message += " (see `mmjobs batch list`)"
+            message += f" ({self.not_found_hint})"
         raise fail(message)
 
     def call(self, method: str, path: str, **kwargs: Any) -> Any:

@@ -6,6 +6,7 @@ imports worker code (DESIGN.md).
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from sqlalchemy.orm import Session
 from service.batch_cli import batch_app
 from service.config import get_settings
 from service.db import engine_for, make_session_factory, transaction
+from service.jobs_cli import job_app, limits_app, webhooks_app
 from service.media_cli import video_app
 from service.schedules_cli import schedules_app
 
@@ -33,6 +35,9 @@ app.add_typer(tenants_app, name="tenants")
 app.add_typer(batch_app, name="batch")
 app.add_typer(video_app, name="video")
 app.add_typer(schedules_app, name="schedules")
+app.add_typer(job_app, name="job")
+app.add_typer(limits_app, name="limits")
+app.add_typer(webhooks_app, name="webhooks")
 console = Console()
 err = Console(stderr=True)
 
@@ -46,6 +51,16 @@ def _session() -> Iterator[Session]:
 def _fail(message: str) -> typer.Exit:
     err.print(f"[bold red]error:[/] {message}")
     return typer.Exit(1)
+
+
+def _print_json(data: object) -> None:
+    """JSON on stdout: datetimes as ISO 8601, decimals as strings (exact, like the API's)."""
+    from datetime import date, datetime
+
+    def encode(value: object) -> str:
+        return value.isoformat() if isinstance(value, datetime | date) else str(value)
+
+    sys.stdout.write(json.dumps(data, indent=2, default=encode) + "\n")
 
 
 @app.command()
@@ -136,12 +151,23 @@ def keys_create(
 
 
 @keys_app.command("list")
-def keys_list(tenant: Annotated[str | None, typer.Option(help="Only this tenant's keys.")] = None) -> None:
+def keys_list(
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant's keys.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable: a JSON list.")] = False,
+) -> None:
     """List API keys (never their secrets)."""
     from service.tenants import service as tenants
 
     with _session() as session:
         rows = tenants.list_keys(session, tenant_name=tenant)
+        if as_json:
+            keys = [
+                {"id": k.id, "tenant": k.tenant.name, "name": k.name, "prefix": k.prefix, "created_at": k.created_at,
+                 "revoked_at": k.revoked_at}
+                for k in rows
+            ]  # fmt: skip
+            _print_json(keys)
+            return
         table = Table("id", "tenant", "name", "prefix", "created", "revoked")
         for k in rows:
             table.add_row(
@@ -227,6 +253,7 @@ def usage(
     tenant: Annotated[str | None, typer.Option(help="One tenant (default: all).")] = None,
     group_by: Annotated[str, typer.Option(help="day, model, api_key or batch.")] = "day",
     days: Annotated[int, typer.Option(help="How many days back.")] = 30,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable: the rows as a JSON list.")] = False,
 ) -> None:
     """Token usage and cost from the ledger, as a table."""
     from datetime import timedelta
@@ -247,6 +274,9 @@ def usage(
         rows = repository.totals(
             session, tenant_id=tenant_id, start=utcnow() - timedelta(days=days), end=None, group_by=group_by
         )
+    if as_json:
+        _print_json(rows)
+        return
     table = Table(group_by, "jobs", "attempts", "input", "output", "cache read", "cache write", "cost USD")
     for r in rows:
         table.add_row(

@@ -146,13 +146,19 @@ def create(
 
 
 @schedules_app.command("list")
-def list_schedules(api_url: ApiUrl = DEFAULT_URL, api_key: ApiKey = None) -> None:
+def list_schedules(
+    as_json: Annotated[bool, typer.Option("--json", help="The API's JSON (every page as one list).")] = False,
+    api_url: ApiUrl = DEFAULT_URL,
+    api_key: ApiKey = None,
+) -> None:
     """The schedules, newest first, with their next run and latest outcome."""
     table = Table("id", "name", "cron", "timezone", "state", "next run", "last run", "last outcome")
+    found: list[dict[str, Any]] = []
     cursor: str | None = None
     while True:
         params: dict[str, Any] = {"limit": 200} if cursor is None else {"limit": 200, "cursor": cursor}
         page = call(api_url, api_key, "GET", "/v1/schedules", params=params)
+        found += page["data"]
         for s in page["data"]:
             latest = s["latest_runs"][0] if s["latest_runs"] else None
             outcome = (latest["outcome"] or latest["status"]) if latest else ""
@@ -162,6 +168,9 @@ def list_schedules(api_url: ApiUrl = DEFAULT_URL, api_key: ApiKey = None) -> Non
         cursor = page["next_cursor"]
         if not cursor:
             break
+    if as_json:
+        typer.echo(json.dumps({"object": "list", "data": found, "has_more": False, "next_cursor": None}, indent=2))
+        return
     out.print(table)
 
 

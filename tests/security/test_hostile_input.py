@@ -147,7 +147,9 @@ def test_deeply_nested_batch_body_is_4xx(raw: TestClient, auth: dict[str, str], 
 
 # --- encoding ----------------------------------------------------------------------------------------------------
 
-INVALID_UTF8 = b'{"model": "MiniMax-M2.7", "params": {"max_tokens": 5, "messages": [{"role": "user", "content": "\xff\xfe\xc3"}]}}'
+INVALID_UTF8 = (
+    b'{"model": "MiniMax-M2.7", "params": {"max_tokens": 5, "messages": [{"role": "user", "content": "\xff\xfe\xc3"}]}}'
+)
 
 
 @pytest.mark.parametrize("path", ["/v1/jobs", "/v1/webhook-endpoints", "/anthropic/v1/messages/batches"])
@@ -158,14 +160,16 @@ def test_invalid_utf8_json_is_4xx(raw: TestClient, auth: dict[str, str], path: s
 
 @pytest.mark.parametrize("content_type", ["application/json", "application/x-ndjson"])
 def test_invalid_utf8_batch_is_4xx(raw: TestClient, auth: dict[str, str], content_type: str) -> None:
-    r = raw.post("/v1/batches", content=b"\xff\xfe\xfd\n" + INVALID_UTF8, headers={**auth, "content-type": content_type})
+    r = raw.post(
+        "/v1/batches", content=b"\xff\xfe\xfd\n" + INVALID_UTF8, headers={**auth, "content-type": content_type}
+    )
     refused(r)
 
 
 def test_invalid_utf8_in_headers_and_query_is_4xx(raw: TestClient, auth: dict[str, str]) -> None:
     r = raw.get("/v1/jobs?metadata%5Bk%5D=%FF%FE", headers=auth)
     assert r.status_code < 500, r.text
-    r = raw.get("/v1/jobs", headers={"Authorization": b"Bearer mmj_\xff\xfe"})  # type: ignore[dict-item]
+    r = raw.get("/v1/jobs", headers={b"Authorization": b"Bearer mmj_\xff\xfe"})
     refused(r, 401)
 
 
@@ -320,7 +324,12 @@ def test_metadata_abuse_is_422(raw: TestClient, auth: dict[str, str], metadata: 
 
 
 def test_metadata_filter_abuse_is_not_a_server_error(raw: TestClient, auth: dict[str, str]) -> None:
-    for query in ["metadata[" + "k" * 1000 + "]=v", "metadata[k]=" + "v" * 10_000, "metadata[]=v", "metadata=v",
-                  "metadata[k'%20OR%201=1--]=v"]:
+    for query in [
+        "metadata[" + "k" * 1000 + "]=v",
+        "metadata[k]=" + "v" * 10_000,
+        "metadata[]=v",
+        "metadata=v",
+        "metadata[k'%20OR%201=1--]=v",
+    ]:
         r = raw.get(f"/v1/jobs?{query}", headers=auth)
         assert r.status_code < 500, (query, r.text[:300])

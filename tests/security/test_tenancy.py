@@ -88,8 +88,12 @@ def owned(client: TestClient, auth: dict[str, str], session: Session) -> Owned:
         ),
         200,
     )["id"]
-    chat = {"custom_id": "o1", "method": "POST", "url": "/v1/chat/completions",
-            "body": {"model": "MiniMax-M2.7", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}}
+    chat = {
+        "custom_id": "o1",
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": "MiniMax-M2.7", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]},
+    }
     openai_file = ok(
         client.post(
             "/openai/v1/files",
@@ -160,9 +164,14 @@ def test_another_tenants_ids_are_404_everywhere(
         else:
             assert r.status_code == 404, (method, path, r.status_code, r.text[:300])
     # Nothing was changed by the intruder: every resource still answers its owner.
-    for path in [f"/v1/jobs/{owned.job}", f"/v1/batches/{owned.batch}", f"/v1/files/{owned.file}",
-                 f"/v1/schedules/{owned.schedule}", f"/v1/webhook-endpoints/{owned.endpoint}",
-                 f"/openai/v1/files/{owned.openai_file}"]:
+    for path in [
+        f"/v1/jobs/{owned.job}",
+        f"/v1/batches/{owned.batch}",
+        f"/v1/files/{owned.file}",
+        f"/v1/schedules/{owned.schedule}",
+        f"/v1/webhook-endpoints/{owned.endpoint}",
+        f"/openai/v1/files/{owned.openai_file}",
+    ]:
         assert client.get(path, headers=auth).status_code == 200, path
     assert client.get(f"/v1/jobs/{owned.job}", headers=auth).json()["status"] == "queued"
     assert client.get(f"/v1/schedules/{owned.schedule}", headers=auth).json()["name"] == "s"
@@ -171,8 +180,15 @@ def test_another_tenants_ids_are_404_everywhere(
 
 def test_another_tenants_lists_show_nothing(client: TestClient, session: Session, owned: Owned) -> None:
     intruder = {"Authorization": f"Bearer {make_key(session, 'intruder')}"}
-    for path in ["/v1/jobs", "/v1/batches", "/v1/schedules", "/v1/webhook-endpoints", "/v1/webhook-deliveries",
-                 "/anthropic/v1/messages/batches", "/openai/v1/batches"]:
+    for path in [
+        "/v1/jobs",
+        "/v1/batches",
+        "/v1/schedules",
+        "/v1/webhook-endpoints",
+        "/v1/webhook-deliveries",
+        "/anthropic/v1/messages/batches",
+        "/openai/v1/batches",
+    ]:
         r = client.get(path, headers=intruder)
         assert r.status_code == 200, (path, r.text)
         assert r.json()["data"] == [], (path, r.text[:300])
@@ -181,8 +197,13 @@ def test_another_tenants_lists_show_nothing(client: TestClient, session: Session
 def _all_operations(client: TestClient, owned: Owned) -> list[tuple[str, str]]:
     spec = client.app.openapi()  # type: ignore[attr-defined]
     values = {
-        "job_id": owned.job, "batch_id": owned.batch, "file_id": owned.file, "schedule_id": owned.schedule,
-        "endpoint_id": owned.endpoint, "delivery_id": owned.delivery, "message_batch_id": owned.message_batch,
+        "job_id": owned.job,
+        "batch_id": owned.batch,
+        "file_id": owned.file,
+        "schedule_id": owned.schedule,
+        "endpoint_id": owned.endpoint,
+        "delivery_id": owned.delivery,
+        "message_batch_id": owned.message_batch,
     }
     out = []
     for path, ops in spec["paths"].items():
