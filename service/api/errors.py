@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 
@@ -74,7 +75,16 @@ def _http_error_handler(_request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+def _data_error_handler(_request: Request, exc: Exception) -> JSONResponse:
+    # A value Postgres cannot store (a NUL in an id or a filter, a number out of range) is the client's mistake.
+    return JSONResponse(
+        error_body("invalid_request", "a value in the request cannot be stored or searched (e.g. a NUL character)"),
+        400,
+    )
+
+
 def install(app: FastAPI) -> None:
+    app.add_exception_handler(DataError, _data_error_handler)
     app.add_exception_handler(RequestValidationError, _validation_handler)
     app.add_exception_handler(APIError, _api_error_handler)
     app.add_exception_handler(StarletteHTTPException, _http_error_handler)

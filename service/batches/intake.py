@@ -35,7 +35,7 @@ def jsonl_requests(stream: IO[bytes]) -> Iterator[RawRequest]:
             continue
         try:
             data = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
             raise APIError(
                 400, "invalid_json", f"line {number} is not valid JSON: {exc}", field=f"requests[{number - 1}]"
             ) from None
@@ -52,7 +52,7 @@ def options_error(exc: ValidationError) -> APIError:
 def json_body(stream: IO[bytes]) -> tuple[BatchOptions, Iterator[RawRequest]]:
     try:
         data = json.load(stream)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise APIError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
     try:
         body = BatchCreate.model_validate(data)

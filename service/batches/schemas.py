@@ -3,12 +3,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from service.jobs.schemas import Metadata, UsageCost
 
 CUSTOM_ID_PATTERN = r"^[a-zA-Z0-9_-]{1,64}$"
 MAX_REQUESTS = 100_000
+MAX_WINDOW_SECONDS = 7 * 24 * 3600
 
 
 class BatchRequestIn(BaseModel):
@@ -28,6 +29,14 @@ class BatchOptions(BaseModel):
     completion_window: str = Field(
         "24h", pattern=r"^[1-9][0-9]*[hm]$", description="How long requests may wait before they expire: 24h, 90m."
     )
+
+    @field_validator("completion_window")
+    @classmethod
+    def _at_most_a_week(cls, value: str) -> str:
+        n, unit = int(value[:-1]), value[-1]
+        if n * (3600 if unit == "h" else 60) > MAX_WINDOW_SECONDS:
+            raise ValueError("at most 168h (7 days)")
+        return value
 
     def window_seconds(self) -> int:
         n, unit = int(self.completion_window[:-1]), self.completion_window[-1]

@@ -108,7 +108,7 @@ def result_line(job: Job) -> dict[str, Any]:
 def _load_requests(stream: IO[bytes]) -> list[Any]:
     try:
         body = json.load(stream)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise APIError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise APIError(400, "invalid_request", "the body must be a JSON object with `requests`")

@@ -157,7 +157,7 @@ def _raw_requests(stream: IO[bytes], endpoint: str) -> Iterator[RawRequest]:
             continue
         try:
             line = json.loads(raw_line)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
             raise APIError(400, "invalid_json", f"line {number}: not valid JSON: {exc}") from None
         where = f"line {number}"
         if not isinstance(line, dict):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +17,8 @@ from service.tenants import service as tenants
 from tests.conftest import TEST_REDIS_URL
 from tests.db import drop_database, fresh_database
 
-FUZZ_DATABASE = "mmjobs_fuzz"
+# Per test process: two runs side by side (the lead and a helper) must not drop each other's database.
+FUZZ_DATABASE = f"mmjobs_fuzz_{os.getpid()}"
 
 
 @pytest.fixture(scope="session")

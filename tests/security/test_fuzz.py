@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import schemathesis
 from fastapi import FastAPI
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
@@ -32,19 +32,6 @@ OPERATIONS = [
 ]
 
 
-def known_bug(case: schemathesis.Case[Any]) -> bool:
-    """Inputs of a bug already pinned by a strict xfail in test_hostile_input.py, left out here so this suite
-    stays deterministic: an unbounded completion_window overflows timedelta (service/batches/schemas.py:32), and a
-    NUL byte in an id, a query value or metadata reaches Postgres (psycopg DataError)."""
-    if "\\x00" in repr((case.path_parameters, case.query, case.body)) or "\\u0000" in repr(case.body):
-        return True
-    windows = [
-        case.body.get("completion_window") if isinstance(case.body, dict) else None,
-        (case.query or {}).get("completion_window"),
-    ]
-    return any(isinstance(w, str) and len(w) > 7 for w in windows)
-
-
 @pytest.fixture(scope="module")
 def fuzz_schema(fuzz_app: FastAPI) -> schemathesis.BaseSchema:
     return schemathesis.openapi.from_asgi("/openapi.json", fuzz_app)
@@ -59,7 +46,6 @@ def test_no_operation_answers_5xx(fuzz_schema: schemathesis.BaseSchema, fuzz_key
     @given(case=cases)
     @settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck), database=None)
     def run(case: schemathesis.Case[Any]) -> None:
-        assume(not known_bug(case))
         case.call_and_validate(headers=headers, checks=[not_a_server_error])
 
     run()
