@@ -100,8 +100,9 @@ class Settings(BaseSettings):
     scheduler_interval: float = 0.5
     redispatch_after_seconds: float = 30.0
     # Most jobs published but not yet claimed: keeps the broker queue short (DESIGN.md decision 4), so a job
-    # submitted behind a 100,000-request batch is never more than this many messages from a worker.
-    max_unclaimed: int = 100
+    # submitted behind a 100,000-request batch is never more than this many messages from a worker. Also the
+    # most a pass can start: workers claim a message in 1-2 s under load, so ~this many jobs start per 1-2 s.
+    max_unclaimed: int = 300
     retry_base_seconds: float = 1.0
     retry_cap_seconds: float = 300.0
 
@@ -113,8 +114,10 @@ class Settings(BaseSettings):
     idempotency_lock_seconds: float = Field(60.0, gt=0)
 
     # Database pools, per process (Postgres allows 100 connections by default: API + N workers + scheduler).
-    db_pool_size: int = 5
-    db_max_overflow: int = 15
+    # Connections open on demand and stay open: overflow connections would be closed after every burst of
+    # claims, and a new Postgres backend per burst cost the worker host more CPU than the calls themselves.
+    db_pool_size: int = 15
+    db_max_overflow: int = 0
 
     # `mmjobs up`: where the embedded SQLite database and the development key live.
     data_dir: str = ".mmjobs"

@@ -23,6 +23,10 @@ def make_celery(settings: Settings) -> Celery:
         task_ignore_result=True,
         task_acks_late=False,
         worker_prefetch_multiplier=1,
+        # Early acknowledgement frees the prefetch slot as a task starts, so a worker whose threads are all busy
+        # would keep taking messages and hold them for a whole call while other workers idle. With this, a
+        # worker takes a message only when it has a thread free for it.
+        worker_disable_prefetch=True,
         worker_pool="threads",
         worker_concurrency=settings.worker_concurrency,
         worker_hijack_root_logger=False,

@@ -23,7 +23,7 @@ from service.jobs import transitions
 from service.jobs.transitions import Candidate
 from service.status import group_key
 from service.tenants import repository as tenants_repo
-from service.usage import admission
+from service.usage import admission, budgets
 from workers.limiter import Limits, RateLimiter
 
 CANDIDATES_PER_GROUP = 200
@@ -112,7 +112,9 @@ class Dispatcher:
         start = self._rotation % len(groups)
         self._rotation += 1
         groups = groups[start:] + groups[:start]
-        caps = tenants_repo.caps(session, tenant_ids=sorted({t for t, _ in groups}))
+        tenant_ids = sorted({t for t, _ in groups})
+        caps = tenants_repo.caps(session, tenant_ids=tenant_ids)
+        budgeted = budgets.budgeted_tenants(session, tenant_ids=tenant_ids)
         per_group = max(1, min(budget, CANDIDATES_PER_GROUP))
         queues = {
             g: deque(
@@ -145,7 +147,7 @@ class Dispatcher:
                     blocked_models[candidate.model] = self._wait("rate_limit", binding, now, delay)
                     report.next_wake = min(report.next_wake, delay)
                     continue
-                if not candidate.budget_reserved:
+                if not candidate.budget_reserved and candidate.tenant_id in budgeted:
                     refusal = self._reserve_budget(session, candidate, now)
                     if refusal is not None:
                         # The batch pauses here, and resumes by itself once the budget is raised.

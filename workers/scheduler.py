@@ -31,6 +31,8 @@ log = logging.getLogger("mmjobs.scheduler")
 SNAPSHOT_EVERY = 1.0
 # While the broker holds max_unclaimed jobs, look again this soon: workers claim them in milliseconds.
 SATURATED_RECHECK = 0.05
+# Messages buffered before the pipeline is flushed mid-pass (a pass publishes at most max_unclaimed).
+PUBLISH_BATCH = 500
 
 
 class Scheduler:
@@ -59,11 +61,13 @@ class Scheduler:
             expired = transitions.expire_overdue(session, now=now)
             transitions.cancel_waiting(session, now=now)
         # Publishing happens inside the transaction: if Redis refuses, the rows roll back to "not dispatched".
-        # One producer for the whole pass: half the cost of acquiring one per message.
+        # One producer for the whole pass, and its messages sent as one Redis pipeline when the pass ends
+        # (kombu's publish batch): one round trip instead of one per job.
         with transaction(self.session_factory) as session, self.celery.producer_or_acquire() as producer:
             self._producer = producer
             try:
-                report = self.dispatcher.run(session, now=now)
+                with producer.batch(max_size=PUBLISH_BATCH):
+                    report = self.dispatcher.run(session, now=now)
             finally:
                 self._producer = None
         with transaction(self.session_factory) as session:
