@@ -86,6 +86,10 @@ class Settings(BaseSettings):
     # Worker
     worker_concurrency: int = 200
     lease_seconds: float = 60.0
+    # SIGTERM on a worker: calls in flight may finish for this long; whatever is still running then is handed
+    # back to the queue at once (not after its lease runs out) and the process exits. Keep it below the
+    # orchestrator's kill timeout (compose: stop_grace_period 60s; Kubernetes: terminationGracePeriodSeconds).
+    worker_shutdown_grace_seconds: float = Field(25.0, ge=0)
     lease_refresh_seconds: float = 10.0
     stream: bool = True
     upstream_connect_timeout: float = 10.0

@@ -85,6 +85,24 @@ class Runtime:
     def in_flight(self) -> int:
         return len(self._inflight)
 
+    def hand_back_all(self) -> list[str]:
+        """Shutting down: give every job still in flight back to the queue and free its permit. The calls
+        themselves are abandoned with the process (MiniMax may still bill them)."""
+        with self._lock:
+            snapshot = dict(self._inflight)
+        if not snapshot:
+            return []
+        with transaction(self.session_factory) as session:
+            handed = transitions.hand_back(session, owner=self.owner, held={j: h.number for j, h in snapshot.items()})
+        for job_id in handed:
+            handle = snapshot[job_id]
+            handle.aborted.set()
+            try:
+                self.limiter.release(f"{job_id}:{handle.number}", tenant=handle.tenant_id)
+            except redis.RedisError as exc:
+                log.warning("could not free the permit of %s: %s", job_id, exc)
+        return handed
+
     def _keep_leases(self) -> None:
         """Renew every held lease in one UPDATE per interval, and stop calls whose job is gone."""
         while True:
@@ -121,6 +139,11 @@ class Runtime:
 
 _runtime: Runtime | None = None
 _runtime_lock = threading.Lock()
+
+
+def current_runtime() -> Runtime | None:
+    """This process's runtime if a task created it (None: nothing ever ran here)."""
+    return _runtime
 
 
 def get_runtime() -> Runtime:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from workers import shutdown  # noqa: F401  (registers the bounded graceful shutdown)
 from workers.celery_app import RUN_JOB, app
 from workers.execution import run_job
 from workers.runtime import get_runtime

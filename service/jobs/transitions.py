@@ -293,6 +293,44 @@ def recover_expired_leases(session: Session, *, now: datetime | None = None) -> 
     return [r.id for r in (*exhausted, *retried)]
 
 
+INTERRUPTED_MESSAGE = "the worker shut down during the call and handed the job back; this attempt does not count"
+
+
+def hand_back(session: Session, *, owner: str, held: Mapping[str, int], now: datetime | None = None) -> list[str]:
+    """A worker shutting down gives back the jobs it still runs (`held`: job id -> attempt number): they wait
+    again at once, and the interrupted attempt is not counted against max_attempts. Returns the ids handed back;
+    a job that finished or was taken over meanwhile is left alone."""
+    if not held:
+        return []
+    now = now or utcnow()
+    rows = session.execute(
+        update(Job)
+        .where(Job.id.in_(list(held)), Job.status == JobStatus.RUNNING, Job.lease_owner == owner)
+        .values(
+            status=JobStatus.RETRYING,
+            updated_at=now,
+            lease_owner=None,
+            lease_expires_at=None,
+            dispatched_at=None,
+            next_attempt_at=now,
+            max_attempts=Job.max_attempts + 1,
+        )
+        .returning(Job.id, Job.attempt_count)
+    ).all()
+    for row in rows:
+        session.execute(
+            update(JobAttempt)
+            .where(JobAttempt.job_id == row.id, JobAttempt.number == row.attempt_count, JobAttempt.ended_at.is_(None))
+            .values(
+                ended_at=now,
+                classification="interrupted",
+                error_type="worker_shutdown",
+                error_message=INTERRUPTED_MESSAGE,
+            )
+        )
+    return [row.id for row in rows]
+
+
 def expire_overdue(session: Session, *, now: datetime | None = None) -> int:
     """Waiting jobs past their deadline become `expired`. Running ones may still finish."""
     now = now or utcnow()

@@ -110,7 +110,7 @@ class JobAttempt(Base):
     ended_at: Mapped[datetime | None]
     http_status: Mapped[int | None]
     minimax_code: Mapped[int | None]
-    # succeeded | retryable | permanent | rate_limited | lease_expired | canceled | internal
+    # succeeded | retryable | permanent | rate_limited | lease_expired | interrupted | canceled | internal
     classification: Mapped[str | None] = mapped_column(String(32))
     error_type: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)

@@ -53,7 +53,7 @@ Metric = GaugeMetricFamily | CounterMetricFamily
 BROKER_QUEUE = "mmjobs"
 BROKER_PRIORITY_KEYS = tuple(f"{BROKER_QUEUE}\x06\x16{p}" for p in (3, 6, 9))
 ATTEMPT_CLASSIFICATIONS = (
-    "succeeded", "retryable", "permanent", "rate_limited", "lease_expired", "canceled", "internal",
+    "succeeded", "retryable", "permanent", "rate_limited", "lease_expired", "interrupted", "canceled", "internal",
 )  # fmt: skip
 TOKEN_KINDS = ("input", "output", "cache_read", "cache_write")
 
