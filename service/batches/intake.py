@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from service.api.errors import APIError, field_path
 from service.batches.schemas import BatchCreate, BatchOptions
-from service.batches.service import RawRequest
+from service.batches.service import RawRequest, json_text_nul_free
 
 SPOOL_IN_MEMORY = 1024 * 1024
 
@@ -39,7 +39,7 @@ def jsonl_requests(stream: IO[bytes]) -> Iterator[RawRequest]:
             raise APIError(
                 400, "invalid_json", f"line {number} is not valid JSON: {exc}", field=f"requests[{number - 1}]"
             ) from None
-        yield RawRequest(index=number - 1, data=data)
+        yield RawRequest(index=number - 1, data=data, nul_free=json_text_nul_free(line))
 
 
 def options_error(exc: ValidationError) -> APIError:
@@ -50,16 +50,18 @@ def options_error(exc: ValidationError) -> APIError:
 
 
 def json_body(stream: IO[bytes]) -> tuple[BatchOptions, Iterator[RawRequest]]:
+    text = stream.read()  # parsed whole anyway: a JSON body is the small-batch path (JSONL streams)
     try:
-        data = json.load(stream)
+        data = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise APIError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
+    nul_free = json_text_nul_free(text)
     try:
         body = BatchCreate.model_validate(data)
     except ValidationError as exc:
         raise options_error(exc) from None
     options = BatchOptions.model_validate(body.model_dump(exclude={"requests"}))
-    return options, (RawRequest(index=i, data=r) for i, r in enumerate(body.requests))
+    return options, (RawRequest(index=i, data=r, nul_free=nul_free) for i, r in enumerate(body.requests))
 
 
 def parse_options(values: dict[str, Any]) -> BatchOptions:

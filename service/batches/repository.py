@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, cast
 
-from psycopg.types.json import Jsonb
+from psycopg.copy import QueuedLibpqWriter
 from sqlalchemy import Table, delete, insert, select, update
 from sqlalchemy.orm import Session, undefer
 
@@ -21,6 +22,16 @@ JOB_COLUMNS = (
     "cache_read_tokens", "cache_write_tokens", "cost_usd", "budget_reserved", "webhook_url",
 )  # fmt: skip
 _JSON_COLUMNS = {"metadata", "params"}
+# Their Postgres types, told to COPY up front so psycopg does not look up a dumper for every value.
+_COPY_TYPES = {
+    **{c: "int4" for c in JOB_COLUMNS if c.endswith(("_tokens", "_attempts", "_count", "_so_far")) or c == "priority"},
+    **{c: "timestamptz" for c in JOB_COLUMNS if c.endswith("_at")},
+    **{c: "jsonb" for c in _JSON_COLUMNS},
+    "cost_usd": "numeric",
+    "budget_reserved": "bool",
+}
+COPY_TYPES = [_COPY_TYPES.get(c, "varchar") for c in JOB_COLUMNS]
+SQLITE_CHUNK = 2000
 
 
 def add(session: Session, batch: Batch) -> None:
@@ -28,20 +39,55 @@ def add(session: Session, batch: Batch) -> None:
     session.flush()
 
 
-def insert_jobs(session: Session, rows: Sequence[dict[str, Any]]) -> None:
-    """Insert job rows (dicts keyed by JOB_COLUMNS) in the session's transaction."""
-    if not rows:
-        return
+@contextlib.contextmanager
+def job_writer(session: Session) -> Iterator[Callable[[dict[str, Any]], None]]:
+    """Yields `write(row)` for job rows (dicts keyed by JOB_COLUMNS), all inserted in the session's transaction.
+
+    On Postgres, one COPY for the whole batch, its data sent by psycopg's queued writer from a second thread:
+    Postgres ingests while this thread parses and validates the next lines, and memory stays bounded by the
+    writer's queue. An exception inside the block aborts the COPY (the caller's transaction then rolls back).
+    Elsewhere (SQLite), executemany in chunks."""
     connection = session.connection()
     if connection.dialect.name != "postgresql":
-        session.execute(insert(cast(Table, Job.__table__)), [{k: r[k] for k in JOB_COLUMNS} for r in rows])
+        chunk: list[dict[str, Any]] = []
+        table = cast(Table, Job.__table__)
+
+        def add(row: dict[str, Any]) -> None:
+            chunk.append({k: row[k] for k in JOB_COLUMNS})
+            if len(chunk) >= SQLITE_CHUNK:
+                session.execute(insert(table), chunk)
+                chunk.clear()
+
+        yield add
+        if chunk:
+            session.execute(insert(table), chunk)
         return
     raw = connection.connection.driver_connection
     assert raw is not None
     with raw.cursor() as cursor:
-        with cursor.copy(f"COPY jobs ({', '.join(JOB_COLUMNS)}) FROM STDIN") as copy:
-            for row in rows:
-                copy.write_row([Jsonb(row[c]) if c in _JSON_COLUMNS else row[c] for c in JOB_COLUMNS])
+        statement = f"COPY jobs ({', '.join(JOB_COLUMNS)}) FROM STDIN"
+        try:
+            with cursor.copy(statement, writer=QueuedLibpqWriter(cursor)) as copy:
+                copy.set_types(COPY_TYPES)
+
+                def write(row: dict[str, Any]) -> None:
+                    copy.write_row([row[c] for c in JOB_COLUMNS])
+
+                try:
+                    yield write
+                except BaseException as exc:
+                    raise _Rejected from exc
+        except _Rejected as rejected:
+            raise cast(BaseException, rejected.__cause__) from None
+
+
+class _Rejected(Exception):
+    """Aborts the COPY of a batch whose validation failed. psycopg sends the exception's text to Postgres as the
+    COPY FAIL message: the real error can quote megabytes of the bad line, which makes Postgres drop the
+    connection, so this short one goes instead and the real error is raised again outside."""
+
+    def __str__(self) -> str:
+        return "batch rejected"
 
 
 def set_total(session: Session, *, batch_id: str, total: int) -> None:

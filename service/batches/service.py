@@ -24,9 +24,6 @@ from service.models import ApiKey, Batch, BatchStatus, Job, JobStatus
 from service.usage import admission
 from service.usage.pricing import is_priority
 
-INSERT_CHUNK = 2000
-# Write a chunk sooner when its documents are large, so memory stays bounded whatever the request sizes.
-INSERT_CHUNK_TOKENS = 2_000_000
 ID_PREFIX = {"native": "batch", "anthropic": "msgbatch", "openai": "batch"}
 FINISHED = ("succeeded", "failed", "canceled", "expired")
 
@@ -35,6 +32,14 @@ FINISHED = ("succeeded", "failed", "canceled", "expired")
 class RawRequest:
     index: int  # 0-based position: the JSON array index, or the JSONL line number minus one
     data: Any
+    # The JSON text it came from was seen to hold no NUL (see `json_text_nul_free`): validation skips that walk.
+    nul_free: bool = False
+
+
+def json_text_nul_free(text: bytes) -> bool:
+    """JSON carries a NUL only as the escape `\\u0000` (a raw control character is invalid), or as raw zero bytes
+    in UTF-16/32 text, which `json.loads` also accepts: neither present means no NUL anywhere in the value."""
+    return b"\\u0000" not in text and b"\x00" not in text
 
 
 def _line_error(index: int, custom_id: str | None, error: APIError) -> APIError:
@@ -70,7 +75,9 @@ def checked_requests(requests: Iterable[RawRequest]) -> Iterator[tuple[BatchRequ
             )
         seen.add(request.custom_id)
         try:
-            checked = check_request(model=request.model, fmt=request.format, params=request.params)
+            checked = check_request(
+                model=request.model, fmt=request.format, params=request.params, nul_free=raw.nul_free
+            )
         except APIError as exc:
             raise _line_error(raw.index, request.custom_id, exc) from None
         if count > MAX_REQUESTS:
@@ -151,50 +158,43 @@ def create(
         expires_at=expires_at,
     )
     repository.add(session, batch)
-    chunk: list[dict[str, Any]] = []
-    chunk_tokens = 0
     total = 0
-    for request, checked in checked_requests(requests):
-        total += 1
-        chunk.append(
-            {
-                "id": new_id("job"),
-                "tenant_id": key.tenant_id,
-                "api_key_id": key.id,
-                "batch_id": batch.id,
-                "custom_id": request.custom_id,
-                "model": checked.model.name,
-                "format": request.format,
-                "status": JobStatus.QUEUED.value,
-                "priority": 0,
-                "metadata": {},
-                "params": request.params,
-                "estimated_input_tokens": checked.estimated_input_tokens,
-                "max_tokens": checked.max_tokens,
-                "max_attempts": settings.default_max_attempts,
-                "attempt_count": 0,
-                "next_attempt_at": now,
-                "output_tokens_so_far": 0,
-                "created_at": now,
-                "updated_at": now,
-                "expires_at": expires_at,
-                "input_tokens": 0,
-                "output_tokens": 0,
-                "cache_read_tokens": 0,
-                "cache_write_tokens": 0,
-                "cost_usd": 0,
-                "budget_reserved": False,
-                "webhook_url": None,
-            }
-        )
-        chunk_tokens += checked.estimated_input_tokens
-        if len(chunk) >= INSERT_CHUNK or chunk_tokens >= INSERT_CHUNK_TOKENS:
-            repository.insert_jobs(session, chunk)
-            chunk = []
-            chunk_tokens = 0
+    with repository.job_writer(session) as write:
+        for request, checked in checked_requests(requests):
+            total += 1
+            write(
+                {
+                    "id": new_id("job"),
+                    "tenant_id": key.tenant_id,
+                    "api_key_id": key.id,
+                    "batch_id": batch.id,
+                    "custom_id": request.custom_id,
+                    "model": checked.model.name,
+                    "format": request.format,
+                    "status": JobStatus.QUEUED.value,
+                    "priority": 0,
+                    "metadata": {},
+                    "params": request.params,
+                    "estimated_input_tokens": checked.estimated_input_tokens,
+                    "max_tokens": checked.max_tokens,
+                    "max_attempts": settings.default_max_attempts,
+                    "attempt_count": 0,
+                    "next_attempt_at": now,
+                    "output_tokens_so_far": 0,
+                    "created_at": now,
+                    "updated_at": now,
+                    "expires_at": expires_at,
+                    "input_tokens": 0,
+                    "output_tokens": 0,
+                    "cache_read_tokens": 0,
+                    "cache_write_tokens": 0,
+                    "cost_usd": 0,
+                    "budget_reserved": False,
+                    "webhook_url": None,
+                }
+            )
     if total == 0:
         raise APIError(422, "invalid_request", "a batch needs at least one request", field="requests")
-    repository.insert_jobs(session, chunk)
     repository.set_total(session, batch_id=batch.id, total=total)
     session.refresh(batch)
     dispatch.wake_scheduler_after_commit(session, settings)
