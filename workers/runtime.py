@@ -93,7 +93,7 @@ class Runtime:
         if not snapshot:
             return []
         with transaction(self.session_factory) as session:
-            handed = transitions.hand_back(session, owner=self.owner, held={j: h.number for j, h in snapshot.items()})
+            handed = transitions.hand_back(session, owner=self.owner, job_ids=list(snapshot))
         for job_id in handed:
             handle = snapshot[job_id]
             handle.aborted.set()

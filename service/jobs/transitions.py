@@ -3,7 +3,7 @@ expects, so two processes racing for the same job cannot both win (DESIGN.md dec
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -262,9 +262,17 @@ def recover_expired_leases(session: Session, *, now: datetime | None = None) -> 
         .returning(Job.id, Job.attempt_count, Job.batch_id, Job.status)
     ).all()
     on_terminal(session, [(r.id, r.batch_id, r.status) for r in exhausted], now=now)
-    retried = session.execute(
+    retried = _requeue(session, expired, now=now)
+    rows = [*exhausted, *retried]
+    _end_attempts(session, rows, now=now, classification="lease_expired", message=LEASE_LOST_MESSAGE)
+    return [r.id for r in rows]
+
+
+def _requeue(session: Session, where: Sequence[Any], *, now: datetime, **values: Any) -> Sequence[Any]:
+    """Running jobs matching `where` wait again, due now; returns (id, attempt_count) rows."""
+    return session.execute(
         update(Job)
-        .where(*expired)
+        .where(*where)
         .values(
             status=JobStatus.RETRYING,
             updated_at=now,
@@ -272,62 +280,50 @@ def recover_expired_leases(session: Session, *, now: datetime | None = None) -> 
             lease_expires_at=None,
             dispatched_at=None,
             next_attempt_at=now,
+            **values,
         )
         .returning(Job.id, Job.attempt_count)
     ).all()
-    for row in (*exhausted, *retried):
-        session.execute(
-            update(JobAttempt)
-            .where(
-                JobAttempt.job_id == row.id,
-                JobAttempt.number == row.attempt_count,
-                JobAttempt.ended_at.is_(None),
-            )
-            .values(
-                ended_at=now,
-                classification="lease_expired",
-                error_type="lease_expired",
-                error_message=LEASE_LOST_MESSAGE,
-            )
-        )
-    return [r.id for r in (*exhausted, *retried)]
 
 
-INTERRUPTED_MESSAGE = "the worker shut down during the call and handed the job back; this attempt does not count"
-
-
-def hand_back(session: Session, *, owner: str, held: Mapping[str, int], now: datetime | None = None) -> list[str]:
-    """A worker shutting down gives back the jobs it still runs (`held`: job id -> attempt number): they wait
-    again at once, and the interrupted attempt is not counted against max_attempts. Returns the ids handed back;
-    a job that finished or was taken over meanwhile is left alone."""
-    if not held:
-        return []
-    now = now or utcnow()
-    rows = session.execute(
-        update(Job)
-        .where(Job.id.in_(list(held)), Job.status == JobStatus.RUNNING, Job.lease_owner == owner)
-        .values(
-            status=JobStatus.RETRYING,
-            updated_at=now,
-            lease_owner=None,
-            lease_expires_at=None,
-            dispatched_at=None,
-            next_attempt_at=now,
-            max_attempts=Job.max_attempts + 1,
-        )
-        .returning(Job.id, Job.attempt_count)
-    ).all()
+def _end_attempts(
+    session: Session,
+    rows: Sequence[Any],  # (id, attempt_count, ...) rows
+    *,
+    now: datetime,
+    classification: str,
+    message: str,
+    error_type: str = "",
+) -> None:
+    """End each job's current attempt (still open: its worker never wrote the outcome) with the reason why."""
     for row in rows:
         session.execute(
             update(JobAttempt)
             .where(JobAttempt.job_id == row.id, JobAttempt.number == row.attempt_count, JobAttempt.ended_at.is_(None))
             .values(
                 ended_at=now,
-                classification="interrupted",
-                error_type="worker_shutdown",
-                error_message=INTERRUPTED_MESSAGE,
+                classification=classification,
+                error_type=error_type or classification,
+                error_message=message,
             )
         )
+
+
+INTERRUPTED_MESSAGE = "the worker shut down during the call and handed the job back; this attempt does not count"
+
+
+def hand_back(session: Session, *, owner: str, job_ids: Sequence[str], now: datetime | None = None) -> list[str]:
+    """A worker shutting down gives back the jobs it still runs: they wait again at once, and the interrupted
+    attempt is not counted against max_attempts. Returns the ids handed back; a job that finished or was taken
+    over meanwhile is left alone."""
+    if not job_ids:
+        return []
+    now = now or utcnow()
+    ours = (Job.id.in_(list(job_ids)), Job.status == JobStatus.RUNNING, Job.lease_owner == owner)
+    rows = _requeue(session, ours, now=now, max_attempts=Job.max_attempts + 1)
+    _end_attempts(
+        session, rows, now=now, classification="interrupted", message=INTERRUPTED_MESSAGE, error_type="worker_shutdown"
+    )
     return [row.id for row in rows]
 
 
