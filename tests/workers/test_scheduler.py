@@ -1,0 +1,72 @@
+"""One scheduler pass against the real Postgres and Redis: the jobs it dispatches reach the broker as one Redis
+pipeline and are marked dispatched; if the broker refuses, nothing is marked and the next pass tries again."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+
+import pytest
+import redis
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.config import ModelRateLimit, Settings
+from service.models import Job
+from tests.workers.test_dispatcher import add_jobs
+from workers.celery_app import QUEUE, make_celery
+from workers.scheduler import Scheduler
+
+REDIS_URL = "redis://127.0.0.1:6379/14"
+
+
+@pytest.fixture
+def broker() -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(REDIS_URL)
+    client.flushdb()
+    yield client
+    client.flushdb()
+
+
+def scheduler(settings: Settings, session_factory: sessionmaker[Session]) -> Scheduler:
+    unpaced = {"MiniMax-M2.7": ModelRateLimit(rpm=100_000, tpm=1_000_000_000)}  # pacing has its own tests
+    s = Scheduler(settings.model_copy(update={"redis_url": REDIS_URL, "rate_limits": unpaced}))
+    s.session_factory = session_factory
+    return s
+
+
+def queued_job_ids(broker: redis.Redis) -> list[str]:
+    """The job id each message in the Celery queue carries (protocol 2: body = [args, kwargs, embed])."""
+    messages = [json.loads(m) for m in broker.lrange(QUEUE, 0, -1)]
+    return [json.loads(base64.b64decode(m["body"]))[0][0] for m in messages]
+
+
+def test_a_pass_publishes_every_due_job_once_and_marks_it_dispatched(
+    session: Session, session_factory: sessionmaker[Session], settings: Settings, broker: redis.Redis
+) -> None:
+    ids = add_jobs(session, "acme", 40)
+    result = scheduler(settings, session_factory).run_once()
+    assert result["published"] == 40
+    assert sorted(queued_job_ids(broker)) == sorted(ids)
+    dispatched = session.scalars(select(Job.dispatched_at).where(Job.id.in_(ids)).execution_options(populate_existing=True))
+    assert all(at is not None for at in dispatched)
+
+    # Already dispatched and not yet claimed: the next pass publishes nothing again.
+    assert scheduler(settings, session_factory).run_once()["published"] == 0
+    assert len(queued_job_ids(broker)) == 40
+
+
+def test_when_the_broker_refuses_nothing_is_marked_dispatched(
+    session: Session, session_factory: sessionmaker[Session], settings: Settings, broker: redis.Redis
+) -> None:
+    ids = add_jobs(session, "acme", 5)
+    s = scheduler(settings, session_factory)
+    s.celery = make_celery(settings.model_copy(update={"redis_url": "redis://127.0.0.1:9/0"}))  # nothing listens
+    with pytest.raises(Exception):  # noqa: B017  (kombu's or redis's connection error, whichever surfaces)
+        s.run_once()
+    session.expire_all()
+    assert session.scalars(select(Job.dispatched_at).where(Job.id.in_(ids))).all() == [None] * 5
+    assert queued_job_ids(broker) == []
+    # The broker is back: the next pass dispatches them.
+    assert scheduler(settings, session_factory).run_once()["published"] == 5
