@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -82,6 +83,9 @@ def api(
     """Serve the REST API."""
     import uvicorn
 
+    # uvicorn drains, then raises the SIGTERM again into the handler that was there before it: make that an
+    # orderly exit 0 (a drained API is a clean stop), not death by signal.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     uvicorn.run(
         "service.api.app:create_app",
         factory=True,
@@ -89,7 +93,8 @@ def api(
         port=port,
         workers=workers,
         proxy_headers=True,
-        limit_concurrency=get_settings().api_max_concurrency,
+        # Requests served at once are capped by the app (MMJOBS_API_MAX_CONCURRENCY, 503 beyond); uvicorn's own
+        # limit counts idle keep-alive connections too, so it would turn away clients that send nothing.
         # On SIGTERM, finish the requests in flight (up to this long) before exiting.
         timeout_graceful_shutdown=30,
     )

@@ -40,8 +40,9 @@ class Settings(BaseSettings):
 
     # Intake
     max_body_bytes: int = 64 * 1024 * 1024
-    # API threads for sync routes, and the most requests uvicorn serves at once (the rest get 503): the gap keeps
-    # threads free for requests that already hold a database connection.
+    # API threads for sync routes, and the most requests one API process serves at once (the rest get 503 with
+    # Retry-After; idle keep-alive connections do not count): the gap keeps threads free for requests that
+    # already hold a database connection.
     api_threads: int = 256
     api_max_concurrency: int = 200
     # Batch and file uploads (JSONL, documents) may be larger than a single request.

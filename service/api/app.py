@@ -13,7 +13,7 @@ from sqlalchemy import text
 
 from service.api import errors
 from service.api.deps import SessionDep
-from service.api.limits import UPLOAD_PATHS
+from service.api.limits import UPLOAD_PATHS, ConcurrencyLimit
 from service.batches.documents_router import router as documents_router
 from service.batches.router import router as batches_router
 from service.config import Settings, get_settings
@@ -67,6 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         large_prefixes=UPLOAD_PATHS,
         files_bytes=settings.max_file_bytes,
     )
+    app.add_middleware(ConcurrencyLimit, limit=settings.api_max_concurrency)
     # Observability (issue 9): JSON logs, one line per request (outermost, so it sees every status), /metrics.
     obs_logging.configure(settings)
     app.add_middleware(RequestLog)

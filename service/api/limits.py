@@ -1,4 +1,5 @@
-"""Refuse request bodies over the configured size with 413, before they are read into memory."""
+"""Limits at the door: request bodies over the configured size get 413 before they are read into memory, and
+requests beyond the most one process serves at once get 503 with Retry-After."""
 
 from __future__ import annotations
 
@@ -76,3 +77,32 @@ class BodySizeLimit:
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+
+class ConcurrencyLimit:
+    """At most `limit` HTTP requests in this process at once; the next gets 503 and Retry-After at once rather
+    than waiting for a thread (which, with every thread held, could be forever). Health checks always pass."""
+
+    def __init__(self, app: ASGIApp, limit: int, exempt: tuple[str, ...] = ("/healthz", "/readyz", "/metrics")) -> None:
+        self.app = app
+        self.limit = limit
+        self.exempt = exempt
+        self.in_flight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("path") in self.exempt:
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.limit:
+            body = json.dumps(
+                error_body("overloaded", f"this API process is serving {self.limit} requests; retry in a second")
+            ).encode()
+            headers = [(b"content-type", b"application/json"), (b"retry-after", b"1")]
+            await send({"type": "http.response.start", "status": 503, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
