@@ -49,14 +49,18 @@ class Scheduler:
         self._last_snapshot = 0.0
         self._producer: Any = None
         self.next_wake = settings.scheduler_interval
+        # Since when this process has reached the database without a failed pass (None: not since it last failed).
+        self.reachable_since: float | None = None
 
     def _publish(self, job_id: str) -> None:
         self.celery.send_task(RUN_JOB, args=[job_id], queue=QUEUE, producer=self._producer)
 
     def run_once(self) -> dict[str, int]:
         now = utcnow()
+        if self.reachable_since is None:
+            self.reachable_since = time.monotonic()
         with transaction(self.session_factory) as session:
-            recovered = transitions.recover_expired_leases(session, now=now)
+            recovered = transitions.recover_expired_leases(session, now=now) if self._may_recover() else []
         with transaction(self.session_factory) as session:
             expired = transitions.expire_overdue(session, now=now)
             transitions.cancel_waiting(session, now=now)
@@ -90,6 +94,13 @@ class Scheduler:
             "failed": len(report.failed),
         }
 
+    def _may_recover(self) -> bool:
+        """Leases may be judged only once workers have had the database long enough to renew theirs: after an
+        outage (or at start) every lease looks expired, though live workers hold finished calls they are about to
+        record. Handing those back would call MiniMax again for them."""
+        assert self.reachable_since is not None
+        return time.monotonic() - self.reachable_since >= 2 * self.settings.lease_refresh_seconds
+
     def _publish_status(self, waits: dict[str, dict[str, Any]]) -> None:
         clock = time.monotonic()
         if clock - self._last_snapshot < SNAPSHOT_EVERY and not waits:
@@ -118,6 +129,7 @@ class Scheduler:
             except Exception:
                 log.exception("scheduler pass failed; retrying")
                 self.next_wake = self.settings.scheduler_interval
+                self.reachable_since = None
             pubsub = self._wait_for_wake(pubsub, self.next_wake)
 
     def _wait_for_wake(self, pubsub: redis.client.PubSub | None, timeout: float) -> redis.client.PubSub | None:

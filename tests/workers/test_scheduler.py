@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from collections.abc import Iterator
+from datetime import timedelta
 
 import pytest
 import redis
 from kombu.exceptions import OperationalError
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.config import ModelRateLimit, Settings
+from service.db import utcnow
 from service.models import Job
 from tests.workers.test_dispatcher import add_jobs
 from workers.celery_app import QUEUE, make_celery
@@ -71,3 +74,26 @@ def test_when_the_broker_refuses_nothing_is_marked_dispatched(
     assert queued_job_ids(broker) == []
     # The broker is back: the next pass dispatches them.
     assert scheduler(settings, session_factory).run_once()["published"] == 5
+
+
+def test_expired_leases_are_handed_back_only_once_workers_could_have_renewed_them(
+    session: Session, session_factory: sessionmaker[Session], settings: Settings, broker: redis.Redis
+) -> None:
+    """After a database outage every lease looks expired, though live workers are about to renew them and record
+    their finished calls: the first pass after it (or after start) must not hand those jobs to another worker."""
+    [job_id] = add_jobs(session, "acme", 1)
+    past = utcnow() - timedelta(minutes=5)
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id)
+        .values(status="running", lease_owner="host:1", lease_expires_at=past, attempt_count=1, dispatched_at=past)
+    )
+    s = scheduler(settings, session_factory)
+    assert s.run_once()["recovered"] == 0  # just reached the database: workers get their renewal interval first
+    session.expire_all()
+    assert session.get_one(Job, job_id).status == "running"
+
+    s.reachable_since = time.monotonic() - 2 * settings.lease_refresh_seconds  # two renewal intervals later
+    assert s.run_once()["recovered"] == 1
+    session.expire_all()
+    assert session.get_one(Job, job_id).status == "retrying"
