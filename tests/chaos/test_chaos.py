@@ -36,16 +36,6 @@ def test_a_fault_mid_batch_loses_and_duplicates_nothing(scenario: str, infra: In
     assert result.duplicate_upstream <= result.in_flight_at_fault, _explain(result, logs)
 
 
-LEASE_SWEEP_BUG = (
-    "service bug, reported to the lead (service/ and workers/ are not ours to edit): when Postgres comes back from "
-    "an outage longer than MMJOBS_LEASE_SECONDS, the scheduler's first pass (transitions.recover_expired_leases) "
-    "hands back every running job before the live workers' lease keepers renew them; the workers' finished calls, "
-    "held in memory and retried by execution.persist(), then land on the attempt only ('job no longer ours') and "
-    "the jobs are called again: two succeeded attempts and a second paid call each"
-)
-
-
-@pytest.mark.xfail(reason=LEASE_SWEEP_BUG, strict=False)
 def test_a_database_outage_longer_than_the_lease_duplicates_nothing(infra: Infra, tmp_path: Path) -> None:
     # Lease 6 s renewed every 2 s (production: 60 s every 10 s), Postgres away for 12 s.
     cfg = dataclasses.replace(SMALL, lease_seconds=6.0, lease_refresh_seconds=2.0)
