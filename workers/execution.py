@@ -129,7 +129,8 @@ def _with_retry_decision(outcome: Outcome, error: UpstreamError, claim: Claim, r
     decision = rt.retry_policy.decide(
         error, attempt=claim.number, max_attempts=claim.max_attempts, now=utcnow(), deadline=claim.expires_at
     )
-    return replace(outcome, retry_at=decision.retry_at, retry_note=decision.reason)
+    free = error.unsent and decision.retry_at is not None
+    return replace(outcome, retry_at=decision.retry_at, retry_note=decision.reason, free_retry=free)
 
 
 def _settle(claim: Claim, outcome: Outcome, error: UpstreamError | None, rt: Runtime) -> None:
@@ -137,8 +138,10 @@ def _settle(claim: Claim, outcome: Outcome, error: UpstreamError | None, rt: Run
     worker down if MiniMax said we were too fast. Soft state: a Redis hiccup must not fail the job."""
     permit = permit_id(claim.job_id, claim.number)
     billed_input = sum(outcome.usage.get(k, 0) for k in ("input_tokens", "cache_read_tokens", "cache_write_tokens"))
-    # A failure that billed nothing still counts its estimated input: the upstream may have counted it.
-    input_tokens = billed_input or (0 if outcome.succeeded else claim.estimated_input_tokens)
+    # A failure that billed nothing still counts its estimated input: the upstream may have counted it, unless it
+    # never received the request.
+    unsent = error is not None and error.unsent
+    input_tokens = billed_input or (0 if outcome.succeeded or unsent else claim.estimated_input_tokens)
     try:
         rt.limiter.settle(
             permit,

@@ -13,6 +13,8 @@ from workers.providers import Classification, UpstreamError
 # Codes that say "a limit was hit": slow the shared limiter down as well as retrying.
 LIMIT_CODES = frozenset({1002, 1039, 1041, 2045})
 USAGE_CAP_CODE = 2056
+# While MiniMax cannot be reached at all, free retries wait at most this long (full jitter below it).
+UNREACHABLE_CAP_SECONDS = 30.0
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -43,6 +45,17 @@ class RetryPolicy:
     ) -> RetryDecision:
         if error.classification is Classification.PERMANENT:
             return RetryDecision(retry_at=None, reason="permanent error: not retried")
+        if error.unsent:
+            # MiniMax was not reached, so this try is free: it does not use up an attempt (the caller adds one
+            # back), and waits at most UNREACHABLE_CAP_SECONDS, so the batch resumes soon after an outage ends.
+            # Only the job's deadline ends it, then as expired, saying why.
+            delay = min(UNREACHABLE_CAP_SECONDS, self.backoff(attempt, rng))
+            retry_at = now + timedelta(seconds=delay)
+            if retry_at >= deadline:
+                return RetryDecision(retry_at=None, reason="MiniMax could not be reached before the job's deadline")
+            return RetryDecision(
+                retry_at=retry_at, reason=f"MiniMax unreachable; tried again at {retry_at:%H:%M:%S} UTC (not counted)"
+            )
         if attempt >= max_attempts:
             return RetryDecision(retry_at=None, reason=f"gave up after {attempt} attempts")
         delay = self.backoff(attempt, rng)

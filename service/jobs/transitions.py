@@ -51,6 +51,8 @@ class Outcome:
     # Set on a failure that will be tried again at that time; `retry_note` says why or why not.
     retry_at: datetime | None = None
     retry_note: str | None = None
+    # MiniMax never received the request (it could not be reached): retried without using up an attempt.
+    free_retry: bool = False
 
     @property
     def succeeded(self) -> bool:
@@ -225,6 +227,8 @@ def finish(session: Session, *, claim: Claim, outcome: Outcome, prices: PriceTab
                 "lease_owner": None,
                 "error": error,
             }
+            if outcome.free_retry:
+                final["max_attempts"] = Job.max_attempts + 1
         else:
             final |= {"status": JobStatus.FAILED, "error": error}
     moved = session.execute(

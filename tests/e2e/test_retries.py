@@ -7,7 +7,7 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import TERMINAL, Stack
-from tests.procs import wait_until
+from tests.procs import wait_http, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -48,3 +48,21 @@ def test_random_faults_are_retried_until_every_job_succeeds(stack: Stack) -> Non
         assert isinstance(attempts, list)
         assert all(a["classification"] in ("retryable", "rate_limited") for a in attempts[:-1])
         assert attempts[-1]["classification"] == "succeeded"
+
+
+def test_a_job_waits_out_minimax_being_unreachable_without_using_up_its_attempts(stack: Stack) -> None:
+    stack.simulator.stop()
+    try:
+        job_id = stack.submit("patience", max_attempts=1)
+        wait_until(lambda: len(stack.job(job_id)["attempts"]) >= 3, 30, "three tries against the closed port")
+        job = stack.job(job_id)
+        assert job["status"] in ("retrying", "queued", "running"), job
+        assert {a["error_type"] for a in job["attempts"] if a["ended_at"]} <= {"connection_error", "connect_timeout"}
+    finally:
+        port = stack.sim_url.rsplit(":", 1)[1]
+        argv = ["-m", "service.cli", "simulator", "--port", port, "--latency", "0.2"]
+        stack.simulator = stack.start("simulator", argv)
+        wait_http(stack.sim_url + "/healthz", stack.simulator)
+    job = stack.wait_status(job_id, TERMINAL, timeout=60)
+    assert job["status"] == "succeeded", job
+    assert job["attempts"][-1]["classification"] == "succeeded"

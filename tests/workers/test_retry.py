@@ -112,3 +112,28 @@ def test_limit_errors_slow_the_shared_limiter(status: int, code: int | None, slo
 
 def test_classification_enum_values_are_what_jobs_show() -> None:
     assert {c.value for c in Classification} == {"retryable", "permanent", "rate_limited"}
+
+
+def test_minimax_unreachable_is_retried_past_max_attempts_soon_and_only_until_the_deadline() -> None:
+    """A connect failure never reached MiniMax: it does not use up attempts (a 2-minute outage must not fail a
+    batch), waits at most 30 s between tries (the batch resumes soon after), and ends at the deadline."""
+    import httpx
+
+    from workers.providers.errors import transport_error
+
+    unreachable = transport_error(httpx.ConnectError("Connection refused"), in_body=False)
+    assert unreachable.unsent
+    policy = RetryPolicy(base_seconds=1, cap_seconds=300)
+    for attempt in (5, 12, 40):
+        decision = policy.decide(unreachable, attempt=attempt, max_attempts=5, now=NOW, deadline=DEADLINE)
+        assert decision.retry_at is not None, decision
+        assert NOW < decision.retry_at <= NOW + timedelta(seconds=30)
+        assert "not counted" in decision.reason
+    late = policy.decide(unreachable, attempt=1, max_attempts=5, now=NOW, deadline=NOW)
+    assert late.retry_at is None
+    assert "could not be reached" in late.reason
+
+    # Sent and then lost (the request may have run): counted as usual.
+    broken = transport_error(httpx.ReadError("reset"), in_body=True)
+    assert not broken.unsent
+    assert policy.decide(broken, attempt=5, max_attempts=5, now=NOW, deadline=DEADLINE).retry_at is None

@@ -56,8 +56,11 @@ class UpstreamError(Exception):
         retry_after: float | None = None,
         usage: Usage | None = None,
         request_id: str | None = None,
+        unsent: bool = False,
     ) -> None:
         super().__init__(message)
+        # No connection was made, so MiniMax never saw the request: nothing billed, nothing to duplicate.
+        self.unsent = unsent
         self.classification = classification
         self.http_status = http_status
         self.minimax_code = minimax_code
@@ -79,6 +82,7 @@ class UpstreamError(Exception):
             retry_after=self.retry_after,
             usage=self.usage,
             request_id=self.request_id,
+            unsent=self.unsent,
         )
         return (rebuild, ())
 

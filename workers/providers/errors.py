@@ -221,6 +221,7 @@ def transport_error(exc: httpx.RequestError, *, in_body: bool, usage: Usage | No
         error_type=error_type,
         message=f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__,
         usage=usage,
+        unsent=isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout),
     )
 
 
