@@ -43,8 +43,8 @@ class Settings(BaseSettings):
     # API threads for sync routes, and the most requests one API process serves at once (the rest get 503 with
     # Retry-After; idle keep-alive connections do not count): the gap keeps threads free for requests that
     # already hold a database connection.
-    api_threads: int = 256
-    api_max_concurrency: int = 200
+    api_threads: int = 512
+    api_max_concurrency: int = 400
     # Batch and file uploads (JSONL, documents) may be larger than a single request.
     max_upload_bytes: int = 256 * 1024 * 1024
     # Where uploaded files (the OpenAI drop-in's batch input) are kept; unset: `<data_dir>/files`. Every API
