@@ -34,7 +34,6 @@ from typing import Any
 import httpx
 import psutil
 import psycopg
-import redis
 
 from benchmarks.load_clients import (
     MODEL,
@@ -49,19 +48,15 @@ from benchmarks.load_clients import (
 from benchmarks.metrics import MIB
 from benchmarks.report import machine
 from benchmarks.stack import (
-    PG_ADMIN_DSN,
     PG_BASE,
-    SIM_KEY,
     Proc,
     Procs,
     SimSpec,
     StackError,
     create_key,
-    free_port,
     process_scope,
+    start_our_stack,
     start_simulator,
-    wait_http,
-    wait_log,
 )
 
 DATABASE = "mmjobs_load"
@@ -81,42 +76,18 @@ DEFAULT_API_WORKERS = 2
 # --- the stack -------------------------------------------------------------------------------------------------
 
 
-def service_env(sim_url: str, log_dir: Path) -> dict[str, str]:
-    return {
-        "MMJOBS_DATABASE_URL": "postgresql+psycopg://postgres@127.0.0.1:5432/" + DATABASE,
-        "MMJOBS_REDIS_URL": REDIS_URL,
-        "MINIMAX_API_KEY": SIM_KEY,
-        "MINIMAX_BASE_URL": sim_url,
-        "MMJOBS_WORKER_CONCURRENCY": str(CONCURRENCY),
-        "MMJOBS_RATE_LIMITS": json.dumps({MODEL: {"rpm": RPM, "tpm": 1_000_000_000}}),
-        "MMJOBS_FILES_DIR": str(log_dir / "files"),
-        "MMJOBS_LOG_LEVEL": "INFO",
-    }
-
-
 def start_stack(procs: Procs, sim_url: str, log_dir: Path, api_workers: int) -> tuple[str, Proc, dict[str, str]]:
     """Fresh database and Redis db, then the API, the scheduler and the workers; (API URL, API process, env)."""
-    env = service_env(sim_url, log_dir)
-    redis.Redis.from_url(REDIS_URL).flushdb()
-    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{DATABASE}"')
-    migrate = procs.start("migrate", ["-m", "service.cli", "migrate"], env)
-    if migrate.popen.wait(120) != 0:
-        raise StackError(f"migrate failed:\n{migrate.tail()}")
-    procs.stop([migrate])
-    port = free_port()
-    api = procs.start("api", ["-m", "service.cli", "api", "--port", str(port), "--workers", str(api_workers)], env)
-    api_url = f"http://127.0.0.1:{port}"
-    wait_http(api_url + "/healthz", api, timeout=60)
-    procs.start("scheduler", ["-m", "service.cli", "scheduler"], env)
-    workers = [
-        procs.start("worker", ["-m", "service.cli", "worker", "--concurrency", str(CONCURRENCY)], env)
-        for _ in range(WORKERS)
-    ]
-    for worker in workers:
-        wait_log(worker, b" ready.")
-    return api_url, api, env
+    extra = {
+        "MMJOBS_RATE_LIMITS": json.dumps({MODEL: {"rpm": RPM, "tpm": 1_000_000_000}}),
+        "MMJOBS_FILES_DIR": str(log_dir / "files"),
+    }
+    stack = start_our_stack(
+        procs, sim_url, workers=WORKERS, concurrency=CONCURRENCY, api_workers=api_workers, extra_env=extra,
+        database=DATABASE, redis_url=REDIS_URL,
+    )  # fmt: skip
+    assert stack.api is not None
+    return stack.api_url, stack.api, stack.env
 
 
 def submit_background(api_url: str, procs: Procs, env: dict[str, str], batch_requests: int) -> list[Tenant]:

@@ -152,20 +152,20 @@ def process_scope(log_dir: Path) -> Iterator[Procs]:
 # --- the shared pieces -------------------------------------------------------------------------------------
 
 
-def flush_redis() -> None:
-    redis.Redis.from_url(REDIS_URL).flushdb()
+def flush_redis(url: str = REDIS_URL) -> None:
+    redis.Redis.from_url(url).flushdb()
 
 
-def fresh_database(procs: Procs, env: dict[str, str]) -> str:
+def fresh_database(procs: Procs, env: dict[str, str], database: str = DATABASE) -> str:
     """Drop and create the benchmark database and migrate it with `service.cli migrate`; returns its DSN."""
     with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{DATABASE}"')
+        conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{database}"')
     migrate = procs.start("migrate", ["-m", "service.cli", "migrate"], env)
     if migrate.popen.wait(120) != 0:
         raise StackError(f"migrate failed:\n{migrate.tail()}")
     procs.stop([migrate])
-    return PG_BASE + DATABASE
+    return PG_BASE + database
 
 
 @dataclass(frozen=True)
@@ -197,10 +197,12 @@ def reset_simulator(sim_url: str) -> None:
 # --- our stack ----------------------------------------------------------------------------------------------
 
 
-def service_env(sim_url: str, concurrency: int) -> dict[str, str]:
+def service_env(
+    sim_url: str, concurrency: int, *, database: str = DATABASE, redis_url: str = REDIS_URL
+) -> dict[str, str]:
     return {
-        "MMJOBS_DATABASE_URL": "postgresql+psycopg://postgres@127.0.0.1:5432/" + DATABASE,
-        "MMJOBS_REDIS_URL": REDIS_URL,
+        "MMJOBS_DATABASE_URL": "postgresql+psycopg://postgres@127.0.0.1:5432/" + database,
+        "MMJOBS_REDIS_URL": redis_url,
         "MINIMAX_API_KEY": SIM_KEY,
         "MINIMAX_BASE_URL": sim_url,
         "MMJOBS_WORKER_CONCURRENCY": str(concurrency),
@@ -214,6 +216,7 @@ class OurStack:
     dsn: str
     workers: list[Proc]
     env: dict[str, str]
+    api: Proc | None = None
 
 
 def start_our_stack(
@@ -224,10 +227,12 @@ def start_our_stack(
     concurrency: int,
     api_workers: int,
     extra_env: dict[str, str] | None = None,
+    database: str = DATABASE,
+    redis_url: str = REDIS_URL,
 ) -> OurStack:
-    env = {**service_env(sim_url, concurrency), **(extra_env or {})}
-    flush_redis()
-    dsn = fresh_database(procs, env)
+    env = {**service_env(sim_url, concurrency, database=database, redis_url=redis_url), **(extra_env or {})}
+    flush_redis(redis_url)
+    dsn = fresh_database(procs, env, database)
     port = free_port()
     api_argv = ["-m", "service.cli", "api", "--port", str(port), "--workers", str(api_workers)]
     api = procs.start("api", api_argv, env)
@@ -240,7 +245,7 @@ def start_our_stack(
     ]
     for proc in started:
         wait_log(proc, b" ready.")
-    return OurStack(api_url=api_url, dsn=dsn, workers=started, env=env)
+    return OurStack(api_url=api_url, dsn=dsn, workers=started, env=env, api=api)
 
 
 def create_key(procs: Procs, env: dict[str, str], tenant: str) -> str:
