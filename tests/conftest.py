@@ -15,9 +15,9 @@ from service.api.app import create_app
 from service.config import Settings
 from service.db import make_engine
 from service.tenants import service as tenants
-from tests.db import fresh_database
+from tests.db import fresh_database, redis_url
 
-TEST_REDIS_URL = "redis://127.0.0.1:6379/15"
+TEST_REDIS_URL = redis_url(15)
 
 
 def _worker_suffix() -> str:

@@ -22,10 +22,10 @@ from typer.testing import CliRunner, Result
 from service.cli import app
 from service.db import make_engine
 from service.models import Job
-from tests.db import fresh_database
+from tests.db import fresh_database, redis_url
 from tests.procs import ROOT, Proc, free_port, wait_http, wait_until
 
-CLI_REDIS_URL = "redis://127.0.0.1:6379/9"
+CLI_REDIS_URL = redis_url(9)
 
 
 @dataclass(frozen=True)

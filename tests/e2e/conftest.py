@@ -21,11 +21,11 @@ from service.api.app import create_app
 from service.config import SIMULATOR_API_KEY, Settings
 from service.db import make_engine, make_session_factory, transaction
 from service.tenants import service as tenants
-from tests.db import drop_database, fresh_database
+from tests.db import drop_database, fresh_database, redis_url
 from tests.procs import Proc, free_port, wait_http, wait_until
 
 # Per test process, so two runs side by side (a developer and a helper) never share a queue or a database.
-E2E_REDIS_URL = f"redis://127.0.0.1:6379/{1 + os.getpid() % 8}"
+E2E_REDIS_URL = redis_url(1 + os.getpid() % 8)
 E2E_DATABASE = f"mmjobs_e2e_{os.getpid()}"
 TERMINAL = {"succeeded", "failed", "canceled", "expired"}
 

@@ -14,13 +14,14 @@ import httpx
 import pytest
 import redis
 
+from tests.db import redis_url as test_redis_url
 from tests.procs import ROOT, free_port, wait_until
 
 pytestmark = pytest.mark.e2e
 
 
 def test_mmjobs_up_runs_a_job_end_to_end_on_sqlite() -> None:
-    redis_url = "redis://127.0.0.1:6379/13"
+    redis_url = test_redis_url(13)
     redis.Redis.from_url(redis_url).flushdb()
     with tempfile.TemporaryDirectory(prefix="mmjobs-up-") as tmp:
         api_port, sim_port = free_port(), free_port()

@@ -19,11 +19,12 @@ from schemathesis.checks import not_a_server_error
 
 from service.api.app import create_app
 from service.config import Settings
+from tests.db import database_url
 
 pytestmark = pytest.mark.security
 
 _SPEC: dict[str, Any] = create_app(
-    Settings(database_url="postgresql+psycopg://postgres@127.0.0.1:5432/unused", minimax_api_key=None)
+    Settings(database_url=database_url("unused"), minimax_api_key=None)
 ).openapi()
 OPERATIONS = [
     pytest.param(method.upper(), path, id=f"{method.upper()} {path}")

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from service.api.app import create_app
 from service.config import Settings
 from service.db import make_engine, make_session_factory
-from tests.db import drop_database, fresh_database
+from tests.db import drop_database, fresh_database, redis_url
 from tests.ui.seed import Seed, seed
 
 CHROMIUM = "/usr/bin/chromium"
@@ -37,7 +37,7 @@ CHROMIUM_ARGS = [
 ]
 # One per test process: two runs at once on this machine (a developer's and CI's) must not drop each other's.
 DATABASE = f"mmjobs_ui_{os.getpid()}"
-REDIS_URL = "redis://127.0.0.1:6379/15"
+REDIS_URL = redis_url(15)
 # A port nothing listens on: deliveries are never sent here (no scheduler runs), only listed and redelivered.
 HOOK_URL = "http://127.0.0.1:9/hooks"
 

@@ -25,7 +25,7 @@ from service.models import Budget, Job
 from service.tenants import service as tenants
 from service.usage import budgets
 from tests.conftest import TEST_REDIS_URL
-from tests.db import fresh_database
+from tests.db import fresh_database, redis_url
 from tests.procs import free_port
 from workers.dispatcher import Dispatcher
 from workers.limiter import RateLimiter
@@ -106,7 +106,7 @@ def test_a_batch_pauses_at_its_budget_and_resumes_when_raised(
     most = Decimal(client.post("/v1/jobs?dry_run=true", json=BODY, headers=auth).json()["cost_usd"]["max"])
     budget = budgets.upsert(session, tenant_id=key.tenant_id, api_key_id=None, period="total",
                             limit_usd=most * 3, soft_limit_usd=None, now=utcnow())  # fmt: skip
-    rclient = redis.Redis.from_url("redis://127.0.0.1:6379/10")
+    rclient = redis.Redis.from_url(redis_url(10))
     rclient.flushdb()
     published: list[str] = []
     custom = settings.model_copy(update={"rate_limits": {"MiniMax-M2.7": ModelRateLimit(rpm=100_000)}})

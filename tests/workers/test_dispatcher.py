@@ -17,10 +17,11 @@ from service.db import new_id, utcnow
 from service.models import Job
 from service.tenants import repository as tenants_repo
 from service.tenants import service as tenants
+from tests.db import redis_url
 from workers.dispatcher import Dispatcher
 from workers.limiter import RateLimiter
 
-REDIS_URL = "redis://127.0.0.1:6379/10"
+REDIS_URL = redis_url(10)
 
 
 @pytest.fixture

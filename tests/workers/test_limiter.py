@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from tests.db import redis_url
 from workers.limiter import AdaptivePolicy, Limits, RateLimiter, parse_rate_limits
 
 REDIS_DB = 12
@@ -22,7 +23,7 @@ Grant = tuple[float, int]  # (limiter time of the grant, tokens reserved)
 
 @pytest.fixture
 def client() -> Iterator[redis.Redis]:
-    c = redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB)
+    c = redis.Redis.from_url(redis_url(REDIS_DB))
     c.flushdb()
     yield c
     c.flushdb()
@@ -74,7 +75,7 @@ def _hammer(limiter: RateLimiter, *, until: float, seed: int) -> list[Grant]:
 
 def _process_hammer(args: tuple[float, int]) -> list[Grant]:
     until, seed = args
-    client = redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB)
+    client = redis.Redis.from_url(redis_url(REDIS_DB))
     try:
         return _hammer(RateLimiter(client, window_seconds=REAL_WINDOW), until=until, seed=seed)
     finally:

@@ -18,11 +18,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from service.config import ModelRateLimit, Settings
 from service.db import utcnow
 from service.models import Job
+from tests.db import redis_url
 from tests.workers.test_dispatcher import add_jobs
 from workers.celery_app import QUEUE, make_celery
 from workers.scheduler import Scheduler
 
-REDIS_URL = "redis://127.0.0.1:6379/14"
+REDIS_URL = redis_url(14)
 
 
 @pytest.fixture
