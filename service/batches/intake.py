@@ -1,6 +1,7 @@
 """Reading a batch from the wire: a JSON body, a streamed JSONL (`application/x-ndjson`) body, or a multipart
-upload. Bodies are spooled to a temporary file as they arrive and parsed line by line from there, so a 256 MB
-upload costs the API a few megabytes of memory, not gigabytes of parsed objects."""
+upload. Bodies are spooled to a temporary file as they arrive and parsed a request at a time from there (JSONL
+line by line, JSON item by item: json_stream.py), so a 256 MB upload costs the API a few megabytes of memory, not
+gigabytes of parsed objects."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from fastapi import Request
 from pydantic import ValidationError
 
 from service.api.errors import APIError, field_path
-from service.batches.schemas import BatchCreate, BatchOptions
+from service.batches import json_stream
+from service.batches.schemas import BatchOptions
 from service.batches.service import RawRequest, json_text_nul_free
 
 SPOOL_IN_MEMORY = 1024 * 1024
@@ -50,18 +52,24 @@ def options_error(exc: ValidationError) -> APIError:
 
 
 def json_body(stream: IO[bytes]) -> tuple[BatchOptions, Iterator[RawRequest]]:
-    text = stream.read()  # parsed whole anyway: a JSON body is the small-batch path (JSONL streams)
+    """A JSON body `{requests: [...], metadata?, webhook_url?, completion_window?}` read from its spooled file
+    twice, never whole: once for the options (they may follow the requests, and every row needs the window),
+    checking each request is JSON, then again yielding the requests one at a time into the same validation and
+    COPY as JSONL lines."""
+    members: dict[str, Any] = {}
+    for _ in json_stream.read_object(stream, array="requests", on_member=members.__setitem__, keep_items=False):
+        pass
     try:
-        data = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-        raise APIError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
-    nul_free = json_text_nul_free(text)
-    try:
-        body = BatchCreate.model_validate(data)
+        options = BatchOptions.model_validate(members)
     except ValidationError as exc:
         raise options_error(exc) from None
-    options = BatchOptions.model_validate(body.model_dump(exclude={"requests"}))
-    return options, (RawRequest(index=i, data=r, nul_free=nul_free) for i, r in enumerate(body.requests))
+    stream.seek(0)
+    items = json_stream.read_object(stream, array="requests", on_member=_ignore)
+    return options, (RawRequest(index=i.index, data=i.value, nul_free=i.nul_free) for i in items)
+
+
+def _ignore(_name: str, _value: Any) -> None:
+    """The second reading: the options were taken in the first."""
 
 
 def parse_options(values: dict[str, Any]) -> BatchOptions:

@@ -7,7 +7,6 @@ the native one (`service.batches`), with `api="anthropic"` so each API sees only
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from datetime import datetime
 from typing import IO, Annotated, Any, Literal
@@ -20,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import CurrentKey, SessionDep, SettingsDep
 from service.api.errors import APIError
-from service.batches import intake, repository, service
+from service.batches import intake, json_stream, repository, service
 from service.batches.results import RESULT_TYPE, error_of, jsonl
 from service.batches.schemas import CUSTOM_ID_PATTERN, MAX_REQUESTS, BatchOptions
 from service.batches.service import RawRequest
@@ -105,36 +104,29 @@ def result_line(job: Job) -> dict[str, Any]:
     return {"custom_id": job.custom_id, "result": result}
 
 
-def _load_requests(stream: IO[bytes]) -> list[Any]:
-    try:
-        body = json.load(stream)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-        raise APIError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise APIError(400, "invalid_request", "the body must be a JSON object with `requests`")
-    extra = sorted(set(body) - {"requests"})
-    if extra:
-        raise APIError(400, "invalid_request", f"{extra[0]}: Extra inputs are not permitted", field=extra[0])
-    requests = body.get("requests")
-    if not isinstance(requests, list) or not 1 <= len(requests) <= MAX_REQUESTS:
-        raise APIError(
-            400, "invalid_request", f"requests: a list of 1 to {MAX_REQUESTS:,} requests is required", field="requests"
-        )
-    return requests
+def _only_requests(name: str, _value: Any) -> None:
+    raise APIError(400, "invalid_request", f"{name}: Extra inputs are not permitted", field=name)
 
 
-def _raw_requests(requests: list[Any]) -> Iterator[RawRequest]:
-    """`{custom_id, params: {model, ...}}` -> the service's `{custom_id, model, format, params}`."""
-    for index, item in enumerate(requests):
-        if not isinstance(item, dict):
-            yield RawRequest(index=index, data=item)  # the service names the line
+def _raw_requests(stream: IO[bytes]) -> Iterator[RawRequest]:
+    """The body's requests, read from its spooled file one at a time (json_stream.py: never the whole body in
+    memory), each `{custom_id, params: {model, ...}}` turned into the service's `{custom_id, model, format,
+    params}`. A problem found past the first requests (an unknown member after the array) raises while the
+    service stores them; its transaction then rolls back, so nothing is stored."""
+    for item in json_stream.read_object(stream, array="requests", on_member=_only_requests):
+        index = item.index
+        if index >= MAX_REQUESTS:
+            message = f"requests: a list of 1 to {MAX_REQUESTS:,} requests is required"
+            raise APIError(400, "invalid_request", message, field="requests")
+        if not isinstance(item.value, dict):
+            yield RawRequest(index=index, data=item.value)  # the service names the line
             continue
-        extra = sorted(set(item) - {"custom_id", "params"})
+        extra = sorted(set(item.value) - {"custom_id", "params"})
         if extra:
             field = f"requests[{index}].{extra[0]}"
             raise APIError(400, "invalid_request", f"{field}: Extra inputs are not permitted", field=field)
-        data: dict[str, Any] = {"format": "anthropic", **item}
-        params = item.get("params")
+        data: dict[str, Any] = {"format": "anthropic", **item.value}
+        params = item.value.get("params")
         if isinstance(params, dict):
             params = dict(params)
             if "model" in params:
@@ -143,7 +135,7 @@ def _raw_requests(requests: list[Any]) -> Iterator[RawRequest]:
                 field = f"requests[{index}].params.stream"
                 raise APIError(400, "invalid_request", f"{field}: batch requests do not stream", field=field)
             data["params"] = params
-        yield RawRequest(index=index, data=data)
+        yield RawRequest(index=index, data=data, nul_free=item.nul_free)
 
 
 def _in_anthropic_terms(error: APIError) -> APIError:
@@ -158,7 +150,7 @@ def _in_anthropic_terms(error: APIError) -> APIError:
 
 
 def _create(session: Session, key: ApiKey, settings: Settings, body: IO[bytes]) -> Batch:
-    requests = _raw_requests(_load_requests(body))
+    requests = _raw_requests(body)
     try:
         return service.create(session, key=key, requests=requests, options=BatchOptions(), settings=settings, api=API)
     except APIError as exc:
