@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     api_max_concurrency: int = 400
     # Batch and file uploads (JSONL, documents) may be larger than a single request.
     max_upload_bytes: int = 256 * 1024 * 1024
+    # At most this many bodies larger than large_body_bytes are read by one API process at once; the next gets
+    # 503 with Retry-After (service/api/large_bodies.py).
+    max_concurrent_large_bodies: int = Field(4, ge=1)
+    large_body_bytes: int = Field(4 * 1024 * 1024, ge=0)
     # Where uploaded files (the OpenAI drop-in's batch input) are kept; unset: `<data_dir>/files`. Every API
     # process must see the same directory.
     files_dir: str | None = None

@@ -13,6 +13,7 @@ from sqlalchemy import text
 
 from service.api import errors
 from service.api.deps import SessionDep
+from service.api.large_bodies import LargeBodyLimit
 from service.api.limits import UPLOAD_PATHS, ConcurrencyLimit
 from service.batches.documents_router import router as documents_router
 from service.batches.router import router as batches_router
@@ -60,6 +61,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     # Idempotency-Key on every POST (issue 7); added first so BodySizeLimit, outside it, refuses oversized bodies.
     install_idempotency(app)
+    # Outside idempotency, inside the size limit: too many large bodies at once get 503 before a key is claimed.
+    app.add_middleware(
+        LargeBodyLimit, limit=settings.max_concurrent_large_bodies, large_bytes=settings.large_body_bytes
+    )
     app.add_middleware(
         BodySizeLimitWithFiles,  # BodySizeLimit, with POST /v1/files up to max_file_bytes (issue 6)
         max_bytes=settings.max_body_bytes,

@@ -67,7 +67,7 @@ def _api_error_handler(_request: Request, exc: Exception) -> JSONResponse:
 
 def _http_error_handler(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    kinds = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
+    kinds = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large", 503: "overloaded"}
     return JSONResponse(
         error_body(kinds.get(exc.status_code, "http_error"), str(exc.detail)),
         exc.status_code,

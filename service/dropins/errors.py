@@ -23,7 +23,7 @@ from service.api.deps import SessionDep
 from service.api.errors import APIError, field_path
 
 Render = Callable[[APIError], JSONResponse]
-_HTTP_TYPES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
+_HTTP_TYPES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large", 503: "overloaded"}
 
 
 async def remember_session(request: Request, session: SessionDep) -> None:
@@ -55,6 +55,7 @@ def route_class(render: Render) -> type[APIRoute]:
             handler = super().get_route_handler()
 
             async def guarded(request: Request) -> Response:
+                headers: dict[str, str] = {}
                 try:
                     return await handler(request)
                 except APIError as exc:
@@ -63,8 +64,11 @@ def route_class(render: Render) -> type[APIRoute]:
                     error = validation_error(exc)
                 except StarletteHTTPException as exc:
                     error = APIError(exc.status_code, _HTTP_TYPES.get(exc.status_code, "http_error"), str(exc.detail))
+                    headers = dict(exc.headers or {})  # Retry-After of a 503 (service.api.large_bodies)
                 _rollback(request)
-                return render(error)
+                response = render(error)
+                response.headers.update(headers)
+                return response
 
             return guarded
 
