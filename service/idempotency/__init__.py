@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Response
 
 from service.idempotency.middleware import HEADER, MAX_KEY_LENGTH, REPLAYED, IdempotencyMiddleware
 
-__all__ = ["HEADER", "REPLAYED", "IdempotencyMiddleware", "install"]
+__all__ = ["HEADER", "REPLAYED", "IdempotencyMiddleware", "install", "shows_secret"]
 
 _PARAMETER: dict[str, Any] = {
     "name": HEADER,
@@ -18,11 +18,19 @@ _PARAMETER: dict[str, Any] = {
     "description": "Makes the request safe to retry: the first response to a key (status and body) is kept for 24 "
     f"hours per tenant and replayed with `{REPLAYED}: true`. The same key with a different request answers 422 "
     "(`idempotency_key_reused`); while the first request is still running, 409 (`idempotency_key_in_use`). "
-    "Responses that ask for a retry (5xx, 402, 408, 409, 425, 429) are not kept.",
+    "Responses that ask for a retry (5xx, 402, 408, 409, 425, 429) are not kept. A response that shows a secret "
+    "(webhook signing secrets) is never kept: the request runs once, and a replay answers 409 "
+    "(`idempotency_key_unreplayable`) without running it again or showing the secret a second time.",
 }
 _IN_USE = {"description": "Conflict; with an Idempotency-Key: the first request with this key is still running."}
 _REPLAY_HEADER = {"description": "`true` when this is the stored response to an earlier request with the same "
                   "Idempotency-Key.", "schema": {"type": "string", "enum": ["true"]}}  # fmt: skip
+
+
+def shows_secret(response: Response) -> None:
+    """Route dependency for a response that shows a secret: `Cache-Control: no-store`, so neither an HTTP cache
+    nor the idempotency middleware keeps it (the middleware keeps only that the request ran)."""
+    response.headers["Cache-Control"] = "no-store"
 
 
 def document(schema: dict[str, Any]) -> dict[str, Any]:

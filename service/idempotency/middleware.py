@@ -5,6 +5,11 @@ The first response to a key (status, headers, body) is stored per tenant for 24 
 `idempotency_key_reused`; while the first request is still running, 409. Responses that ask to be retried
 (5xx, 402, 408, 409, 425, 429) are not stored: the claim is released and a retry runs again.
 
+A response that shows a secret (a webhook signing secret: the route marks it `Cache-Control: no-store`, see
+`shows_secret`) is never stored: the key keeps only that its request ran and how it ended, and a replay answers
+409 `idempotency_key_unreplayable` rather than run it again (a second endpoint, another rotation) or show the
+secret a second time (it is shown once).
+
 The body is buffered up to `buffer_bytes` to fingerprint it before the request runs; a larger (streamed)
 body is fingerprinted as it passes through to the route, and its response is stored with that fingerprint.
 """
@@ -172,6 +177,14 @@ class IdempotencyMiddleware:
             )
             await _error(send, 422, "idempotency_key_reused", message)
             return
+        if not stored.replayable:
+            message = (
+                f"the first request with this key was answered {stored.status_code}, with a secret that is shown "
+                "only once and never kept, so it cannot be replayed; it was not run again. Read the resource "
+                "with GET (the secret stays hidden), or rotate the secret to be shown a new one"
+            )
+            await _error(send, 409, "idempotency_key_unreplayable", message)
+            return
         headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in stored.headers]
         await _answer(send, stored.status_code, stored.body, [*headers, (REPLAYED.lower().encode(), b"true")])
 
@@ -185,31 +198,36 @@ class IdempotencyMiddleware:
         chunks: list[bytes] = []
         size = 0
         settled = False
+        secret = False  # the response says Cache-Control: no-store: it shows a secret
 
         async def settle() -> None:
-            storable = status < 500 and status not in NOT_STORED and body.complete and size <= self.max_response_bytes
+            kept = secret or size <= self.max_response_bytes  # a secret's response is kept without its body
+            storable = status < 500 and status not in NOT_STORED and body.complete and kept
             if storable:
                 content = b"".join(chunks)
                 await anyio.to_thread.run_sync(
                     lambda: store.complete(
                         factory, claim, fingerprint=body.fingerprint.hexdigest(), status_code=status,
-                        headers=response_headers, body=content, now=clock(),
+                        headers=response_headers, body=content, now=clock(), replayable=not secret,
                     )
                 )  # fmt: skip
             else:
                 await anyio.to_thread.run_sync(store.release, factory, claim)
 
         async def capture(message: Message) -> None:
-            nonlocal status, size, settled
+            nonlocal status, size, settled, secret
             if message["type"] == "http.response.start":
                 status = message["status"]
                 for name, value in message.get("headers", []):
-                    if name.decode("latin-1").lower() not in _SKIPPED_HEADERS:
+                    lower = name.decode("latin-1").lower()
+                    if lower == "cache-control" and "no-store" in value.decode("latin-1").lower():
+                        secret = True
+                    if lower not in _SKIPPED_HEADERS:
                         response_headers.append([name.decode("latin-1"), value.decode("latin-1")])
             elif message["type"] == "http.response.body":
                 chunk = message.get("body", b"")
                 size += len(chunk)
-                if size <= self.max_response_bytes:
+                if size <= self.max_response_bytes and not secret:
                     chunks.append(chunk)
                 if not message.get("more_body", False) and not settled:
                     settled = True

@@ -41,6 +41,7 @@ class Stored:
     status_code: int | None
     headers: list[list[str]]
     body: bytes
+    replayable: bool = True  # False: the response showed a secret and was not kept
 
 
 def _mine(claim: Claim) -> tuple[ColumnElement[bool], ...]:
@@ -111,6 +112,7 @@ def open_key(
                     status_code=row.status_code,
                     headers=row.response_headers or [],
                     body=row.response_body or b"",
+                    replayable=row.replayable,
                 )
     raise RuntimeError(f"idempotency key {key!r} kept changing under us")
 
@@ -124,7 +126,10 @@ def complete(
     headers: list[list[str]],
     body: bytes,
     now: datetime,
+    replayable: bool = True,
 ) -> None:
+    """Keep the response for replays; with `replayable=False` (it showed a secret) keep only that the request
+    ran and how it ended: no header, no body."""
     with transaction(factory) as session:
         session.execute(
             update(IdempotencyKey)
@@ -132,8 +137,9 @@ def complete(
             .values(
                 fingerprint=fingerprint,
                 status_code=status_code,
-                response_headers=headers,
-                response_body=body,
+                response_headers=headers if replayable else None,
+                response_body=body if replayable else None,
+                replayable=replayable,
                 completed_at=now,
             )
         )

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Index, LargeBinary, String
+from sqlalchemy import ForeignKey, Index, LargeBinary, String, true
 from sqlalchemy.orm import Mapped, mapped_column
 
 from service.db import JSONType
@@ -26,6 +26,9 @@ class IdempotencyKey(CreatedAtMixin, Base):
     status_code: Mapped[int | None]
     response_headers: Mapped[list[list[str]] | None] = mapped_column(JSONType)
     response_body: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # False: the response showed a secret (Cache-Control: no-store), so neither its body nor its headers were
+    # kept; a replay answers 409 `idempotency_key_unreplayable` (issue 14.5).
+    replayable: Mapped[bool] = mapped_column(default=True, server_default=true())
     completed_at: Mapped[datetime | None]
 
     __table_args__ = (Index("ix_idempotency_keys_expires_at", "expires_at"),)

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Depends, Query, Response
 
 from service.api.deps import CurrentKey, SessionDep, SettingsDep
 from service.api.errors import APIError
+from service.idempotency import shows_secret
 from service.webhooks import present, service
 from service.webhooks.events import EventType
 from service.webhooks.schemas import (
@@ -35,6 +36,7 @@ Limit = Annotated[int, Query(ge=1, le=200)]
     status_code=201,
     response_model=EndpointWithSecret,
     summary="Register a webhook endpoint",
+    dependencies=[Depends(shows_secret)],  # never kept for an Idempotency-Key replay
     description="Answers with the signing secret, shown only this once. Deliveries carry Standard Webhooks "
     "headers (`webhook-id`, `webhook-timestamp`, `webhook-signature`).",
 )
@@ -78,6 +80,7 @@ def delete_endpoint(endpoint_id: str, session: SessionDep, key: CurrentKey) -> R
     ENDPOINTS + "/{endpoint_id}/rotate-secret",
     response_model=EndpointWithSecret,
     summary="Rotate an endpoint's signing secret",
+    dependencies=[Depends(shows_secret)],  # never kept for an Idempotency-Key replay
     description="Answers with the new secret, shown only this once. For 24 hours every delivery carries both "
     "signatures (old and new), so receivers can switch without missing one.",
 )
@@ -142,6 +145,7 @@ def get_tenant_secret(session: SessionDep, key: CurrentKey) -> TenantSecret:
     SECRET,
     response_model=TenantSecretShown,
     summary="Show the tenant's webhook secret (once)",
+    dependencies=[Depends(shows_secret)],  # never kept for an Idempotency-Key replay
     description="Creates the secret if needed and shows it; it is shown once (409 afterwards: rotate instead). "
     "It signs deliveries to the `webhook_url` of jobs and batches.",
 )
@@ -153,6 +157,7 @@ def reveal_tenant_secret(session: SessionDep, key: CurrentKey) -> TenantSecretSh
     SECRET + "/rotate",
     response_model=TenantSecretShown,
     summary="Rotate the tenant's webhook secret",
+    dependencies=[Depends(shows_secret)],  # never kept for an Idempotency-Key replay
     description="Answers with the new secret, shown only this once; the old one also signs for 24 hours.",
 )
 def rotate_tenant_secret(session: SessionDep, key: CurrentKey) -> TenantSecretShown:
