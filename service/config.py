@@ -45,6 +45,10 @@ class Settings(BaseSettings):
     # already hold a database connection.
     api_threads: int = 512
     api_max_concurrency: int = 400
+    # The URL clients reach this API at (scheme, host, any path prefix), for links in responses (`links.self`,
+    # `results_url`). Unset: links are paths (the Anthropic drop-in's results_url: the listening address). Never
+    # taken from the request's Host header, which the client chooses (service/api/links.py).
+    public_base_url: str | None = None
     # Batch and file uploads (JSONL, documents) may be larger than a single request.
     max_upload_bytes: int = 256 * 1024 * 1024
     # At most this many bodies larger than large_body_bytes are read by one API process at once; the next gets
@@ -155,6 +159,18 @@ class Settings(BaseSettings):
         if unknown:
             raise ValueError(f"unknown model {unknown[0]!r}; known models: {', '.join(MODELS)}")
         return value
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _public_base_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+            raise ValueError("give an http(s) URL with a host and no query, e.g. https://jobs.example.com")
+        return value.rstrip("/")
 
     @field_validator("prices")
     @classmethod

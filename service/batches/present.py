@@ -3,6 +3,7 @@ from __future__ import annotations
 from fastapi import Request
 from sqlalchemy.orm import Session
 
+from service.api.links import link
 from service.batches import service
 from service.batches.schemas import BatchOut, RequestCounts
 from service.db import utcnow
@@ -34,5 +35,5 @@ def batch_out(request: Request, session: Session, batch: Batch) -> BatchOut:
         cancel_initiated_at=batch.cancel_initiated_at,
         usage=UsageCost.model_validate(service.usage(batch)),
         estimated_completion_at=service.estimated_completion(batch, now=utcnow()),
-        results_url=str(request.url_for("batch_results", batch_id=batch.id)),
+        results_url=link(request, "batch_results", batch_id=batch.id),
     )

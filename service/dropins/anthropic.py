@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import CurrentKey, SessionDep, SettingsDep
 from service.api.errors import APIError
+from service.api.links import absolute_link
 from service.batches import intake, json_stream, repository, service
 from service.batches.results import RESULT_TYPE, error_of, jsonl
 from service.batches.schemas import CUSTOM_ID_PATTERN, MAX_REQUESTS, BatchOptions
@@ -86,7 +87,7 @@ def message_batch(request: Request, batch: Batch) -> MessageBatch:
         created_at=batch.created_at,
         expires_at=batch.expires_at,
         cancel_initiated_at=batch.cancel_initiated_at,
-        results_url=str(request.url_for("anthropic_batch_results", message_batch_id=batch.id)) if ended else None,
+        results_url=absolute_link(request, "anthropic_batch_results", message_batch_id=batch.id) if ended else None,
     )
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from fastapi import Request
 
+from service.api.links import link
 from service.db import utcnow
 from service.jobs.schemas import (
     Attempt,
@@ -39,8 +40,8 @@ def _usage(row: Job | JobAttempt) -> Usage:
 
 def _links(request: Request, job_id: str) -> Links:
     return Links(
-        self=str(request.url_for("get_job", job_id=job_id)),
-        cancel=str(request.url_for("cancel_job", job_id=job_id)),
+        self=link(request, "get_job", job_id=job_id),
+        cancel=link(request, "cancel_job", job_id=job_id),
     )
 
 
