@@ -1,20 +1,27 @@
-"""Batch intake: 100,000 small requests accepted in one transaction, and a 256 MB JSONL upload in bounded memory.
+"""Batch intake: 100,000 small requests accepted in one transaction, a 256 MB JSONL upload in bounded memory, and
+(issue 14.2) the same 256 MB as one JSON batch body, alone and four at once.
 
-    .venv/bin/python -m benchmarks.intake [--requests 100000] [--upload-mb 256] [--no-write]
+    .venv/bin/python -m benchmarks.intake [--requests 100000] [--upload-mb 256] [--database NAME] [--redis-url URL]
+                                          [--no-write]
 
-Our API runs as a real process (`service.cli api`); its peak RSS is sampled every 0.1 s while each upload runs.
-The baseline, measured in the same run against the same Postgres, is what a script usually does: build ORM objects
-for every request and `session.add_all` + commit.
+Our API runs as a real process (`service.cli api`); its peak RSS (and PSS) is sampled every 0.1 s while each upload
+runs. The baseline, measured in the same run against the same Postgres, is what a script usually does: build ORM
+objects for every request and `session.add_all` + commit. The JSON batch's baseline is the whole-body parse the API
+did before issue 14.2 (`json.loads` of the body, then `BatchCreate` over it), run on the same file in a process of
+its own, its peak RSS growth measured the same way.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -27,6 +34,7 @@ from service.db import make_engine, make_session_factory, new_id
 from service.models import Job, Tenant
 
 DATABASE = "mmjobs_bench_intake"
+REDIS_URL = "redis://127.0.0.1:6379/11"
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 MARK_START, MARK_END = "<!-- section: intake -->", "<!-- end intake -->"
 
@@ -45,16 +53,35 @@ def _write_jsonl(path: Path, n: int, text_for: int) -> int:
     return path.stat().st_size
 
 
+def _pss(process: psutil.Process) -> int:
+    try:
+        return int(process.memory_full_info().pss)
+    except (psutil.AccessDenied, AttributeError):  # no smaps: PSS unknown
+        return 0
+
+
 class PeakRSS:
+    """The peak RSS and PSS of a process while the block runs, sampled every 0.1 s, and both just before."""
+
     def __init__(self, pid: int) -> None:
         self.process = psutil.Process(pid)
-        self.peak = self.process.memory_info().rss
+        self.before = self.peak = self.process.memory_info().rss
+        self.pss_before = self.pss_peak = _pss(self.process)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.wait(0.1):
             self.peak = max(self.peak, self.process.memory_info().rss)
+            self.pss_peak = max(self.pss_peak, _pss(self.process))
+
+    @property
+    def growth(self) -> int:
+        return self.peak - self.before
+
+    @property
+    def pss_growth(self) -> int:
+        return self.pss_peak - self.pss_before
 
     def __enter__(self) -> PeakRSS:
         self._thread.start()
@@ -71,17 +98,85 @@ def _chunks(path: Path, size: int = 1 << 20) -> Iterator[bytes]:
             yield chunk
 
 
-def _upload(api: str, key: str, path: Path, pid: int) -> tuple[float, int, int]:
+def _post(api: str, key: str, path: Path, content_type: str) -> tuple[float, int, str]:
+    """(seconds to the answer, status, the answer's start) for one streamed upload."""
+    start = time.perf_counter()
+    r = httpx.post(f"{api}/v1/batches", content=_chunks(path), timeout=900,
+                   headers={"Authorization": f"Bearer {key}", "content-type": content_type})  # fmt: skip
+    return time.perf_counter() - start, r.status_code, r.text[:300]
+
+
+def _upload(
+    api: str, key: str, path: Path, pid: int, content_type: str = "application/x-ndjson"
+) -> tuple[float, int, int]:
     """(seconds to 202, API peak RSS during the upload, API RSS before)."""
-    before = psutil.Process(pid).memory_info().rss
+    with PeakRSS(pid) as rss:
+        elapsed, status, text = _post(api, key, path, content_type)
+    if status != 202:
+        raise StackError(f"upload answered {status}: {text}")
+    return elapsed, rss.peak, rss.before
+
+
+def _write_json(path: Path, jsonl: Path) -> int:
+    """The JSONL's requests as one JSON batch body, the options after the requests (read last, as they come)."""
+    with path.open("wb") as out, jsonl.open("rb") as lines:
+        out.write(b'{"requests": [\n')
+        for number, line in enumerate(lines):
+            out.write((b",\n" if number else b"") + line.rstrip(b"\n"))
+        out.write(b'\n], "metadata": {"bench": "json"}, "completion_window": "24h"}')
+    return path.stat().st_size
+
+
+@dataclass
+class JsonRun:
+    seconds: float
+    statuses: list[int]
+    rss: PeakRSS
+    held_after: int  # RSS growth still held once every upload has answered
+
+
+def _json_uploads(api: str, key: str, path: Path, pid: int, at_once: int) -> JsonRun:
+    """`at_once` uploads of the same JSON body started together; the API's memory sampled throughout."""
+    results: list[tuple[float, int, str]] = []
+    go = threading.Barrier(at_once)
+
+    def one() -> None:
+        go.wait()
+        results.append(_post(api, key, path, "application/json"))
+
+    threads = [threading.Thread(target=one) for _ in range(at_once)]
     with PeakRSS(pid) as rss:
         start = time.perf_counter()
-        r = httpx.post(f"{api}/v1/batches", content=_chunks(path), timeout=600,
-                       headers={"Authorization": f"Bearer {key}", "content-type": "application/x-ndjson"})  # fmt: skip
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
         elapsed = time.perf_counter() - start
-    if r.status_code != 202:
-        raise StackError(f"upload answered {r.status_code}: {r.text[:500]}")
-    return elapsed, rss.peak, before
+    for _, status, text in results:
+        if status not in (202, 503):
+            raise StackError(f"JSON upload answered {status}: {text}")
+    held = psutil.Process(pid).memory_info().rss - rss.before
+    return JsonRun(seconds=elapsed, statuses=sorted(r[1] for r in results), rss=rss, held_after=held)
+
+
+_OLD_PARSE = """
+import json, resource, sys
+import psutil
+from service.batches.schemas import BatchCreate
+before = psutil.Process().memory_info().rss
+with open(sys.argv[1], "rb") as f:
+    text = f.read()  # the old json_body: the spooled body read whole, parsed whole, validated whole
+data = json.loads(text)
+body = BatchCreate.model_validate(data)
+print(len(body.requests), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before)
+"""
+
+
+def _old_parse_growth(path: Path) -> tuple[int, int]:
+    """(requests, peak RSS growth in bytes) of the whole-body parse the API did before issue 14.2."""
+    out = subprocess.run([sys.executable, "-c", _OLD_PARSE, str(path)], capture_output=True, check=True, timeout=900)
+    n, growth = out.stdout.split()
+    return int(n), int(growth)
 
 
 def _baseline(dsn: str, n: int) -> float:
@@ -103,12 +198,12 @@ def _baseline(dsn: str, n: int) -> float:
         return time.perf_counter() - start
 
 
-def run(n: int, upload_mb: int, log_dir: Path) -> str:
+def run(n: int, upload_mb: int, log_dir: Path, database: str = DATABASE, redis_url: str = REDIS_URL) -> str:
     with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{DATABASE}"')
-    dsn = PG_BASE.replace("postgresql://", "postgresql+psycopg://") + DATABASE
-    env = {"MMJOBS_DATABASE_URL": dsn, "MMJOBS_REDIS_URL": "redis://127.0.0.1:6379/11", "MMJOBS_LOG_LEVEL": "WARNING"}
+        conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{database}"')
+    dsn = PG_BASE.replace("postgresql://", "postgresql+psycopg://") + database
+    env = {"MMJOBS_DATABASE_URL": dsn, "MMJOBS_REDIS_URL": redis_url, "MMJOBS_LOG_LEVEL": "WARNING"}
     with process_scope(log_dir) as procs, tempfile.TemporaryDirectory() as tmp:
         _migrate(procs, env)
         key = create_key(procs, env, "intake")
@@ -123,8 +218,20 @@ def run(n: int, upload_mb: int, log_dir: Path) -> str:
         lines = max(1, min(100_000, upload_mb * 1024 * 1024 // 4096))
         big_bytes = _write_jsonl(big, lines, upload_mb * 1024 * 1024 // lines - 200)
         big_s, big_peak, big_before = _upload(url, key, big, api.pid)
+        big_json = Path(tmp) / "big.json"
+        json_bytes = _write_json(big_json, big)
+        big.unlink()
+        one = _json_uploads(url, key, big_json, api.pid, 1)
+        four = _json_uploads(url, key, big_json, api.pid, 4)
+        old_n, old_growth = _old_parse_growth(big_json)
         base_s = _baseline(dsn, n)
     mib = 1024 * 1024
+    body_mib = json_bytes / mib
+    one_ok = one.statuses == [202] and one.rss.growth < 0.25 * json_bytes
+    four_ok = four.rss.growth < 1024 * mib and 202 in four.statuses
+    accepted = f"{four.statuses.count(202)} x 202" + (
+        f", {four.statuses.count(503)} x 503 (Retry-After)" if 503 in four.statuses else ""
+    )
     return "\n".join([
         f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, `python -m benchmarks.intake` (API: one uvicorn process).",
         "",
@@ -136,6 +243,23 @@ def run(n: int, upload_mb: int, log_dir: Path) -> str:
         f"| {big_bytes / mib:.0f} MB JSONL upload ({lines:,} requests) accepted | | {big_s:.1f} s | |",
         f"| API peak RSS during the {big_bytes / mib:.0f} MB upload | bounded | {big_peak / mib:.0f} MiB "
         f"(+{(big_peak - big_before) / mib:.0f} MiB) | |",
+        "",
+        f"JSON batch bodies (issue 14.2): the same {lines:,} requests as one {body_mib:.0f} MB "
+        "`{\"requests\": [...], \"metadata\": ...}` body. Before: the API read the body whole "
+        "(`json.loads`, then `BatchCreate`); now it reads it a request at a time (service/batches/json_stream.py).",
+        "",
+        "| metric | target | now (streamed) | before (whole-body parse) |",
+        "|---|---|---|---|",
+        f"| one {body_mib:.0f} MB JSON batch accepted | | {one.seconds:.1f} s | |",
+        f"| API RSS growth during it | < 0.25 x body ({0.25 * body_mib:.0f} MiB) "
+        f"| +{one.rss.growth / mib:.0f} MiB (PSS +{one.rss.pss_growth / mib:.0f} MiB) {'✓' if one_ok else '✗'} "
+        f"| +{old_growth / mib:,.0f} MiB for the parse alone ({old_n:,} requests, same file, own process); "
+        "issue 14 measured +408 MiB for a 114 MiB body |",
+        f"| four {body_mib:.0f} MB JSON batches at once | | {accepted} in {four.seconds:.1f} s | |",
+        f"| API RSS growth, four at once | < 1 GiB | +{four.rss.growth / mib:.0f} MiB "
+        f"(PSS +{four.rss.pss_growth / mib:.0f} MiB) {'✓' if four_ok else '✗'} "
+        "| issue 14: peak 3.25 GB, 1.1 GB still held afterwards |",
+        f"| API RSS still held after the four | | +{four.held_after / mib:.0f} MiB | |",
     ])  # fmt: skip
 
 
@@ -150,10 +274,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.intake", description=__doc__)
     parser.add_argument("--requests", type=int, default=100_000)
     parser.add_argument("--upload-mb", type=int, default=256)
+    parser.add_argument("--database", default=DATABASE, help="Postgres database to (re)create for the run.")
+    parser.add_argument("--redis-url", default=REDIS_URL)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="mmjobs-intake-") as logs:
-        table = run(args.requests, args.upload_mb, Path(logs))
+        table = run(args.requests, args.upload_mb, Path(logs), args.database, args.redis_url)
     print(table)  # noqa: T201 - the benchmark's output
     if not args.no_write:
         text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
