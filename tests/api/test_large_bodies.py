@@ -118,6 +118,16 @@ async def test_large_bodies_beyond_the_cap_get_503_with_retry_after(
         assert dropin.headers["retry-after"] == "5"
         assert dropin.json()["type"] == "error"
 
+        # A large body that FastAPI itself parses (a job's JSON), chunked: 503 too, not a body-parsing 400.
+        big_job = {"model": MODEL, "params": {"max_tokens": 5, "messages": [{"role": "user", "content": "z" * 2000}]}}
+        parsed = await client.post(
+            "/v1/jobs",
+            content=chunked(json.dumps(big_job).encode()),
+            headers=auth | {"content-type": "application/json"},
+        )
+        assert parsed.status_code == 503, parsed.text
+        assert parsed.headers["retry-after"] == "5"
+
         # A small request is never held back by the large ones.
         job: dict[str, Any] = {
             "model": MODEL,
