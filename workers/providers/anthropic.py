@@ -11,6 +11,7 @@ import httpx
 
 from workers.providers.base import Classification, Completion, ProgressCallback, UpstreamError, Usage
 from workers.providers.errors import content_filter_error, invalid_response, payload_error, stream_broken
+from workers.providers.labels import minimax_media_labels
 from workers.providers.transport import (
     ProgressMeter,
     as_int,
@@ -48,7 +49,7 @@ class AnthropicProvider:
         reports them), at most once per delta and only when the number changes; if it raises, the stream is
         closed and the exception propagates unchanged."""
         url = endpoint(base_url, MESSAGES_PATH)
-        body = {**params, "model": model, "stream": stream}
+        body = {**minimax_media_labels(params), "model": model, "stream": stream}
         headers = _headers(api_key)
         if not stream:
             completion = to_completion(post_json(client, url, headers=headers, body=body), model=model)

@@ -18,6 +18,7 @@ import httpx
 
 from workers.providers.base import Completion, ProgressCallback, UpstreamError, Usage
 from workers.providers.errors import content_filter_error, invalid_response, payload_error, stream_broken
+from workers.providers.labels import minimax_media_labels
 from workers.providers.transport import (
     ProgressMeter,
     as_int,
@@ -61,7 +62,7 @@ class OpenAIProvider:
         """Run one Chat Completions request (see `AnthropicProvider.call` for `on_progress`)."""
         url = endpoint(base_url, CHAT_PATH)
         headers = bearer_headers(api_key)
-        body: dict[str, Any] = {**params, "model": model, "stream": stream}
+        body: dict[str, Any] = {**minimax_media_labels(params), "model": model, "stream": stream}
         if not stream:
             completion = to_completion(post_json(client, url, headers=headers, body=body), model=model)
             if on_progress is not None:
