@@ -29,6 +29,10 @@ class ModelInfo:
     long_input_threshold: int | None = None
     long_input_price: Price | None = None
     count_tokens: bool = False
+    # The wire formats MiniMax serves the model on (M2-her: the OpenAI-compatible API only).
+    formats: frozenset[str] = frozenset({"anthropic", "openai"})
+    # Message roles beyond the format's usual ones (M2-her's dialogue roles).
+    extra_roles: frozenset[str] = frozenset()
 
 
 _TEXT = frozenset({"text"})
@@ -71,6 +75,20 @@ MODELS: dict[str, ModelInfo] = {
         _m2("MiniMax-M2.1", _STANDARD),
         _m2("MiniMax-M2.1-highspeed", _HIGHSPEED),
         _m2("MiniMax-M2", _STANDARD),
+        # The role-play model (models overview: "M2-her | 64 K"; text-chat page: max output 2048, roles user_system,
+        # group, sample_message_user, sample_message_ai; called with the OpenAI SDK at api.minimax.io/v1). MiniMax
+        # lists no rate limits or price for it: M2's are used until it does (operators override both).
+        ModelInfo(
+            name="M2-her",
+            context_window=64_000,
+            max_output_tokens=2048,
+            modalities=_TEXT,
+            rpm=500,
+            tpm=20_000_000,
+            price=_STANDARD,
+            formats=frozenset({"openai"}),
+            extra_roles=frozenset({"user_system", "group", "sample_message_user", "sample_message_ai"}),
+        ),
     )
 }
 

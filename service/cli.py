@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from service.batch_cli import batch_app
 from service.config import get_settings
 from service.db import engine_for, make_session_factory, transaction
+from service.doctor import doctor
 from service.jobs_cli import job_app, limits_app, webhooks_app
 from service.media_cli import video_app
 from service.schedules_cli import schedules_app
@@ -39,6 +40,7 @@ app.add_typer(schedules_app, name="schedules")
 app.add_typer(job_app, name="job")
 app.add_typer(limits_app, name="limits")
 app.add_typer(webhooks_app, name="webhooks")
+app.command()(doctor)
 console = Console()
 err = Console(stderr=True)
 

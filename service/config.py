@@ -150,6 +150,13 @@ class Settings(BaseSettings):
     # Serve this worker process's own metrics (calls in flight, upstream latency) on this port; 0: off.
     worker_metrics_port: int = Field(0, ge=0, le=65535)
 
+    @field_validator("minimax_base_url")
+    @classmethod
+    def _base_url_root(cls, value: str) -> str:
+        from service.minimax_url import normalize_base_url
+
+        return normalize_base_url(value)  # `.../v1`, `.../anthropic`, a trailing slash: all the same root
+
     @field_validator("rate_limits")
     @classmethod
     def _known_models(cls, value: dict[str, ModelRateLimit]) -> dict[str, ModelRateLimit]:

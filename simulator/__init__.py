@@ -22,7 +22,13 @@ Directives: put ``[[sim:KEY=VALUE]]`` anywhere in the last user message's text (
   1004/2049 -> 401, 1002/1039/1041/2045/2056 -> 429, 1008 and 1000-series -> 500, ...;
   see ``simulator.errors``);
 - ``[[sim:latency=SECONDS]]``: the call's total duration;
-- ``[[sim:output_tokens=N]]``: the answer's target length in tokens.
+- ``[[sim:output_tokens=N]]``: the answer's target length in tokens;
+- ``[[sim:sensitive=input|output]]``: MiniMax's content filter trips: on ``/v1`` an empty answer with
+  ``input_sensitive`` / ``output_sensitive`` set (billed for the prompt), on ``/anthropic`` a 400 (1026 / 1027).
+
+Tools: a request with ``tools`` (and ``tool_choice`` not ``none``) gets a call to its first tool, the schema's
+required arguments filled in (``tool_use`` / ``tool_calls``), unless its last message returns a tool result; then
+it gets the usual text answer. ``M2-her`` (dialogue roles, no thinking, output up to 2,048) is served on ``/v1`` only.
 
 A malformed or unknown directive is a 400 ``invalid_request_error`` (2013), so a typo cannot pass silently.
 

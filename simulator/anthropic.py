@@ -23,6 +23,7 @@ from simulator.calls import (
     check_fit,
     check_key,
     check_sampling,
+    choose_tool,
     hang,
     new_request_id,
     read_json,
@@ -70,12 +71,20 @@ def _usage(plan: Plan, output_tokens: int) -> dict[str, int]:
 
 
 def _has_text_block(generation: Generation) -> bool:
-    # A call cut off by max_tokens while still thinking ends with the thinking block alone.
-    return bool(generation.text) or generation.thinking is None
+    # A call cut off by max_tokens while still thinking ends with the thinking block alone; a tool call has none.
+    return bool(generation.text) or (generation.thinking is None and generation.tool is None)
 
 
 def _stop_reason(generation: Generation) -> str:
+    if generation.tool is not None:
+        return "tool_use"
     return "max_tokens" if generation.truncated else "end_turn"
+
+
+def _tool_block(generation: Generation) -> dict[str, Any]:
+    assert generation.tool is not None
+    tool_id, name, arguments = generation.tool
+    return {"type": "tool_use", "id": tool_id, "name": name, "input": json.loads(arguments)}
 
 
 def message_body(plan: Plan) -> dict[str, Any]:
@@ -85,15 +94,18 @@ def message_body(plan: Plan) -> dict[str, Any]:
         content.append({"type": "thinking", "thinking": generation.thinking, "signature": generation.signature})
     if _has_text_block(generation):
         content.append({"type": "text", "text": generation.text})
+    if generation.tool is not None:
+        content.append(_tool_block(generation))
+    # The fields of the documented answer (text-chat-anthropic: id, type, role, model, content, usage,
+    # stop_reason, base_resp); no stop_sequence there, as MiniMax ignores stop_sequences.
     return {
         "id": plan.call.request_id,
         "type": "message",
         "role": "assistant",
         "model": plan.call.model.name,
         "content": content,
-        "stop_reason": _stop_reason(generation),
-        "stop_sequence": None,
         "usage": _usage(plan, generation.output_tokens),
+        "stop_reason": _stop_reason(generation),
         "base_resp": SUCCESS,
     }
 
@@ -103,6 +115,8 @@ async def create_message(request: Request, state: StateDep) -> Response:
     api_key = _api_key(state, request)
     body = await read_json(request)
     model = require_model(body)
+    if "anthropic" not in model.endpoints:
+        raise SimError.invalid(f"model {model.name} is not supported on the Anthropic-compatible API; use /v1")
     messages = require_messages(body, _ROLES)
     check_sampling(body)
     max_tokens = resolve_max_tokens(body.get("max_tokens"), model)
@@ -118,6 +132,7 @@ async def create_message(request: Request, state: StateDep) -> Response:
         thinking=model.thinking(endpoint_default=model.thinking_default_anthropic, requested=thinking_type(body)),
         user_text=last_user_text(messages),
         stream=bool(body.get("stream", False)),
+        tool=choose_tool(body, messages, "anthropic"),
     )
     plan = admit(state, call)
     if plan.hang:
@@ -161,7 +176,7 @@ def _sse(event: str, data: dict[str, Any]) -> bytes:
 
 
 def _delta(index: int, kind: str, piece: str) -> bytes:
-    key = "thinking" if kind == "thinking_delta" else "text"
+    key = {"thinking_delta": "thinking", "input_json_delta": "partial_json"}.get(kind, "text")
     return _sse(
         "content_block_delta",
         {"type": "content_block_delta", "index": index, "delta": {"type": kind, key: piece}},
@@ -182,6 +197,10 @@ async def _events(state: SimState, plan: Plan) -> AsyncIterator[bytes]:
         )
     if _has_text_block(generation):
         blocks.append(({"type": "text", "text": ""}, "text_delta", pieces(generation.text)))
+    if generation.tool is not None:
+        tool_id, name, arguments = generation.tool
+        start_block = {"type": "tool_use", "id": tool_id, "name": name, "input": {}}
+        blocks.append((start_block, "input_json_delta", pieces(arguments)))
     steps = sum(len(parts) for _, _, parts in blocks)
     cut = steps // 2 if plan.midstream else -1
     sent = sent_tokens = 0
@@ -213,7 +232,7 @@ async def _events(state: SimState, plan: Plan) -> AsyncIterator[bytes]:
             yield _sse("content_block_stop", {"type": "content_block_stop", "index": index})
         bill(state, plan, output_tokens=generation.output_tokens, outcome="succeeded")
         finished = True
-        stop = {"stop_reason": _stop_reason(generation), "stop_sequence": None}
+        stop = {"stop_reason": _stop_reason(generation)}
         usage = _usage(plan, generation.output_tokens)
         yield _sse("message_delta", {"type": "message_delta", "delta": stop, "usage": usage})
         yield _sse("message_stop", {"type": "message_stop"})

@@ -8,7 +8,7 @@ import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from fastapi import Request, Response
@@ -40,6 +40,8 @@ class Call:
     thinking: bool
     user_text: str
     stream: bool
+    # The tool this call answers with (name, arguments as JSON text), when the request offered tools.
+    tool: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,6 +54,8 @@ class Plan:
     hang: bool
     base_resp_code: int | None
     generation: Generation
+    # "input" / "output": MiniMax's content filter tripped; the answer is empty and flagged.
+    sensitive: str | None = None
 
 
 def new_request_id() -> str:
@@ -190,18 +194,27 @@ def admit(state: SimState, call: Call) -> Plan:
     if base_resp_code is None and fault == "base_resp":
         base_resp_code = config.base_resp_code
 
+    generation = generate(
+        call.user_text,
+        target_tokens=directives.output_tokens or config.output_tokens,
+        max_tokens=call.max_tokens,
+        thinking=call.thinking,
+    )
+    if directives.sensitive is not None:
+        if call.endpoint == "anthropic":
+            raise SimError.for_code(1026 if directives.sensitive == "input" else 1027)
+        generation = Generation(thinking=None, text="", truncated=False)
+    elif call.tool is not None and not generation.truncated:
+        name, arguments = call.tool
+        generation = replace(generation, text="", tool=(f"call_{call.request_id[:24]}", name, arguments))
     return Plan(
         call=call,
         latency=directives.latency if directives.latency is not None else state.draw_latency(),
         midstream=fault == "midstream",
         hang=fault == "hang",
         base_resp_code=base_resp_code,
-        generation=generate(
-            call.user_text,
-            target_tokens=directives.output_tokens or config.output_tokens,
-            max_tokens=call.max_tokens,
-            thinking=call.thinking,
-        ),
+        generation=generation,
+        sensitive=directives.sensitive,
     )
 
 
@@ -282,3 +295,50 @@ class Pacer:
     async def next(self) -> None:
         self._count += 1
         await asyncio.sleep(max(0.0, self._start + self._count * self._interval - time.monotonic()))
+
+
+_SCHEMA_VALUES: dict[str, Any] = {
+    "string": "sim",
+    "integer": 1,
+    "number": 1,
+    "boolean": True,
+    "array": [],
+    "object": {},
+}
+
+
+def choose_tool(body: Mapping[str, Any], messages: list[dict[str, Any]], endpoint: Endpoint) -> tuple[str, str] | None:
+    """The tool call a request gets: the first tool offered, with its required arguments filled from the schema,
+    unless `tool_choice` is none or the conversation just returned a tool result (then the model answers)."""
+    tools = body.get("tools")
+    if not isinstance(tools, list) or not tools or not isinstance(tools[0], Mapping):
+        return None
+    choice = body.get("tool_choice")
+    if choice == "none" or (isinstance(choice, Mapping) and choice.get("type") == "none"):
+        return None
+    last = messages[-1]
+    content = last.get("content")
+    if last.get("role") in ("tool", "function") or (
+        isinstance(content, list) and any(isinstance(p, Mapping) and p.get("type") == "tool_result" for p in content)
+    ):
+        return None
+    tool = tools[0]
+    if endpoint == "openai":
+        function = tool.get("function")
+        tool = function if isinstance(function, Mapping) else {}
+        schema = tool.get("parameters")
+    else:
+        schema = tool.get("input_schema")
+    name = tool.get("name")
+    if not isinstance(name, str) or not name:
+        raise SimError.invalid("tools[0] needs a name")
+    schema = schema if isinstance(schema, Mapping) else {}
+    properties = schema.get("properties")
+    properties = properties if isinstance(properties, Mapping) else {}
+    required = schema.get("required")
+    arguments = {
+        key: _SCHEMA_VALUES.get(str((properties.get(key) or {}).get("type")), "sim")
+        for key in (required if isinstance(required, list) else [])
+        if isinstance(key, str)
+    }
+    return name, json.dumps(arguments)

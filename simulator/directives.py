@@ -18,6 +18,8 @@ class Directives:
     latency: float | None = None
     output_tokens: int | None = None
     error: int | None = None
+    # MiniMax's content filter trips on the input or the output: an empty answer with the flag set.
+    sensitive: str | None = None
 
 
 def parse_directives(text: str) -> Directives:
@@ -25,6 +27,7 @@ def parse_directives(text: str) -> Directives:
     fault: FaultKind | None = None
     numbers: dict[str, int] = {}
     latency: float | None = None
+    sensitive: str | None = None
     for match in _DIRECTIVE.finditer(text):
         key, raw = match.group(1).lower(), match.group(2).strip()
         shown = match.group(0)
@@ -34,6 +37,10 @@ def parse_directives(text: str) -> Directives:
             fault = cast(FaultKind, raw)
         elif key in ("base_resp", "error", "output_tokens"):
             numbers[key] = _integer(raw, shown, minimum=1)
+        elif key == "sensitive":
+            if raw not in ("input", "output"):
+                raise ValueError(f"sim directive {shown}: sensitive must be input or output")
+            sensitive = raw
         elif key == "latency":
             try:
                 latency = float(raw)
@@ -42,13 +49,16 @@ def parse_directives(text: str) -> Directives:
             if not 0 <= latency <= 3600:
                 raise ValueError(f"sim directive {shown}: latency must be seconds in [0, 3600]")
         else:
-            raise ValueError(f"unknown sim directive {shown}; known: fault, base_resp, error, latency, output_tokens")
+            raise ValueError(
+                f"unknown sim directive {shown}; known: fault, base_resp, error, latency, output_tokens, sensitive"
+            )
     return Directives(
         fault=fault,
         base_resp=numbers.get("base_resp"),
         latency=latency,
         output_tokens=numbers.get("output_tokens"),
         error=numbers.get("error"),
+        sensitive=sensitive,
     )
 
 

@@ -15,9 +15,14 @@ class ModelSpec:
     thinking_optional: bool
     thinking_default_anthropic: bool
     thinking_default_openai: bool
+    # M2-her is a dialogue model: it never thinks, and MiniMax serves it on the OpenAI-compatible endpoint only.
+    thinks: bool = True
+    endpoints: frozenset[str] = frozenset({"anthropic", "openai"})
 
     def thinking(self, *, endpoint_default: bool, requested: str | None) -> bool:
         """Whether this call thinks, given the ``thinking.type`` the caller sent (if any)."""
+        if not self.thinks:
+            return False
         if not self.thinking_optional:
             return True
         if requested is None:
@@ -58,6 +63,18 @@ MODELS: dict[str, ModelSpec] = {
         )
         for name in _M2_NAMES
     },
+    # The role-play model (models overview: "M2-her | 64 K"; text-chat page: max_tokens at most 2048).
+    "M2-her": ModelSpec(
+        name="M2-her",
+        context_window=64_000,
+        max_output_tokens=2048,
+        multimodal=False,
+        thinking_optional=False,
+        thinking_default_anthropic=False,
+        thinking_default_openai=False,
+        thinks=False,
+        endpoints=frozenset({"openai"}),
+    ),
 }
 
 DEFAULT_MAX_TOKENS = 8192

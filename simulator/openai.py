@@ -24,6 +24,7 @@ from simulator.calls import (
     check_fit,
     check_key,
     check_sampling,
+    choose_tool,
     hang,
     new_request_id,
     read_json,
@@ -40,7 +41,13 @@ from simulator.tokens import input_tokens, last_user_text, pieces, text_tokens
 router = APIRouter(prefix="/v1")
 
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
-SUCCESS = {"status_code": 0, "status_msg": "success"}
+# M2-her's dialogue roles (text-chat page: "rich role settings (system, user_system, group, etc.) and example
+# dialogue learning").
+_M2_HER_ROLES = frozenset({"user_system", "group", "sample_message_user", "sample_message_ai"})
+# The OpenAI-format answer says success with an empty message (text-chat-openai response example).
+SUCCESS = {"status_code": 0, "status_msg": ""}
+# The content-filter fields every documented answer carries (text-chat-openai response example).
+_SENSITIVE_TYPE_OTHER = 7
 THINK_OPEN = "<think>\n"
 THINK_CLOSE = "\n</think>\n\n"
 
@@ -63,34 +70,69 @@ def _reasoning(text: str) -> dict[str, Any]:
 
 
 def _usage(plan: Plan, output_tokens: int) -> dict[str, Any]:
+    """The documented usage object (text-chat-openai response example), plus `prompt_tokens_details` which the
+    reference lists for cache reads."""
     prompt = plan.call.input_tokens
+    thinking = plan.generation.thinking
     return {
+        "total_tokens": prompt + output_tokens,
+        "total_characters": 0,
         "prompt_tokens": prompt,
         "completion_tokens": output_tokens,
-        "total_tokens": prompt + output_tokens,
+        "completion_tokens_details": {"reasoning_tokens": min(output_tokens, text_tokens(thinking or ""))},
         "prompt_tokens_details": {"cached_tokens": 0},
     }
 
 
+def _flags(plan: Plan) -> dict[str, Any]:
+    """`input_sensitive` / `output_sensitive` and their types, as every documented answer carries them."""
+    return {
+        "input_sensitive": plan.sensitive == "input",
+        "output_sensitive": plan.sensitive == "output",
+        "input_sensitive_type": _SENSITIVE_TYPE_OTHER if plan.sensitive == "input" else 0,
+        "output_sensitive_type": _SENSITIVE_TYPE_OTHER if plan.sensitive == "output" else 0,
+        "output_sensitive_int": 0,
+    }
+
+
 def _finish_reason(plan: Plan) -> str:
+    if plan.generation.tool is not None:
+        return "tool_calls"
     return "length" if plan.generation.truncated else "stop"
+
+
+def _tool_calls(plan: Plan) -> list[dict[str, Any]]:
+    if plan.generation.tool is None:
+        return []
+    tool_id, name, arguments = plan.generation.tool
+    return [{"id": tool_id, "type": "function", "function": {"name": name, "arguments": arguments}}]
 
 
 def completion_body(plan: Plan, *, split: bool) -> dict[str, Any]:
     generation = plan.generation
-    message: dict[str, Any] = {"role": "assistant", "content": generation.text}
+    message: dict[str, Any] = {
+        "content": generation.text,
+        "role": "assistant",
+        "name": "MiniMax AI",
+        "audio_content": "",
+    }
     if generation.thinking is not None:
         if split:
+            # reasoning_split: thinking in reasoning_content and reasoning_details, content the answer alone.
+            message["reasoning_content"] = generation.thinking
             message["reasoning_details"] = [_reasoning(generation.thinking)]
         else:
             message["content"] = f"{THINK_OPEN}{generation.thinking}{THINK_CLOSE}{generation.text}"
+    if generation.tool is not None:
+        message["tool_calls"] = _tool_calls(plan)
     return {
         "id": plan.call.request_id,
-        "object": "chat.completion",
+        "choices": [{"finish_reason": _finish_reason(plan), "index": 0, "message": message}],
         "created": int(time.time()),
         "model": plan.call.model.name,
-        "choices": [{"index": 0, "message": message, "finish_reason": _finish_reason(plan)}],
+        "object": "chat.completion",
         "usage": _usage(plan, generation.output_tokens),
+        **_flags(plan),
         "base_resp": SUCCESS,
     }
 
@@ -107,7 +149,7 @@ async def create_completion(request: Request, state: StateDep) -> Response:
     api_key = check_key(state, bearer_key(request))
     body = await read_json(request)
     model = require_model(body)
-    messages = require_messages(body, _ROLES)
+    messages = require_messages(body, _ROLES | _M2_HER_ROLES if model.name == "M2-her" else _ROLES)
     check_sampling(body)
     max_tokens = resolve_max_tokens(body.get("max_completion_tokens", body.get("max_tokens")), model)
     check_references(state, messages)
@@ -126,6 +168,7 @@ async def create_completion(request: Request, state: StateDep) -> Response:
         thinking=model.thinking(endpoint_default=model.thinking_default_openai, requested=thinking_type(body)),
         user_text=last_user_text(messages),
         stream=_flag(body, "stream"),
+        tool=choose_tool(body, messages, "openai"),
     )
     plan = admit(state, call)
     if plan.hang:
@@ -165,12 +208,23 @@ def _deltas(plan: Plan, *, split: bool) -> list[tuple[dict[str, Any], int]]:
     if generation.thinking is not None:
         thought = pieces(generation.thinking)
         if split:
-            deltas += [({"reasoning_details": [_reasoning(part)]}, text_tokens(part)) for part in thought]
+            deltas += [
+                ({"reasoning_content": part, "reasoning_details": [_reasoning(part)]}, text_tokens(part))
+                for part in thought
+            ]
         else:
             deltas.append(({"content": THINK_OPEN}, 0))
             deltas += [({"content": part}, text_tokens(part)) for part in thought]
             deltas.append(({"content": THINK_CLOSE}, 0))
     deltas += [({"content": part}, text_tokens(part)) for part in pieces(generation.text)]
+    if generation.tool is not None:
+        tool_id, name, arguments = generation.tool
+        head = {"index": 0, "id": tool_id, "type": "function", "function": {"name": name, "arguments": ""}}
+        deltas.append(({"tool_calls": [head]}, 0))
+        deltas += [
+            ({"tool_calls": [{"index": 0, "function": {"arguments": part}}]}, text_tokens(part))
+            for part in pieces(arguments)
+        ]
     return deltas
 
 
@@ -214,7 +268,7 @@ async def _chunks(state: SimState, plan: Plan, *, split: bool, include_usage: bo
             yield frame(choice(delta))
         bill(state, plan, output_tokens=plan.generation.output_tokens, outcome="succeeded")
         finished = True
-        yield frame(choice({}, _finish_reason(plan)))
+        yield frame(choice({}, _finish_reason(plan)), **(_flags(plan) if plan.sensitive else {}))
         if include_usage:
             yield frame([], usage=_usage(plan, plan.generation.output_tokens))
         yield b"data: [DONE]\n\n"

@@ -202,10 +202,13 @@ class Generation:
     thinking: str | None
     text: str
     truncated: bool
+    # A call to one of the request's tools instead of a text answer: (id, name, arguments as JSON text).
+    tool: tuple[str, str, str] | None = None
 
     @property
     def output_tokens(self) -> int:
-        return text_tokens(self.thinking or "") + text_tokens(self.text)
+        arguments = self.tool[2] if self.tool is not None else ""
+        return text_tokens(self.thinking or "") + text_tokens(self.text) + text_tokens(arguments)
 
     @property
     def signature(self) -> str:

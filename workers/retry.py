@@ -74,5 +74,8 @@ class RetryPolicy:
 
 
 def slows_the_limiter(error: UpstreamError) -> bool:
-    """Did the upstream say we were too fast (so every worker should slow down, not just this job)?"""
+    """Did the upstream say we were too fast (so every worker should slow down, not just this job)? A permanent
+    failure never does, whatever its status: MiniMax sends insufficient balance (1008) as HTTP 429 too."""
+    if error.classification is Classification.PERMANENT:
+        return False
     return error.http_status == 429 or error.minimax_code in LIMIT_CODES

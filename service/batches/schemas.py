@@ -29,6 +29,11 @@ class BatchOptions(BaseModel):
     completion_window: str = Field(
         "24h", pattern=r"^[1-9][0-9]*[hm]$", description="How long requests may wait before they expire: 24h, 90m."
     )
+    reasoning_split: bool | None = Field(
+        None,
+        description="MiniMax's reasoning_split for every openai-format request that does not set its own: true keeps "
+        "the reasoning out of `content` (in `reasoning_content` / `reasoning_details`).",
+    )
 
     @field_validator("completion_window")
     @classmethod

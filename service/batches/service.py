@@ -21,6 +21,7 @@ from service.db import new_id, utcnow
 from service.jobs.schemas import CostRange, Estimate
 from service.jobs.validation import CheckedRequest, check_request
 from service.models import ApiKey, Batch, BatchStatus, Job, JobStatus
+from service.upstream_params import with_reasoning_split
 from service.usage import admission
 from service.usage.pricing import is_priority
 
@@ -174,7 +175,7 @@ def create(
                     "status": JobStatus.QUEUED.value,
                     "priority": 0,
                     "metadata": {},
-                    "params": request.params,
+                    "params": with_reasoning_split(request.params, request.format, options.reasoning_split),
                     "estimated_input_tokens": checked.estimated_input_tokens,
                     "max_tokens": checked.max_tokens,
                     "max_attempts": settings.default_max_attempts,

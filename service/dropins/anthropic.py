@@ -100,7 +100,8 @@ def result_line(job: Job) -> dict[str, Any]:
     elif kind == "errored":
         error = error_of(job)
         http_status = (job.error or {}).get("http_status")
-        error["type"] = anthropic_error_type(http_status if isinstance(http_status, int) else None, error["type"])
+        status = http_status if isinstance(http_status, int) else None
+        error["type"] = anthropic_error_type(status, error["type"], error=job.error or {})
         result["error"] = {"type": "error", "error": error}
     return {"custom_id": job.custom_id, "result": result}
 

@@ -8,7 +8,7 @@ session would commit as if nothing went wrong, so the handler rolls it back firs
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -130,8 +130,52 @@ _ANTHROPIC_STATUS = {409: 400, 415: 400, 422: 400}
 _ANTHROPIC_KNOWN = {*_ANTHROPIC_TYPES.values(), "api_error"}
 
 
-def anthropic_error_type(status: int | None, given: str | None = None) -> str:
-    """`given` if Anthropic has that error type (MiniMax's Anthropic API reports them), else one by status."""
+# --- a failed job's upstream error, in HTTP terms --------------------------------------------------------------
+
+# The HTTP status each MiniMax code stands for (reference/minimax-api.md, "Errors"), for failures MiniMax reported
+# inside an HTTP 200 (`base_resp`, an in-stream error event) or with a status that does not say what happened.
+_STATUS_BY_CODE = {
+    **dict.fromkeys((2013, 1026, 1027, 1042), 400),
+    **dict.fromkeys((1004, 2049), 401),
+    1008: 402,
+    2038: 403,
+    **dict.fromkeys((1002, 1039, 1041, 2045, 2056), 429),
+    **dict.fromkeys((1000, 1001, 1013, 1024, 1033), 500),
+}
+_STATUS_BY_CLASS = {"permanent": 400, "rate_limited": 429, "retryable": 500}
+# Our own names for failures found in a 200 answer.
+_STATUS_BY_OUR_TYPE = {"content_filtered": 400}
+
+
+def failure_status(error: Mapping[str, Any]) -> int | None:
+    """The HTTP status a failed job's error stands for: the upstream's own when it was a 4xx/5xx, else the one its
+    MiniMax code (or our classification) stands for; never 200. None when MiniMax never answered at all."""
+    status = error.get("http_status")
+    code = error.get("minimax_code")
+    if isinstance(status, int) and status >= 400:
+        return status
+    if isinstance(code, int) and code in _STATUS_BY_CODE:
+        return _STATUS_BY_CODE[code]
+    if not isinstance(status, int):
+        return None
+    kind = str(error.get("type") or "")
+    return _STATUS_BY_OUR_TYPE.get(kind) or _STATUS_BY_CLASS.get(str(error.get("classification")), 500)
+
+
+def anthropic_error_type(
+    status: int | None, given: str | None = None, *, error: Mapping[str, Any] | None = None
+) -> str:
+    """The Anthropic error type for a failure. A failed job's `error` decides by its MiniMax code first (a 2013
+    is `invalid_request_error` whatever the HTTP status or type said: clients retry `api_error`), then by the
+    type MiniMax's Anthropic API reported, then by the status."""
+    if error is not None:
+        code = error.get("minimax_code")
+        if isinstance(code, int) and code in _STATUS_BY_CODE:
+            return _ANTHROPIC_TYPES.get(_STATUS_BY_CODE[code], "api_error")
+        mapped = failure_status(error)
+        if given is not None and given in _ANTHROPIC_KNOWN and not (given == "api_error" and mapped != 500):
+            return given
+        return _ANTHROPIC_TYPES.get(mapped or 500, "api_error")
     if given is not None and given in _ANTHROPIC_KNOWN:
         return given
     return _ANTHROPIC_TYPES.get(status or 500, "api_error")

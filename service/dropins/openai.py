@@ -212,7 +212,9 @@ def create_batch(body: BatchCreate, session: SessionDep, key: CurrentKey, settin
         raise APIError(exc.status, exc.type, exc.message, field="input_file_id") from None
     if file.purpose != "batch":
         raise _invalid("input_file_id", f"{file.id} was uploaded with purpose {file.purpose!r}, not 'batch'")
-    options = BatchOptions(metadata=body.metadata or {}, completion_window=body.completion_window)
+    # reasoning_split on by default: `content` is the answer alone, as OpenAI's batch clients parse it (M2.x would
+    # otherwise put <think>...</think> in front of it); a line that sets its own keeps it.
+    options = BatchOptions(metadata=body.metadata or {}, completion_window=body.completion_window, reasoning_split=True)
     with files.open_bytes(settings, file) as stream:
         try:
             batch = service.create(

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.batches import service
 from service.batches.results import error_of, jsonl
+from service.dropins.errors import failure_status
 from service.dropins.repository import BatchTotals
 from service.models import Batch, BatchStatus, File, Job
 
@@ -197,8 +198,8 @@ def output_line(job: Job) -> dict[str, Any]:
         line["error"] = dict(_EXPIRED)
     else:
         error = error_of(job)
-        http_status = (job.error or {}).get("http_status")
-        if isinstance(http_status, int):
+        http_status = failure_status(job.error or {})  # the upstream's status, never 200 for a failure
+        if http_status is not None:
             body = {"error": {"message": error["message"], "type": error["type"], "param": None, "code": None}}
             line["response"] = {"status_code": http_status, "request_id": job.id, "body": body}
         line["error"] = {"code": error["type"], "message": error["message"]}

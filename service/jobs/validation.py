@@ -14,8 +14,10 @@ from service.api.errors import APIError
 from service.catalog import MODELS, ModelInfo, get_model
 from service.media.validation import check_media
 from service.tokens import estimate_input_tokens
+from service.upstream_params import check_reasoning_split, check_tool_choice
 
 FORMATS = ("anthropic", "openai")
+DIALOGUE_ROLES = frozenset({"user_system", "group", "sample_message_user", "sample_message_ai"})
 _ANTHROPIC_MEDIA = {"image", "video"}
 _OPENAI_MEDIA = {"image_url", "video_url"}
 
@@ -97,12 +99,20 @@ def check_request(*, model: str, fmt: str, params: Mapping[str, Any], nul_free: 
                 f"params.{reserved}",
                 "set by the service; give the model at the top level and leave stream out",
             )
+    if fmt not in info.formats:
+        served = " and ".join(sorted(info.formats))
+        raise _invalid("format", f"{info.name} is served on the {served} format only; set format to {served}")
     messages = params.get("messages")
     if not isinstance(messages, list) or not messages:
         raise _invalid("params.messages", "a non-empty list of messages is required")
     for i, message in enumerate(messages):
         if not isinstance(message, Mapping) or "role" not in message:
             raise _invalid(f"params.messages[{i}]", "each message needs a role and content")
+        role = message["role"]
+        if isinstance(role, str) and role in DIALOGUE_ROLES and role not in info.extra_roles:
+            raise _invalid(f"params.messages[{i}].role", f"{role!r} is a role of M2-her only")
+    check_tool_choice(params, fmt)
+    check_reasoning_split(params, fmt)
     _number(params, "temperature", 0, 2)
     _number(params, "top_p", 0, 1)
     max_tokens = _max_tokens(params, fmt)

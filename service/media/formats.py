@@ -49,6 +49,7 @@ _ALIASES: dict[str, tuple[Format, ...]] = {
     "image/webp": (WEBP,),
     "video/mp4": (MP4, MOV),
     "video/quicktime": (MOV, MP4),
+    "video/mov": (MOV, MP4),  # MiniMax's own label for base64 MOV (its API spec, both endpoints)
     "video/x-msvideo": (AVI,),
     "video/avi": (AVI,),
     "video/msvideo": (AVI,),

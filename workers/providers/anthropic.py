@@ -10,7 +10,8 @@ from typing import Any
 import httpx
 
 from workers.providers.base import Classification, Completion, ProgressCallback, UpstreamError, Usage
-from workers.providers.errors import invalid_response, payload_error, stream_broken
+from workers.providers.errors import content_filter_error, invalid_response, payload_error, stream_broken
+from workers.providers.labels import minimax_media_labels
 from workers.providers.transport import (
     ProgressMeter,
     as_int,
@@ -48,7 +49,7 @@ class AnthropicProvider:
         reports them), at most once per delta and only when the number changes; if it raises, the stream is
         closed and the exception propagates unchanged."""
         url = endpoint(base_url, MESSAGES_PATH)
-        body = {**params, "model": model, "stream": stream}
+        body = {**minimax_media_labels(params), "model": model, "stream": stream}
         headers = _headers(api_key)
         if not stream:
             completion = to_completion(post_json(client, url, headers=headers, body=body), model=model)
@@ -102,6 +103,14 @@ def to_completion(raw: dict[str, Any], *, model: str) -> Completion:
     stop_reason = raw.get("stop_reason")
     request_id = raw.get("id")
     answered_model = raw.get("model")
+    filtered = content_filter_error(
+        raw,
+        answered=bool(text.strip()) or any(b.get("type") == "tool_use" for b in blocks),
+        usage=to_usage(raw.get("usage")),
+        request_id=request_id if isinstance(request_id, str) else None,
+    )
+    if filtered is not None:
+        raise filtered
     return Completion(
         content=blocks,
         text=text,

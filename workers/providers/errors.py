@@ -44,6 +44,31 @@ _STATUS_BY_TYPE = {v: k for k, v in _TYPE_BY_STATUS.items()} | {
     "rate_limit_exceeded": 429,
     "server_error": 500,
     "overloaded": 529,
+    # MiniMax's own type names, seen inside a stream or a 200 with no bracketed code (reference/minimax-api.md,
+    # "Errors"): each is classified like the HTTP status it stands for.
+    "bad_request_error": 400,
+    "invalid_params_error": 400,
+    "unauthorized_error": 401,
+    "insufficient_balance_error": 402,
+    "forbidden_error": 403,
+    "sensitive_error": 400,
+    "internal_server_error": 500,
+    "internal_error": 500,
+    "service_unavailable_error": 503,
+    "timeout_error": 504,
+}
+# An error type nobody documents, with no code and no failing status, is retried like a server error: on purpose,
+# and only within the job's attempt budget (workers/retry.py gives up after max_attempts), never forever.
+_UNKNOWN_TYPE_STATUS = 500
+# MiniMax's content-safety categories (`input_sensitive_type` / `output_sensitive_type`, text-chat-openai page).
+SENSITIVE_TYPES = {
+    1: "severe violation",
+    2: "pornography",
+    3: "advertising",
+    4: "prohibited content",
+    5: "abuse",
+    6: "violence or terrorism",
+    7: "other",
 }
 _REQUEST_ID_HEADERS = ("request-id", "x-request-id", "trace-id", "x-trace-id")
 _MAX_MESSAGE = 2000
@@ -159,9 +184,11 @@ def payload_error(
         from_base = base_resp_error(payload, http_status=http_status)
         if from_base is not None and code is None:
             code = from_base.minimax_code
+        if code is None and (error_type == "insufficient_balance_error" or "insufficient balance" in message.lower()):
+            code = 1008  # MiniMax's own name for it, no bracketed code: permanent even when sent as HTTP 429
         status_for_class = http_status if http_status is not None and http_status >= 400 else None
         if status_for_class is None:
-            status_for_class = _STATUS_BY_TYPE.get(error_type)
+            status_for_class = _STATUS_BY_TYPE.get(error_type, _UNKNOWN_TYPE_STATUS)
         return UpstreamError(
             classification=classify(http_status=status_for_class, minimax_code=code),
             error_type=error_type,
@@ -173,6 +200,32 @@ def payload_error(
             request_id=_str_or_none(payload.get("request_id")) or request_id,
         )
     return base_resp_error(payload, http_status=http_status, request_id=request_id, usage=usage)
+
+
+def content_filter_error(
+    raw: Mapping[str, Any], *, answered: bool, usage: Usage | None, request_id: str | None
+) -> UpstreamError | None:
+    """A permanent `content_filtered` failure when MiniMax flagged the input or output (`input_sensitive` /
+    `output_sensitive`) and sent no answer: an empty, flagged reply is not a success to bill as one. A flagged
+    answer that still has content is left alone (the flag is kept in `raw`)."""
+    if answered:
+        return None
+    flagged = [side for side in ("input", "output") if raw.get(f"{side}_sensitive") is True]
+    if not flagged:
+        return None
+    reasons = []
+    for side in flagged:
+        kind = _int_code(raw.get(f"{side}_sensitive_type"))
+        reasons.append(f"the {side}" + (f" ({SENSITIVE_TYPES.get(kind, f'type {kind}')})" if kind else ""))
+    return UpstreamError(
+        classification=Classification.PERMANENT,
+        error_type="content_filtered",
+        message=f"MiniMax's content filter flagged {' and '.join(reasons)} and sent no answer; not retried",
+        http_status=200,
+        minimax_code=1026 if "input" in flagged else 1027,
+        usage=usage,
+        request_id=request_id,
+    )
 
 
 def response_error(response: httpx.Response, *, now: datetime | None = None) -> UpstreamError:

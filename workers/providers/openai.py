@@ -17,7 +17,8 @@ from typing import Any
 import httpx
 
 from workers.providers.base import Completion, ProgressCallback, UpstreamError, Usage
-from workers.providers.errors import invalid_response, payload_error, stream_broken
+from workers.providers.errors import content_filter_error, invalid_response, payload_error, stream_broken
+from workers.providers.labels import minimax_media_labels
 from workers.providers.transport import (
     ProgressMeter,
     as_int,
@@ -39,6 +40,8 @@ STOP_REASONS = {
     "function_call": "tool_use",
     "content_filter": "refusal",
 }
+# MiniMax's content-filter flags, kept from any chunk into the assembled answer.
+_FLAGS = ("input_sensitive", "output_sensitive", "input_sensitive_type", "output_sensitive_type")
 _THINK = re.compile(r"\A\s*<think>(.*?)(?:</think>|\Z)(.*)\Z", re.DOTALL)
 
 
@@ -59,7 +62,7 @@ class OpenAIProvider:
         """Run one Chat Completions request (see `AnthropicProvider.call` for `on_progress`)."""
         url = endpoint(base_url, CHAT_PATH)
         headers = bearer_headers(api_key)
-        body: dict[str, Any] = {**params, "model": model, "stream": stream}
+        body: dict[str, Any] = {**minimax_media_labels(params), "model": model, "stream": stream}
         if not stream:
             completion = to_completion(post_json(client, url, headers=headers, body=body), model=model)
             if on_progress is not None:
@@ -144,6 +147,14 @@ def to_completion(raw: dict[str, Any], *, model: str) -> Completion:
     finish_reason = choice.get("finish_reason")
     request_id = raw.get("id")
     answered_model = raw.get("model")
+    filtered = content_filter_error(
+        raw,
+        answered=bool(text.strip()) or any(b["type"] == "tool_use" for b in content),
+        usage=to_usage(raw.get("usage")),
+        request_id=request_id if isinstance(request_id, str) and request_id else None,
+    )
+    if filtered is not None:
+        raise filtered
     return Completion(
         content=content,
         text=text,
@@ -234,7 +245,7 @@ class _ChunkAssembler:
         )
 
     def add(self, chunk: Mapping[str, Any]) -> None:
-        for key in ("id", "created", "model", "system_fingerprint", "base_resp"):
+        for key in ("id", "created", "model", "system_fingerprint", "base_resp", *_FLAGS):
             if chunk.get(key) not in (None, ""):
                 self._head[key] = chunk[key]
         usage = chunk.get("usage")
@@ -321,7 +332,7 @@ class _ChunkAssembler:
             ],
             "usage": self._usage,
         }
-        for key in ("system_fingerprint", "base_resp"):
+        for key in ("system_fingerprint", "base_resp", *_FLAGS):
             if key in self._head:
                 raw[key] = self._head[key]
         return raw

@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 import httpx
 
+from service.minimax_url import normalize_base_url
 from workers.providers.base import ProgressCallback
 from workers.providers.errors import invalid_response, payload_error, response_error, transport_error
 from workers.providers.sse import ServerSentEvent, iter_sse
@@ -17,7 +18,9 @@ T = TypeVar("T")
 
 
 def endpoint(base_url: str, path: str) -> str:
-    return base_url.rstrip("/") + path
+    """`path` under the base URL's root, whichever documented form the base was given in (`.../v1`,
+    `.../anthropic`, a trailing slash): settings normalise it already, this covers copies made around them."""
+    return normalize_base_url(base_url) + path
 
 
 def bearer_headers(api_key: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:

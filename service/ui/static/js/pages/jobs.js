@@ -99,12 +99,23 @@ function waitingView(job) {
     w.until ? [" Next chance ", when(w.until), "."] : null);
 }
 
+// The model's reasoning: thinking blocks (Anthropic format, or the OpenAI format's <think> / reasoning_details, which
+// the worker turns into thinking blocks), shown folded under the answer rather than in front of it.
+function reasoningOf(result) {
+  const blocks = Array.isArray(result.content) ? result.content : [];
+  return blocks.filter((b) => b && b.type === "thinking" && typeof b.thinking === "string" && b.thinking)
+    .map((b) => b.thinking).join("\n\n");
+}
+
 function resultView(result) {
   if (!result) return null;
+  const reasoning = reasoningOf(result);
   return h("section", { "aria-labelledby": "result-h" },
     h("h2", { id: "result-h" }, "Result"),
     facts([["Stop reason", result.stop_reason], ["Upstream request", result.upstream_request_id]]),
     h("pre", { class: "result-text", tabindex: "0", "aria-label": "Result text" }, result.text || "(no text)"),
+    reasoning ? h("details", { class: "reasoning" }, h("summary", {}, "Reasoning"),
+      h("pre", { class: "reasoning-text", tabindex: "0", "aria-label": "Reasoning" }, reasoning)) : null,
     h("details", {}, h("summary", {}, "Raw response"),
       h("pre", { class: "raw", tabindex: "0" }, JSON.stringify(result.raw, null, 2))));
 }
