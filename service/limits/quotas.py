@@ -26,6 +26,8 @@ from service.config import Settings
 from service.limits import policy, repository
 from service.models import ApiKey, Tenant
 
+JOBS = "jobs waiting to run (queued or retrying, batch requests included)"
+BATCHES = "batches in progress"
 HOW = "see GET /v1/limits; the operator can change it with `mmjobs tenants limits`"
 
 
@@ -80,7 +82,7 @@ def admit_jobs(session: Session, *, key: ApiKey, settings: Settings, adds: int) 
     _check(
         session, policy.for_tenant(tenant, settings).max_queued_jobs, tenant=tenant,
         count=lambda: repository.queued_jobs(session, tenant_id=tenant.id), adds=adds, status=429,
-        what="jobs waiting to run (queued or retrying, batch requests included)",
+        what=JOBS,
         advice="Retry once some have run, or cancel some.",
     )  # fmt: skip
 
@@ -92,15 +94,15 @@ def precheck_batch(session: Session, *, key: ApiKey, settings: Settings) -> None
     refuse_if_disabled(tenant)
     limits = policy.for_tenant(tenant, settings)
     checks: tuple[tuple[policy.Limit, Callable[[], int], str], ...] = (
-        (limits.max_active_batches, lambda: repository.active_batches(session, tenant_id=tenant.id), "batches"),
-        (limits.max_queued_jobs, lambda: repository.queued_jobs(session, tenant_id=tenant.id), "waiting jobs"),
+        (limits.max_active_batches, lambda: repository.active_batches(session, tenant_id=tenant.id), BATCHES),
+        (limits.max_queued_jobs, lambda: repository.queued_jobs(session, tenant_id=tenant.id), JOBS),
     )
     for limit, count, what in checks:
-        if limit.value is not None and count() >= limit.value:
+        if limit.value is not None and (has := count()) >= limit.value:
             raise APIError(
                 429, "limit_exceeded",
-                f"{limit.name}: your tenant already has {limit.value:,} {what}, its maximum. Retry once some have "
-                f"finished. ({HOW})",
+                f"{limit.name}: your tenant may have at most {limit.value:,} {what}; it has {has:,} already. Retry "
+                f"once some have finished. ({HOW})",
             )  # fmt: skip
 
 
@@ -111,7 +113,7 @@ def admit_batch(session: Session, *, key: ApiKey, settings: Settings, requests: 
     _check(
         session, policy.for_tenant(tenant, settings).max_active_batches, tenant=tenant,
         count=lambda: repository.active_batches(session, tenant_id=tenant.id), adds=1, status=429,
-        what="batches in progress", advice="Retry once one has ended, or cancel one.",
+        what=BATCHES, advice="Retry once one has ended, or cancel one.",
     )  # fmt: skip
     admit_jobs(session, key=key, settings=settings, adds=requests)
 
