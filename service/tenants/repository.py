@@ -31,13 +31,12 @@ def list_keys(session: Session, *, tenant_id: str | None = None) -> list[ApiKey]
 
 def revoke_key(session: Session, *, key_id: str) -> ApiKey | None:
     """Revoke an active key; the key, or None if there is no active key with this id."""
-    return session.scalars(
-        update(ApiKey)
-        .where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
-        .values(revoked_at=utcnow())
-        .returning(ApiKey)
-        .execution_options(synchronize_session=False)
-    ).one_or_none()
+    query = select(ApiKey).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None)).with_for_update(of=ApiKey)
+    key = session.scalars(query).one_or_none()
+    if key is not None:
+        key.revoked_at = utcnow()
+        session.flush()
+    return key
 
 
 def caps(session: Session, *, tenant_ids: list[str]) -> dict[str, tuple[int | None, int | None, int | None]]:
