@@ -32,10 +32,9 @@ HOW = "see GET /v1/limits; the operator can change it with `mmjobs tenants limit
 
 
 def tenant_of(session: Session, key: ApiKey) -> Tenant:
-    """The key's tenant, loaded with it (no query) or, for a schedule whose key was deleted, by id."""
-    tenant = key.tenant if key.id is not None else None
-    if tenant is None:
-        tenant = session.get(Tenant, key.tenant_id)
+    """The key's tenant: from the session's identity map when it was loaded with the key (a request: no query),
+    else by id (a key from another session, or none for a schedule whose key was deleted)."""
+    tenant = session.get(Tenant, key.tenant_id)
     assert tenant is not None
     return tenant
 
