@@ -192,13 +192,19 @@ def keys_list(
 def keys_revoke(
     key_id: Annotated[str, typer.Argument(help="The key id (key_...), as `keys list` shows.")],
 ) -> None:
-    """Revoke an API key: it answers 401 from now on."""
+    """Revoke an API key: it answers 401 from now on, and the schedules it made are paused (with the reason)."""
     from service.tenants import service as tenants
 
     with _session() as session:
-        if not tenants.revoke_key(session, key_id=key_id):
+        revoked = tenants.revoke_key(session, key_id=key_id)
+        if revoked is None:
             raise _fail(f"no active key {key_id!r}; see `mmjobs keys list`")
     console.print(f"revoked {key_id}")
+    if revoked.paused_schedules:
+        console.print(f"paused its schedules: {', '.join(revoked.paused_schedules)}")
+
+
+_INTAKE_HELP = "%s: a number, `default` (the operator's MMJOBS_ setting) or `unlimited`."
 
 
 @tenants_app.command("limits")
@@ -207,19 +213,90 @@ def tenants_limits(
     rpm: Annotated[int | None, typer.Option(help="Requests per minute; 0 removes the cap.")] = None,
     tpm: Annotated[int | None, typer.Option(help="Tokens per minute; 0 removes the cap.")] = None,
     concurrency: Annotated[int | None, typer.Option(help="Calls in flight; 0 removes the cap.")] = None,
+    requests_per_minute: Annotated[str | None, typer.Option(help=_INTAKE_HELP % "API requests per minute")] = None,
+    key_requests_per_minute: Annotated[
+        str | None, typer.Option(help=_INTAKE_HELP % "API requests per minute per key")
+    ] = None,
+    max_queued_jobs: Annotated[str | None, typer.Option(help=_INTAKE_HELP % "Jobs waiting to run")] = None,
+    max_active_batches: Annotated[str | None, typer.Option(help=_INTAKE_HELP % "Batches not ended")] = None,
+    max_schedules: Annotated[str | None, typer.Option(help=_INTAKE_HELP % "Schedules")] = None,
+    max_file_bytes: Annotated[str | None, typer.Option(help=_INTAKE_HELP % "Bytes of stored files")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable: the limits as JSON.")] = False,
 ) -> None:
-    """Show or change a tenant's caps on its share of the upstream account."""
+    """Show or change a tenant's caps on its share of the upstream account, and its intake limits (request
+    rates and maxima; GET /v1/limits shows them to the tenant)."""
+    from service.config import get_settings
+    from service.limits import policy
     from service.tenants import repository
 
     given = {"rpm_limit": rpm, "tpm_limit": tpm, "concurrency_limit": concurrency}
     changes = {k: (v or None) for k, v in given.items() if v is not None}
+    intake = {
+        "requests_per_minute": requests_per_minute, "key_requests_per_minute": key_requests_per_minute,
+        "max_queued_jobs": max_queued_jobs, "max_active_batches": max_active_batches, "max_schedules": max_schedules,
+        "max_stored_file_bytes": max_file_bytes,
+    }  # fmt: skip
+    for column, text in intake.items():
+        if text is not None:
+            changes[column] = _intake_value(column, text)
     with _session() as session:
         if not repository.set_caps(session, name=name, changes=changes):
             raise _fail(f"no tenant {name!r}; create one with `mmjobs keys create --tenant {name}`")
         tenant = repository.get_tenant_by_name(session, name=name)
         assert tenant is not None
         shown = {"rpm": tenant.rpm_limit, "tpm": tenant.tpm_limit, "concurrency": tenant.concurrency_limit}
+        limits = policy.for_tenant(tenant, get_settings()).all()
+        disabled = tenant.disabled_at
+    if as_json:
+        data: dict[str, object] = {"tenant": name, "disabled_at": disabled, **shown}
+        data["intake"] = {lim.name: {"limit": lim.value, "source": lim.source} for lim in limits}
+        _print_json(data)
+        return
     console.print(f"{name}: " + ", ".join(f"{k} {v if v is not None else 'uncapped'}" for k, v in shown.items()))
+    for lim in limits:
+        value = f"{lim.value:,}" if lim.value is not None else "unlimited"
+        console.print(f"  {lim.name}: {value} ({'tenant override' if lim.source == 'tenant' else 'default'})")
+    if disabled is not None:
+        console.print(f"  disabled since {disabled:%Y-%m-%d %H:%M} UTC")
+
+
+def _intake_value(column: str, text: str) -> int | None:
+    """`default` -> None (the operator's default applies), `unlimited` or 0 -> 0 (no limit), N -> N."""
+    word = text.strip().lower()
+    if word == "default":
+        return None
+    if word in ("unlimited", "none"):
+        return 0
+    try:
+        value = int(word.replace("_", ""))
+    except ValueError:
+        raise _fail(f"--{column.replace('_', '-')}: give a number, `default` or `unlimited`, not {text!r}") from None
+    if value < 0:
+        raise _fail(f"--{column.replace('_', '-')}: must not be negative")
+    return value
+
+
+@tenants_app.command("disable")
+def tenants_disable(name: Annotated[str, typer.Argument(help="Tenant name.")]) -> None:
+    """Disable a tenant: its schedules stop firing, its waiting jobs are not dispatched, it creates nothing (403).
+    It can still read and cancel; calls already running finish."""
+    from service.tenants import service as tenants
+
+    with _session() as session:
+        if tenants.disable(session, name=name) is None:
+            raise _fail(f"no tenant {name!r}")
+    console.print(f"disabled {name}")
+
+
+@tenants_app.command("enable")
+def tenants_enable(name: Annotated[str, typer.Argument(help="Tenant name.")]) -> None:
+    """Enable a disabled tenant: its work runs again; schedules go on from now (missed due times are skipped)."""
+    from service.tenants import service as tenants
+
+    with _session() as session:
+        if tenants.enable(session, name=name) is None:
+            raise _fail(f"no tenant {name!r}")
+    console.print(f"enabled {name}")
 
 
 @budgets_app.command("set")

@@ -58,6 +58,18 @@ class Settings(BaseSettings):
     # Where uploaded files (the OpenAI drop-in's batch input) are kept; unset: `<data_dir>/files`. Every API
     # process must see the same directory.
     files_dir: str | None = None
+    # Intake limits per tenant (issue 14; service/limits/), each overridable per tenant with `mmjobs tenants limits`.
+    # Requests per minute, per tenant and per API key (0: no limit), enforced in Redis (GCRA); a burst of
+    # `request_burst_seconds` worth of requests is allowed at once. Health, readiness and metrics are never limited.
+    requests_per_minute: int = Field(2400, ge=0)
+    key_requests_per_minute: int = Field(1200, ge=0)
+    request_burst_seconds: float = Field(10.0, gt=0, le=3600)
+    # Most jobs waiting to run (queued or retrying, batch requests included), batches not yet ended, schedules,
+    # and bytes of stored files (POST /v1/files and the OpenAI drop-in's files) per tenant; 0: no limit.
+    max_queued_jobs: int = Field(1_000_000, ge=0)
+    max_active_batches: int = Field(100, ge=0)
+    max_schedules: int = Field(1000, ge=0)
+    max_stored_file_bytes: int = Field(50 * 1024**3, ge=0)
     # Media (issue 6): where uploaded files live, `dir` (files_dir, shared by every API and worker process)
     # or `s3` (any S3-compatible object store, for several hosts); the largest file POST /v1/files takes; how long
     # a MiniMax file id is reused (MiniMax keeps files 7 days; the margin covers jobs that wait and retry).

@@ -24,6 +24,7 @@ from service.files.limits import BodySizeLimitWithFiles
 from service.files.router import router as files_router
 from service.idempotency import install as install_idempotency
 from service.jobs.router import router as jobs_router
+from service.limits.intake import RateLimitHeaders
 from service.limits.router import router as limits_router
 from service.observability import logging as obs_logging
 from service.observability import metrics
@@ -73,6 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         files_bytes=settings.max_file_bytes,
     )
     app.add_middleware(ConcurrencyLimit, limit=settings.api_max_concurrency)
+    app.add_middleware(RateLimitHeaders)  # the RateLimit fields of requests counted by limits.intake (issue 14)
     # Observability (issue 9): JSON logs, one line per request (outermost, so it sees every status), /metrics.
     obs_logging.configure(settings)
     app.add_middleware(RequestLog)

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from service.api.errors import APIError
 from service.config import Settings
+from service.limits import intake
 from service.models import ApiKey
 from service.tenants import service as tenants
 
@@ -63,6 +64,7 @@ def current_key(request: Request, session: SessionDep) -> ApiKey:
     if key is None:
         raise APIError(401, "authentication_error", "invalid or revoked API key")
     request.state.tenant = key.tenant_id  # the request log names the tenant
+    intake.check(request, key)  # 429 over the tenant's or the key's request rate (issue 14; one Redis call)
     return key
 
 

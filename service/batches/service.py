@@ -20,6 +20,7 @@ from service.config import Settings
 from service.db import new_id, utcnow
 from service.jobs.schemas import CostRange, Estimate
 from service.jobs.validation import CheckedRequest, check_request
+from service.limits import quotas
 from service.models import ApiKey, Batch, BatchStatus, Job, JobStatus
 from service.upstream_params import with_reasoning_split
 from service.usage import admission
@@ -136,6 +137,7 @@ def create(
     256 MB upload never sits in memory whole."""
     if options.webhook_url:
         netguard.check_url(options.webhook_url, field="webhook_url", allow_loopback=settings.webhook_allow_loopback)
+    quotas.precheck_batch(session, key=key, settings=settings)  # before the body is read (issue 14)
     now = utcnow()
     expires_at = now + timedelta(seconds=options.window_seconds())
     batch = Batch(
@@ -197,6 +199,7 @@ def create(
     if total == 0:
         raise APIError(422, "invalid_request", "a batch needs at least one request", field="requests")
     repository.set_total(session, batch_id=batch.id, total=total)
+    quotas.admit_batch(session, key=key, settings=settings, requests=total)  # exact, locked last (issue 14)
     session.refresh(batch)
     dispatch.wake_scheduler_after_commit(session, settings)
     return batch

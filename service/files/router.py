@@ -82,6 +82,7 @@ async def upload_file(
             service.record_media,
             session,
             key=key,
+            settings=settings,
             file_id=file_id,
             written=received.writer,
             filename=received.filename,

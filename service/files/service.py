@@ -16,6 +16,7 @@ from service.api.errors import APIError
 from service.config import Settings
 from service.db import new_id, utcnow
 from service.files import repository, storage
+from service.limits import quotas
 from service.media import formats
 from service.models import ApiKey, File
 
@@ -55,6 +56,7 @@ def create(
             created_at=utcnow(),
         )
         repository.add(session, file)
+        quotas.admit_file(session, key=key, settings=settings, size=written.size)  # issue 14
     except BaseException:
         store.remove(file_id)
         raise
@@ -91,7 +93,14 @@ def media_format(head: bytes, purpose: str) -> formats.Format:
 
 
 def record_media(
-    session: Session, *, key: ApiKey, file_id: str, written: storage.Writer, filename: str, purpose: str
+    session: Session,
+    *,
+    key: ApiKey,
+    settings: Settings,
+    file_id: str,
+    written: storage.Writer,
+    filename: str,
+    purpose: str,
 ) -> File:
     """The row of a media file whose bytes the store already holds (committed by the upload)."""
     found = media_format(written.head, purpose)
@@ -107,6 +116,7 @@ def record_media(
         created_at=utcnow(),
     )
     repository.add(session, file)
+    quotas.admit_file(session, key=key, settings=settings, size=written.size)  # issue 14; the caller removes the bytes
     return file
 
 

@@ -9,7 +9,7 @@ from service import status
 from service.api.deps import CurrentKey, SessionDep, SettingsDep
 from service.api.errors import APIError
 from service.jobs import present, service
-from service.jobs.schemas import Estimate, JobCreate, JobDetail, JobList
+from service.jobs.schemas import Estimate, JobCreate, JobDetail, JobList, Waiting
 from service.models import WAITING
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -44,7 +44,10 @@ def create_job(
 def get_job(job_id: str, request: Request, session: SessionDep, key: CurrentKey) -> JobDetail:
     job, attempts = service.get(session, key=key, job_id=job_id)
     waits = status.read(request.app.state.redis).get("waits", {}) if job.status in WAITING else {}
-    return present.detail(request, job, attempts, waits)
+    out = present.detail(request, job, attempts, waits)
+    if out.waiting is not None and key.tenant.disabled_at is not None:  # nothing of it is dispatched (issue 14.4)
+        out.waiting = Waiting(reason="tenant_disabled")
+    return out
 
 
 @router.get(

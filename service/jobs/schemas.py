@@ -93,7 +93,7 @@ class Progress(BaseModel):
 class Waiting(BaseModel):
     reason: str = Field(
         description="retry_backoff | rate_limit | tenant_cap | worker_capacity | dispatched (handed to a worker, "
-        "starting soon)"
+        "starting soon) | tenant_disabled (the operator disabled the tenant: nothing of it is dispatched)"
     )
     limit: str | None = Field(None, description="Which limit: rpm, tpm, tenant_rpm, tenant_tpm, tenant_concurrency.")
     until: datetime | None = Field(None, description="When it can go next, as far as the scheduler knows.")

@@ -14,6 +14,7 @@ from service.db import new_id, utcnow
 from service.jobs import repository
 from service.jobs.schemas import CostRange, Estimate, JobCreate
 from service.jobs.validation import check_request
+from service.limits import quotas
 from service.models import ApiKey, Job, JobAttempt, JobStatus
 from service.usage import admission
 from service.usage.pricing import is_priority
@@ -79,6 +80,7 @@ def create(session: Session, *, key: ApiKey, body: JobCreate, settings: Settings
     refusal = admission.admit(session, job_id=job.id, tenant_id=key.tenant_id, api_key_id=key.id, amount=most, now=now)
     if refusal is not None:
         raise APIError(402, "budget_exceeded", refusal.message())
+    quotas.admit_jobs(session, key=key, settings=settings, adds=1)  # the tenant's maxima (issue 14), locked last
     dispatch.wake_scheduler_after_commit(session, settings)
     return job
 

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from service.db import utcnow
 from service.jobs.landing import LANDED, on_terminal
-from service.models import WAITING, Batch, BatchStatus, Job, JobAttempt, JobStatus
+from service.models import WAITING, Batch, BatchStatus, Job, JobAttempt, JobStatus, Tenant
 from service.usage import ledger
 from service.usage.pricing import PriceTable, is_priority
 from service.webhooks import outbox
@@ -59,6 +59,8 @@ class Outcome:
         return self.result is not None
 
 
+# Tenants the operator disabled (`mmjobs tenants disable`): their jobs are neither dispatched nor claimed.
+DISABLED_TENANTS = select(Tenant.id).where(Tenant.disabled_at.is_not(None))
 USAGE_FIELDS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
 
 
@@ -72,6 +74,7 @@ def claim(session: Session, *, job_id: str, owner: str, lease_seconds: float) ->
             Job.status.in_(WAITING),
             Job.next_attempt_at <= now,
             Job.expires_at > now,
+            Job.tenant_id.not_in(DISABLED_TENANTS),  # published before its tenant was disabled: not run (14.4)
         )
         .values(
             status=JobStatus.RUNNING,
@@ -405,7 +408,7 @@ def waiting_groups(session: Session, *, now: datetime, redispatch_before: dateti
     """(tenant, model) pairs with dispatchable work, the one waiting longest first."""
     rows = session.execute(
         select(Job.tenant_id, Job.model, func.min(Job.id))
-        .where(*_dispatchable(now, redispatch_before))
+        .where(*_dispatchable(now, redispatch_before), Job.tenant_id.not_in(DISABLED_TENANTS))  # issue 14.4
         .group_by(Job.tenant_id, Job.model)
         .order_by(func.min(Job.id))
     ).all()

@@ -1,14 +1,16 @@
-"""`GET /v1/limits`: the rate limits in force, as configured and as the shared limiter currently applies them."""
+"""`GET /v1/limits`: the rate limits in force, as configured and as the shared limiter currently applies them,
+and the tenant's own intake limits (request rates and maxima, issue 14) with what it uses of them."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from service import status
-from service.api.deps import CurrentKey, SettingsDep
+from service.api.deps import CurrentKey, SessionDep, SettingsDep
+from service.limits import policy, repository
 
 router = APIRouter(prefix="/v1", tags=["limits"])
 
@@ -37,6 +39,27 @@ class TenantLimits(BaseModel):
     used: dict[str, Any] | None
 
 
+class IntakeLimit(BaseModel):
+    limit: int | None = Field(description="null: no limit.")
+    source: Literal["default", "tenant"] = Field(
+        description="`default`: the operator's setting (MMJOBS_...); `tenant`: this tenant's own override."
+    )
+    used: int | None = Field(None, description="What the tenant has now (maxima only).")
+
+
+class IntakeLimits(BaseModel):
+    disabled: bool = Field(description="A disabled tenant creates nothing and none of its work runs.")
+    burst_seconds: float = Field(
+        description="Request rates admit this many seconds' worth of requests at once (the `w` of RateLimit-Policy)."
+    )
+    requests_per_minute: IntakeLimit = Field(description="Requests per minute, all of the tenant's keys together.")
+    key_requests_per_minute: IntakeLimit = Field(description="Requests per minute, per API key.")
+    max_queued_jobs: IntakeLimit = Field(description="Jobs waiting to run (queued or retrying), batch requests too.")
+    max_active_batches: IntakeLimit = Field(description="Batches not yet ended.")
+    max_schedules: IntakeLimit
+    max_stored_file_bytes: IntakeLimit = Field(description="Bytes of uploaded files kept (POST /v1/files, drop-ins).")
+
+
 class LimitsView(BaseModel):
     object: str = "limits"
     account: str
@@ -44,6 +67,7 @@ class LimitsView(BaseModel):
     as_of: str | None
     models: list[ModelLimits]
     tenant: TenantLimits
+    intake: IntakeLimits
 
 
 @router.get(
@@ -52,9 +76,10 @@ class LimitsView(BaseModel):
     summary="Rate limits: configured, effective and used in the current 60-second window",
     description="Per model on the upstream account (shared by every tenant), and your tenant's own caps. "
     "`effective` is lower than `configured` while the limiter backs off after MiniMax answered 429. "
-    "`used` and `effective` come from the scheduler and are null while no scheduler runs.",
+    "`used` and `effective` come from the scheduler and are null while no scheduler runs. "
+    "`intake`: your tenant's request rates and maxima at intake, with what it uses of each maximum.",
 )
-def get_limits(request: Request, key: CurrentKey, settings: SettingsDep) -> LimitsView:
+def get_limits(request: Request, key: CurrentKey, settings: SettingsDep, session: SessionDep) -> LimitsView:
     doc = status.read(request.app.state.redis)
     live = doc.get("models", {})
     models = []
@@ -71,6 +96,7 @@ def get_limits(request: Request, key: CurrentKey, settings: SettingsDep) -> Limi
         )
     tenant = key.tenant
     return LimitsView(
+        intake=_intake(session, key, settings),
         account=settings.upstream_account,
         as_of=doc.get("at"),
         models=models,
@@ -79,4 +105,26 @@ def get_limits(request: Request, key: CurrentKey, settings: SettingsDep) -> Limi
             configured={"rpm": tenant.rpm_limit, "tpm": tenant.tpm_limit, "concurrency": tenant.concurrency_limit},
             used=doc.get("tenants", {}).get(tenant.id),
         ),
+    )
+
+
+def _intake(session: SessionDep, key: CurrentKey, settings: SettingsDep) -> IntakeLimits:
+    limits = policy.for_tenant(key.tenant, settings)
+    tenant_id = key.tenant_id
+    used = {
+        "max_queued_jobs": repository.queued_jobs,
+        "max_active_batches": repository.active_batches,
+        "max_schedules": repository.schedules,
+        "max_stored_file_bytes": repository.stored_file_bytes,
+    }
+    shown = {
+        limit.name: IntakeLimit(
+            limit=limit.value,
+            source="tenant" if limit.source == "tenant" else "default",
+            used=used[limit.name](session, tenant_id=tenant_id) if limit.name in used else None,
+        )
+        for limit in limits.all()
+    }
+    return IntakeLimits(
+        disabled=key.tenant.disabled_at is not None, burst_seconds=settings.request_burst_seconds, **shown
     )

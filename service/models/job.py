@@ -88,6 +88,13 @@ class Job(CreatedAtMixin, Base):
             postgresql_where=text("status IN ('queued', 'retrying')"),
             sqlite_where=text("status IN ('queued', 'retrying')"),
         ),
+        # A tenant's waiting jobs, counted against its max_queued_jobs on every create (service/limits/).
+        Index(
+            "ix_jobs_tenant_waiting",
+            "tenant_id",
+            postgresql_where=text("status IN ('queued', 'retrying')"),
+            sqlite_where=text("status IN ('queued', 'retrying')"),
+        ),
         Index(
             "ix_jobs_running_lease",
             "lease_expires_at",

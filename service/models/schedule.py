@@ -58,6 +58,9 @@ class Schedule(CreatedAtMixin, Base):
     # buffer_one: the due time waiting for the previous run to end.
     buffered_due_at: Mapped[datetime | None] = mapped_column(index=True)
     last_run_at: Mapped[datetime | None]
+    # Why the service paused it by itself (its API key was revoked); None once resumed, or if paused by request.
+    paused_reason: Mapped[str | None] = mapped_column(Text)
+    paused_at: Mapped[datetime | None]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
     __table_args__ = (Index("ix_schedules_tenant_id_id", "tenant_id", "id"),)

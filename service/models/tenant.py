@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, String
+from sqlalchemy import BigInteger, ForeignKey, String
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from service.models.base import Base, CreatedAtMixin
@@ -17,6 +17,15 @@ class Tenant(CreatedAtMixin, Base):
     rpm_limit: Mapped[int | None]
     tpm_limit: Mapped[int | None]
     concurrency_limit: Mapped[int | None]
+    # Intake limits (service/limits/): overrides of the operator's MMJOBS_ defaults; None: the default applies.
+    requests_per_minute: Mapped[int | None]
+    key_requests_per_minute: Mapped[int | None]
+    max_queued_jobs: Mapped[int | None]
+    max_active_batches: Mapped[int | None]
+    max_schedules: Mapped[int | None]
+    max_stored_file_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    # Set by `mmjobs tenants disable`: nothing of the tenant's is dispatched or fired, and it creates nothing.
+    disabled_at: Mapped[datetime | None]
 
 
 class ApiKey(CreatedAtMixin, Base):

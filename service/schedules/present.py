@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from sqlalchemy.orm import Session
 
 from service.batches.present import counts
-from service.models import RunStatus, Schedule, ScheduleRun
+from service.models import RunStatus, Schedule, ScheduleRun, Tenant
 from service.schedules import repository
 from service.schedules.runs import batch_outcome
 from service.schedules.schemas import RunOut, ScheduleOut
@@ -44,7 +44,13 @@ def runs_out(session: Session, runs: Sequence[ScheduleRun]) -> list[RunOut]:
     return out
 
 
-def schedule_out(schedule: Schedule, runs: list[RunOut]) -> ScheduleOut:
+TENANT_DISABLED = "tenant_disabled: the tenant is disabled; no schedule fires until the operator enables it"
+
+
+def schedule_out(schedule: Schedule, runs: list[RunOut], *, tenant_disabled: bool = False) -> ScheduleOut:
+    reason = schedule.paused_reason
+    if tenant_disabled and schedule.enabled:
+        reason = TENANT_DISABLED
     return ScheduleOut(
         id=schedule.id,
         name=schedule.name,
@@ -60,6 +66,8 @@ def schedule_out(schedule: Schedule, runs: list[RunOut]) -> ScheduleOut:
         next_run_at=schedule.next_run_at,
         buffered_run_at=schedule.buffered_due_at,
         last_run_at=schedule.last_run_at,
+        paused_reason=reason,
+        paused_at=schedule.paused_at,
         created_at=schedule.created_at,
         updated_at=schedule.updated_at,
         latest_runs=runs,
@@ -70,4 +78,12 @@ def schedules_out(session: Session, schedules: Sequence[Schedule]) -> list[Sched
     latest = repository.latest_runs(session, schedule_ids=[s.id for s in schedules], per=LATEST_RUNS)
     every = [run for runs in latest.values() for run in runs]
     shown = {r.id: r for r in runs_out(session, every)}
-    return [schedule_out(s, [shown[r.id] for r in latest[s.id]]) for s in schedules]
+    disabled = {s.tenant_id: _disabled(session, s.tenant_id) for s in schedules}
+    return [
+        schedule_out(s, [shown[r.id] for r in latest[s.id]], tenant_disabled=disabled[s.tenant_id]) for s in schedules
+    ]
+
+
+def _disabled(session: Session, tenant_id: str) -> bool:
+    tenant = session.get(Tenant, tenant_id)  # loaded with the request's key: no query
+    return tenant is not None and tenant.disabled_at is not None

@@ -8,7 +8,7 @@ from datetime import datetime
 from sqlalchemy import and_, delete, func, or_, select
 from sqlalchemy.orm import Session
 
-from service.models import TERMINAL, Batch, BatchStatus, Job, RunStatus, Schedule, ScheduleRun
+from service.models import TERMINAL, Batch, BatchStatus, Job, RunStatus, Schedule, ScheduleRun, Tenant
 
 
 def add(session: Session, row: Schedule | ScheduleRun) -> None:
@@ -40,10 +40,12 @@ def delete_schedule(session: Session, *, schedule_id: str) -> None:
 def lock_due(session: Session, *, now: datetime, limit: int) -> list[Schedule]:
     """Enabled schedules with a due time or a buffered run, locked; rows another scheduler holds are skipped, so
     each due schedule is handled by exactly one scheduler at a time."""
-    # Two indexed lookups rather than one OR that would scan the table on every pass.
-    due = select(Schedule).where(Schedule.enabled, Schedule.next_run_at <= now).order_by(Schedule.next_run_at)
+    # Two indexed lookups rather than one OR that would scan the table on every pass. A disabled tenant's
+    # schedules do not fire (issue 14.4); they go on from the time it is enabled again.
+    live = Schedule.tenant_id.not_in(select(Tenant.id).where(Tenant.disabled_at.is_not(None)))
+    due = select(Schedule).where(Schedule.enabled, Schedule.next_run_at <= now, live).order_by(Schedule.next_run_at)
     rows = list(session.scalars(due.limit(limit).with_for_update(skip_locked=True)))
-    buffered = select(Schedule).where(Schedule.enabled, Schedule.buffered_due_at.is_not(None))
+    buffered = select(Schedule).where(Schedule.enabled, Schedule.buffered_due_at.is_not(None), live)
     if rows:
         buffered = buffered.where(Schedule.id.not_in([s.id for s in rows]))
     rows += session.scalars(buffered.limit(limit).with_for_update(skip_locked=True))

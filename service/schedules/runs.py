@@ -20,7 +20,7 @@ from service.api.errors import APIError
 from service.config import Settings
 from service.db import new_id
 from service.models import ApiKey, Batch, BatchStatus, Job, Overlap, RunStatus, Schedule, ScheduleRun
-from service.schedules import repository, timing
+from service.schedules import pausing, repository, timing
 from service.schedules.templates import create_run_target
 from service.webhooks import outbox
 
@@ -153,6 +153,12 @@ def fire(session: Session, schedule: Schedule, *, now: datetime, settings: Setti
     """Handle one locked schedule: its buffered run once the previous run has ended, then each due time the
     plan gives, under the overlap policy; then move next_run_at on."""
     counts: Counter[str] = Counter()
+    revoked = pausing.owner_revoked(session, schedule)
+    if revoked is not None:  # never a run as a revoked key (issue 14.4)
+        assert revoked.revoked_at is not None
+        pausing.pause(session, schedule, reason=pausing.revoked_reason(revoked, revoked.revoked_at), now=now)
+        counts["paused"] += 1
+        return counts
     try:
         cron = timing.parse(schedule.cron, schedule.timezone)
     except timing.TimingError as exc:  # only if the timezone database lost a zone since the schedule was made

@@ -145,6 +145,12 @@ class ScheduleOut(BaseModel):
     next_run_at: datetime | None = Field(description="None while paused or once end_at has passed.")
     buffered_run_at: datetime | None = Field(description="buffer_one: the due time waiting for the running one.")
     last_run_at: datetime | None = Field(description="When the latest run started.")
+    paused_reason: str | None = Field(
+        None,
+        description="Why it does not run though nobody paused it by request: `api_key_revoked: ...` (the key it was "
+        "made with was revoked; resume it with another key), or `tenant_disabled: ...` (nothing of the tenant runs).",
+    )
+    paused_at: datetime | None = Field(None, description="When it was paused.")
     created_at: datetime
     updated_at: datetime
     latest_runs: list[RunOut] = Field(description="The latest runs, newest first.")

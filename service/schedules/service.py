@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 from service.api.errors import APIError, not_found
 from service.config import Settings
 from service.db import new_id, utcnow
+from service.limits import quotas
 from service.models import ApiKey, Schedule, ScheduleRun
 from service.schedules import repository, runs, templates, timing
 from service.schedules.schemas import ScheduleCreate, ScheduleUpdate, Template
@@ -81,6 +82,7 @@ def create(
     )
     _reschedule(schedule, cron, now)
     repository.add(session, schedule)
+    quotas.admit_schedule(session, key=key, settings=settings)
     return schedule
 
 
@@ -108,16 +110,30 @@ def update(session: Session, *, key: ApiKey, schedule_id: str, body: ScheduleUpd
     _check_times(start_at, end_at)
     if body.template is not None:
         schedule.template = _template(session, body.template, key=key, settings=settings)
+    now = utcnow()
+    if "enabled" in given and body.enabled != schedule.enabled:
+        _pause_or_resume(session, schedule, key=key, enabled=bool(body.enabled), now=now)
     for field in ("name", "overlap", "catchup", "catchup_window", "enabled"):
         if field in given:
             setattr(schedule, field, getattr(body, field))
     schedule.cron, schedule.timezone, schedule.start_at, schedule.end_at = cron.expr, cron.zone.key, start_at, end_at
-    now = utcnow()
     schedule.updated_at = now
     if _timing_of(schedule) != before:
         _reschedule(schedule, cron, now)
     session.flush()
     return schedule
+
+
+def _pause_or_resume(session: Session, schedule: Schedule, *, key: ApiKey, enabled: bool, now: datetime) -> None:
+    """A pause by request keeps no reason; a resume clears the reason of a pause the service made. Runs are made
+    as the schedule's key: if that key was revoked (or deleted), the key that resumes it takes it over, so a
+    resumed schedule never runs as a revoked key (issue 14.4)."""
+    schedule.paused_reason = None
+    schedule.paused_at = None if enabled else now
+    if enabled:
+        owner = session.get(ApiKey, schedule.api_key_id) if schedule.api_key_id else None
+        if owner is None or owner.revoked_at is not None:
+            schedule.api_key_id = key.id
 
 
 def _timing_of(schedule: Schedule) -> tuple[object, ...]:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from datetime import datetime
+
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
@@ -27,11 +29,14 @@ def list_keys(session: Session, *, tenant_id: str | None = None) -> list[ApiKey]
     return list(session.scalars(query))
 
 
-def revoke_key(session: Session, *, key_id: str) -> bool:
-    result = session.execute(
-        update(ApiKey).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None)).values(revoked_at=utcnow())
-    )
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+def revoke_key(session: Session, *, key_id: str) -> ApiKey | None:
+    """Revoke an active key; the key, or None if there is no active key with this id."""
+    query = select(ApiKey).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None)).with_for_update(of=ApiKey)
+    key = session.scalars(query).one_or_none()
+    if key is not None:
+        key.revoked_at = utcnow()
+        session.flush()
+    return key
 
 
 def caps(session: Session, *, tenant_ids: list[str]) -> dict[str, tuple[int | None, int | None, int | None]]:
@@ -45,7 +50,8 @@ def caps(session: Session, *, tenant_ids: list[str]) -> dict[str, tuple[int | No
 
 
 def set_caps(session: Session, *, name: str, changes: dict[str, int | None]) -> bool:
-    """Change some of a tenant's caps: keys rpm_limit, tpm_limit, concurrency_limit; None removes a cap."""
+    """Change some of a tenant's caps: keys rpm_limit, tpm_limit, concurrency_limit, or an intake limit
+    (service/limits/policy.NAMES); None removes a cap (an intake limit: back to the operator's default)."""
     if not changes:
         return get_tenant_by_name(session, name=name) is not None
     result = session.execute(update(Tenant).where(Tenant.name == name).values(**changes))
@@ -61,3 +67,12 @@ def capped(session: Session) -> list[Tenant]:
             )
         )
     )
+
+
+def set_disabled(session: Session, *, name: str, at: datetime | None) -> Tenant | None:
+    """Disable the tenant as of `at`, or enable it (None). The tenant, or None if there is none of that name."""
+    tenant = session.scalars(select(Tenant).where(Tenant.name == name).with_for_update()).one_or_none()
+    if tenant is not None:
+        tenant.disabled_at = at
+        session.flush()
+    return tenant

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
-from service.db import new_id
+from service.db import new_id, utcnow
 from service.models import ApiKey, Tenant
+from service.schedules import pausing
 from service.tenants import repository
 
 KEY_PREFIX = "mmj_"
@@ -48,8 +49,35 @@ def authenticate(session: Session, *, secret: str) -> ApiKey | None:
     return repository.get_active_key(session, key_hash=hash_key(secret))
 
 
-def revoke_key(session: Session, *, key_id: str) -> bool:
-    return repository.revoke_key(session, key_id=key_id)
+@dataclass(frozen=True, kw_only=True)
+class Revoked:
+    key: ApiKey
+    paused_schedules: list[str]  # ids
+
+
+def revoke_key(session: Session, *, key_id: str) -> Revoked | None:
+    """Revoke a key (it answers 401 from then on) and pause the schedules it made, each with its reason and a
+    `schedule.paused` event, so none goes on creating runs billed to it (issue 14.4). None: no active key."""
+    key = repository.revoke_key(session, key_id=key_id)
+    if key is None:
+        return None
+    assert key.revoked_at is not None
+    paused = pausing.pause_for_revoked_key(session, key=key, now=key.revoked_at)
+    return Revoked(key=key, paused_schedules=[s.id for s in paused])
+
+
+def disable(session: Session, *, name: str) -> Tenant | None:
+    """Nothing of the tenant runs from now: its schedules do not fire, its waiting jobs are neither dispatched nor
+    claimed (calls already running finish), and it creates nothing (403); it can still read and cancel."""
+    return repository.set_disabled(session, name=name, at=utcnow())
+
+
+def enable(session: Session, *, name: str) -> Tenant | None:
+    """Its work runs again; its schedules go on from now (the due times missed meanwhile are not caught up)."""
+    tenant = repository.set_disabled(session, name=name, at=None)
+    if tenant is not None:
+        pausing.restart_after_enable(session, tenant_id=tenant.id, now=utcnow())
+    return tenant
 
 
 def list_keys(session: Session, *, tenant_name: str | None = None) -> list[ApiKey]:

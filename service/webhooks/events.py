@@ -26,6 +26,7 @@ EventType = Literal[
     "budget.soft_limit",
     "schedule.run.started",
     "schedule.run.ended",
+    "schedule.paused",
     "webhook_endpoint.disabled",
 ]
 EVENT_TYPES: tuple[str, ...] = get_args(EventType)
