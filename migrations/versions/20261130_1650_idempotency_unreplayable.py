@@ -1,7 +1,7 @@
 """idempotency keys whose response showed a secret are kept without it
 
 Revision ID: 5e3c1a9d7b24
-Revises: d7832ead6218
+Revises: c2b507135dea
 Create Date: 2026-11-30 16:50:00.000000
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "5e3c1a9d7b24"
-down_revision: str | None = "d7832ead6218"
+down_revision: str | None = "c2b507135dea"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
