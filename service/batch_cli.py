@@ -32,17 +32,32 @@ from rich.progress import (
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
+from rich.table import Table
 from rich.text import Text
 
 batch_app = typer.Typer(help="Submit batches of documents or JSONL requests and follow them.", no_args_is_help=True)
 out = Console()
 err = Console(stderr=True, soft_wrap=True)
 
-ApiUrl = Annotated[str, typer.Option("--api-url", envvar="MMJOBS_API_URL", help="The minimax-jobs API.")]
-ApiKey = Annotated[
-    str | None, typer.Option("--api-key", envvar="MMJOBS_API_KEY", help="An API key.", show_default=False)
+ApiUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--api-url",
+        help="The minimax-jobs API. Default: MMJOBS_API_URL, else the API a `mmjobs up` in this directory runs, "
+        "else http://127.0.0.1:8000.",
+        show_default=False,
+    ),
 ]
-DEFAULT_URL = "http://127.0.0.1:8000"
+ApiKey = Annotated[
+    str | None,
+    typer.Option(
+        "--api-key",
+        help="An API key. Default: MMJOBS_API_KEY, else the development key of a `mmjobs up` in this directory.",
+        show_default=False,
+    ),
+]
+DEFAULT_URL: str | None = None
+FALLBACK_URL = "http://127.0.0.1:8000"
 COUNTS = ("processing", "succeeded", "errored", "canceled", "expired")
 _COLORS = {"processing": "cyan", "succeeded": "green", "errored": "red", "canceled": "yellow", "expired": "magenta"}
 CHUNK = 64 * 1024
@@ -59,17 +74,50 @@ def fail(message: str) -> typer.Exit:
     return typer.Exit(1)
 
 
+def whole_ids(table: Table, *names: str) -> Table:
+    """Ids are never shortened (they are what the next command takes): their columns keep their full width and
+    never wrap; every other column folds onto more lines to fit the terminal, so no value is cut either."""
+    for column in table.columns:
+        if column.header in names:
+            column.no_wrap = True
+            column.min_width = max((len(str(cell)) for cell in column.cells), default=0)
+        else:
+            column.overflow = "fold"
+    return table
+
+
+def target(url: str | None, key: str | None) -> tuple[str, str]:
+    """The API and key to use: as given (options), else MMJOBS_API_URL / MMJOBS_API_KEY, else the API and development
+    key of a `mmjobs up` in this directory (it records them under .mmjobs/), else http://127.0.0.1:8000."""
+    from service.config import Settings
+
+    settings = Settings()  # not the cached one: read now, as a command runs
+    local = settings.local_up() or {}
+    local_url = local.get("api_url") if isinstance(local.get("api_url"), str) else None
+    url = url or settings.api_url or local_url or FALLBACK_URL
+    key = key or settings.api_key
+    if not key and local_url and url.rstrip("/") == local_url.rstrip("/"):
+        key = settings.dev_api_key()  # that API's own development key
+    if not key:
+        raise fail(
+            f"no API key: pass --api-key or set MMJOBS_API_KEY for {url} (a `mmjobs up` run in this directory is "
+            "found with its development key by itself; or `mmjobs keys create --tenant NAME`)"
+        )
+    return url, key
+
+
 class Api:
     """The REST API over httpx; every failure becomes one line that says what to do, and exit code 1."""
 
     def __init__(
-        self, url: str, key: str | None, *, read_timeout: float = 60, not_found_hint: str = "see `mmjobs batch list`"
+        self,
+        url: str | None,
+        key: str | None,
+        *,
+        read_timeout: float = 60,
+        not_found_hint: str = "see `mmjobs batch list`",
     ) -> None:
-        if not key:
-            raise fail(
-                "no API key: pass --api-key or set MMJOBS_API_KEY "
-                "(`mmjobs up` prints a development key; or `mmjobs keys create --tenant NAME`)"
-            )
+        url, key = target(url, key)
         self.url = url.rstrip("/")
         self.not_found_hint = not_found_hint
         self.client = httpx.Client(

@@ -86,7 +86,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/healthz", tags=["health"], summary="The process is up")
     def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+        # Names the service: `mmjobs up` waits for this answer, not for whatever else may listen on the port.
+        return {"status": "ok", "service": "minimax-jobs"}
 
     @app.get("/readyz", tags=["health"], summary="Postgres and Redis are reachable (503 otherwise)")
     def readyz(session: SessionDep) -> JSONResponse:
