@@ -23,6 +23,7 @@ import os
 import pwd
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -227,7 +228,7 @@ def port_taken(host: str, port: int) -> bool:
     return False
 
 
-def _free_port(preferred: int | None) -> int:
+def free_port(preferred: int | None) -> int:
     if preferred and not port_taken("127.0.0.1", preferred):
         return preferred
     with socket.socket() as s:
@@ -255,7 +256,7 @@ def shown(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True) if "@" in url else url
 
 
-def _postgres_answers(url: str) -> bool:
+def postgres_answers(url: str) -> bool:
     """Whether a Postgres server accepts connections at the URL's host and port (any database, any answer but
     "nothing there")."""
     try:
@@ -266,7 +267,7 @@ def _postgres_answers(url: str) -> bool:
         return not any(s in text for s in ("Connection refused", "timeout expired", "could not translate host"))
 
 
-def _redis_answers(url: str) -> bool:
+def redis_answers(url: str) -> bool:
     try:
         redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5).ping()
     except redis.RedisError:
@@ -320,6 +321,20 @@ def valkey_bin() -> Path | None:
     return found[0] if found else None
 
 
+def _let_traverse(path: Path, user: pwd.struct_passwd, console: Console) -> None:
+    """Let `user` reach `path`: search permission (o+x, never read) on each parent that lacks it, as the embedded
+    Postgres runs as that user when `up` runs as root (a clone under /root, mode 0700, is the usual case)."""
+    changed = []
+    for parent in reversed(path.resolve().parents):
+        st = parent.stat()
+        if st.st_uid != user.pw_uid and not st.st_mode & stat.S_IXOTH:
+            parent.chmod(st.st_mode | stat.S_IXOTH)
+            changed.append(str(parent))
+    if changed:
+        console.print(f"gave others search permission (o+x) on {', '.join(changed)} so the embedded Postgres, run as "
+                      f"{user.pw_name!r} (it refuses root), reaches {path}")  # fmt: skip
+
+
 def start_postgres(stack: Stack, data: Path, port: int, status: Status) -> str:
     """The wheel's PostgreSQL on 127.0.0.1:port (TCP only), data in `data`; its URL once it accepts connections."""
     bin_dir = postgres_bin()
@@ -329,6 +344,8 @@ def start_postgres(stack: Stack, data: Path, port: int, status: Status) -> str:
     data.mkdir(parents=True, exist_ok=True)
     if user is not None:
         os.chown(data, user.pw_uid, user.pw_gid)
+        _let_traverse(data, user, stack.console)
+        _let_traverse(bin_dir / "postgres", user, stack.console)
     env = {"PATH": os.environ.get("PATH", ""), "LC_ALL": "C", "LANG": "C"}
     if not (data / "PG_VERSION").exists():
         init = stack.spawn(
@@ -371,7 +388,7 @@ def start_valkey(stack: Stack, data: Path, port: int, status: Status) -> str:
         env={"PATH": os.environ.get("PATH", "")},
     )  # fmt: skip
     url = f"redis://127.0.0.1:{port}/0"
-    stack.wait_ready(server, "the embedded Valkey (Redis)", lambda: _redis_answers(url), status)
+    stack.wait_ready(server, "the embedded Valkey (Redis)", lambda: redis_answers(url), status)
     return url
 
 
@@ -393,23 +410,23 @@ def choose_servers(settings: Settings, stack: Stack, data_dir: Path, status: Sta
     else:
         status.update("looking for Postgres at the default address")
         database_url = DEFAULT_DATABASE_URL
-        if not _postgres_answers(database_url):
+        if not postgres_answers(database_url):
             if not allow:
                 raise StartupError(f"no Postgres answers at {shown(database_url)} (MMJOBS_EMBEDDED_SERVERS=never)")
-            port = _free_port(_previous_port(data_dir, "postgres"))
+            port = free_port(_previous_port(data_dir, "postgres"))
             database_url = start_postgres(stack, data_dir / "postgres", port, status)
             embedded["postgres"] = port
     if settings.configured("redis_url"):
         redis_url = settings.redis_url
-        if not _redis_answers(redis_url):
+        if not redis_answers(redis_url):
             raise StartupError(f"Redis is not reachable at {redis_url}: start it, or unset MMJOBS_REDIS_URL")
     else:
         status.update("looking for Redis at the default address")
         redis_url = DEFAULT_REDIS_URL
-        if not _redis_answers(redis_url):
+        if not redis_answers(redis_url):
             if not allow:
                 raise StartupError(f"no Redis answers at {redis_url} (MMJOBS_EMBEDDED_SERVERS=never)")
-            port = _free_port(_previous_port(data_dir, "valkey"))
+            port = free_port(_previous_port(data_dir, "valkey"))
             redis_url = start_valkey(stack, data_dir / "valkey", port, status)
             embedded["valkey"] = port
     return database_url, redis_url, embedded
