@@ -2,8 +2,9 @@
 
 Where MMJOBS_TEST_DATABASE_URL / MMJOBS_TEST_REDIS_URL are set, they are used as they are. Otherwise, where the
 machine's own server answers at 127.0.0.1:5432 / :6379 (CI's machine), that one. Otherwise the servers the
-`embedded` extra brings (the same ones `mmjobs up` starts) are started for this run, their data under
-`.mmjobs/test/`, and the variables set so every process the tests start finds them; they stop when the run ends.
+`embedded` extra brings (the same ones `mmjobs up` starts) are started for this run, their data in a temporary
+directory of its own (two runs side by side never share one), and the variables set so every process the tests
+start finds them; they stop, and their data goes, when the run ends.
 """
 
 from __future__ import annotations
@@ -11,13 +12,14 @@ from __future__ import annotations
 import atexit
 import io
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 from rich.console import Console
 
 DEFAULT_DATABASE = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_REDIS = "redis://127.0.0.1:6379"
-DATA_DIR = Path(__file__).resolve().parent.parent / ".mmjobs" / "test"
 
 
 def ensure_servers() -> None:
@@ -29,16 +31,21 @@ def ensure_servers() -> None:
     if not (need_database or need_redis):
         return
     quiet = Console(file=io.StringIO())
-    DATA_DIR.mkdir(parents=True, exist_ok=True)
-    stack = embedded.Stack(logs_dir=DATA_DIR, console=quiet, stall_seconds=120)
-    atexit.register(stack.stop)
+    data = Path(tempfile.mkdtemp(prefix="mmjobs-test-servers-"))
+    stack = embedded.Stack(logs_dir=data, console=quiet, stall_seconds=120)
+
+    def stop() -> None:
+        stack.stop()
+        shutil.rmtree(data, ignore_errors=True)
+
+    atexit.register(stop)
     status = quiet.status("")
     try:
         if need_database:
-            url = embedded.start_postgres(stack, DATA_DIR / "postgres", embedded.free_port(None), status)
+            url = embedded.start_postgres(stack, data / "postgres", embedded.free_port(None), status)
             os.environ["MMJOBS_TEST_DATABASE_URL"] = url.replace("/mmjobs", "/postgres")
         if need_redis:
-            url = embedded.start_valkey(stack, DATA_DIR / "valkey", embedded.free_port(None), status)
+            url = embedded.start_valkey(stack, data / "valkey", embedded.free_port(None), status)
             os.environ["MMJOBS_TEST_REDIS_URL"] = url.rsplit("/", 1)[0]
     except embedded.StartupError as exc:
         tail = "\n".join(exc.tail)

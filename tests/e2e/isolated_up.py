@@ -114,6 +114,10 @@ def main(work: Path, mmjobs: str) -> dict[str, Any]:
     ports = report.get("up_json", {}).get("embedded", {})
     report["answering_after_stop"] = {name: answers(port) for name, port in ports.items()} | {"api": answers(8000)}
     report["keys_list_after_stop"] = run([mmjobs, "keys", "list"], work, env)
+    # `make test` on this machine: the tests start their own servers (tests/servers.py) where none answers.
+    root = Path(__file__).resolve().parents[2]
+    report["pytest"] = run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                            "tests/observability/test_health.py"], root, env)  # fmt: skip
     return report
 
 

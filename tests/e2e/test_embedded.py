@@ -96,6 +96,12 @@ def test_mmjobs_up_on_a_machine_with_nothing_installed() -> None:
     )
     assert "start `mmjobs up`" in message
 
+    # And the tests run here too: with nothing answering at 5432 / 6379 they start embedded servers themselves.
+    tests = report["pytest"]
+    assert tests["code"] == 0, tests["stdout"][-3000:] + tests["stderr"][-3000:]
+    assert " passed" in tests["stdout"]
+    assert " skipped" not in tests["stdout"]
+
 
 @pytest.fixture
 def up_dir() -> Iterator[Path]:
