@@ -74,6 +74,11 @@ def fail(message: str) -> typer.Exit:
     return typer.Exit(1)
 
 
+def json_problem(path: Path, exc: json.JSONDecodeError, line: int | None = None) -> str:
+    """Where a user's JSON (or a JSONL line) is broken: "FILE, line L, column C: not valid JSON (why)"."""
+    return f"{path}, line {line or exc.lineno}, column {exc.colno}: not valid JSON ({exc.msg})"
+
+
 def whole_ids(table: Table, *names: str) -> Table:
     """Ids are never shortened (they are what the next command takes): their columns keep their full width and
     never wrap; every other column folds onto more lines to fit the terminal, so no value is cut either."""
@@ -228,10 +233,34 @@ def _pairs(values: list[str] | None, option: str, parse_json: bool) -> dict[str,
     return pairs
 
 
+DOCUMENT_SUFFIXES = (".txt", ".md", ".html", ".htm", ".pdf", ".docx", ".json", ".csv")
+
+
+def _expand(paths: list[Path]) -> list[Path]:
+    """Files as given; a directory stands for its documents (by suffix, in name order, hidden files left out)."""
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(
+                p for p in path.iterdir()
+                if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in DOCUMENT_SUFFIXES
+            )  # fmt: skip
+            if not found:
+                raise fail(f"no documents in {path} (looked for {' '.join(DOCUMENT_SUFFIXES)})")
+            err.print(f"{path}: {len(found)} documents", highlight=False)
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise fail(f"no such file or directory: {path}")
+    return files
+
+
 @batch_app.command()
 def submit(
     files: Annotated[
-        list[Path], typer.Argument(help="Documents (.txt .md .html .pdf .docx .json .csv) or one .jsonl.")
+        list[Path],
+        typer.Argument(help="Documents (.txt .md .html .pdf .docx .json .csv), directories of them, or one .jsonl."),
     ],
     prompt: Annotated[
         str | None,
@@ -248,10 +277,9 @@ def submit(
     api_url: ApiUrl = DEFAULT_URL,
     api_key: ApiKey = None,
 ) -> None:
-    """Upload documents as a batch (one request per file), or send a JSONL file of requests. Prints the batch id."""
-    for path in files:
-        if not path.is_file():
-            raise fail(f"not a file: {path}" if path.exists() else f"no such file: {path}")
+    """Upload documents as a batch (one request per file; a directory gives its documents), or send a JSONL file of
+    requests. Prints the batch id."""
+    files = _expand(files)
     jsonl = [p for p in files if p.suffix.lower() == ".jsonl"]
     options: dict[str, str] = {}
     if metadata:

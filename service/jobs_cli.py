@@ -21,7 +21,20 @@ from rich.spinner import Spinner
 from rich.table import Table
 from rich.text import Text
 
-from service.batch_cli import DEFAULT_URL, Api, ApiKey, ApiUrl, Format, _json, _pairs, err, fail, out, whole_ids
+from service.batch_cli import (
+    DEFAULT_URL,
+    Api,
+    ApiKey,
+    ApiUrl,
+    Format,
+    _json,
+    _pairs,
+    err,
+    fail,
+    json_problem,
+    out,
+    whole_ids,
+)
 
 job_app = typer.Typer(help="Submit single jobs, follow them, list and cancel them.", no_args_is_help=True)
 webhooks_app = typer.Typer(help="Webhook endpoints and deliveries (with redeliver).", no_args_is_help=True)
@@ -68,7 +81,7 @@ def _params(prompt: str | None, params_file: Path | None, max_tokens: int | None
         except OSError as exc:
             raise fail(f"--params-file: cannot read {params_file} ({exc.strerror})") from None
         except json.JSONDecodeError as exc:
-            raise fail(f"--params-file: {params_file} is not valid JSON ({exc})") from None
+            raise fail(f"--params-file: {json_problem(params_file, exc)}") from None
         if not isinstance(params, dict):
             raise fail(f"--params-file: {params_file} must hold a JSON object (the request body without model)")
         if system is not None:

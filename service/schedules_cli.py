@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from service.batch_cli import DEFAULT_URL, ApiKey, ApiUrl, target, whole_ids
+from service.batch_cli import DEFAULT_URL, ApiKey, ApiUrl, json_problem, target, whole_ids
 
 schedules_app = typer.Typer(
     help="Cron schedules: a job, a batch or a directory of documents on a timetable.", no_args_is_help=True
@@ -70,12 +70,17 @@ def _read_json(path: Path, what: str) -> Any:
         text = path.read_text()
     except OSError as exc:
         raise fail(f"{what}: cannot read {path} ({exc.strerror})") from None
+    number = None
     try:
         if path.suffix == ".jsonl":
-            return [json.loads(line) for line in text.splitlines() if line.strip()]
+            rows = []
+            for number, line in enumerate(text.splitlines(), start=1):  # noqa: B007 - the number names the line at fault
+                if line.strip():
+                    rows.append(json.loads(line))
+            return rows
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise fail(f"{what}: {path} is not valid JSON ({exc})") from None
+        raise fail(f"{what}: {json_problem(path, exc, number)}") from None
 
 
 def _params(values: list[str] | None) -> dict[str, Any]:

@@ -35,7 +35,13 @@ def jsonl_requests(stream: IO[bytes]) -> Iterator[RawRequest]:
             continue
         try:
             data = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        except json.JSONDecodeError as exc:
+            # The position in the file (the line's own "line 1" would mislead): line N, column C.
+            raise APIError(
+                400, "invalid_json", f"line {number}, column {exc.colno}: not valid JSON ({exc.msg})",
+                field=f"requests[{number - 1}]",
+            ) from None  # fmt: skip
+        except (UnicodeDecodeError, RecursionError) as exc:
             raise APIError(
                 400, "invalid_json", f"line {number} is not valid JSON: {exc}", field=f"requests[{number - 1}]"
             ) from None
@@ -53,7 +59,10 @@ def json_body(stream: IO[bytes]) -> tuple[BatchOptions, Iterator[RawRequest]]:
     text = stream.read()  # parsed whole anyway: a JSON body is the small-batch path (JSONL streams)
     try:
         data = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+    except json.JSONDecodeError as exc:
+        message = f"the body is not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
+        raise APIError(400, "invalid_json", message) from None
+    except (UnicodeDecodeError, RecursionError) as exc:
         raise APIError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
     nul_free = json_text_nul_free(text)
     try:
