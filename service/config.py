@@ -11,7 +11,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, PrivateAttr, fi
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:
-    from service.usage.pricing import PriceTable
+    from service.pricing import PriceTable
 
 SIMULATOR_API_KEY = "sk-simulator"
 DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/mmjobs"
@@ -173,13 +173,13 @@ class Settings(BaseSettings):
     @field_validator("prices")
     @classmethod
     def _valid_prices(cls, value: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
-        from service.usage.pricing import PriceTable
+        from service.pricing import PriceTable
 
         PriceTable(value)  # raises ValueError naming the model or field
         return value
 
     def price_table(self) -> PriceTable:
-        from service.usage.pricing import PriceTable
+        from service.pricing import PriceTable
 
         key = json.dumps(self.prices, sort_keys=True)
         table = _PRICE_TABLES.get(key)

@@ -177,7 +177,7 @@ def test_errors_are_one_line_that_says_the_fix(server: Server, tmp_path: Path) -
 
 def test_wait_prints_the_answer_and_get_shows_attempts(monkeypatch: pytest.MonkeyPatch) -> None:
     """The finished-job paths, on canned API answers (there is no worker here to finish a job)."""
-    from service.batch_cli import Api
+    from service.cli.batch import Api
 
     usage = {
         "input_tokens": 12,

@@ -21,8 +21,8 @@ from service.db import new_id, utcnow
 from service.jobs.schemas import CostRange, Estimate
 from service.jobs.validation import CheckedRequest, check_request
 from service.models import ApiKey, Batch, BatchStatus, Job, JobStatus
+from service.pricing import is_priority
 from service.usage import admission
-from service.usage.pricing import is_priority
 
 ID_PREFIX = {"native": "batch", "anthropic": "msgbatch", "openai": "batch"}
 FINISHED = ("succeeded", "failed", "canceled", "expired")

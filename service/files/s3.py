@@ -17,7 +17,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from service.config import Settings
-from service.files.storage import Digest, StoredFileMissing
+from service.files.backend import Digest, StoredFileMissing
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client

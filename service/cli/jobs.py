@@ -21,7 +21,7 @@ from rich.spinner import Spinner
 from rich.table import Table
 from rich.text import Text
 
-from service.batch_cli import (
+from service.cli.batch import (
     DEFAULT_URL,
     Api,
     ApiKey,

@@ -19,12 +19,12 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy.orm import Session
 
-from service.batch_cli import batch_app, whole_ids
+from service.cli.batch import batch_app, whole_ids
+from service.cli.jobs import job_app, limits_app, webhooks_app
+from service.cli.media import video_app
+from service.cli.schedules import schedules_app
 from service.config import get_settings
 from service.db import engine_for, make_session_factory, transaction
-from service.jobs_cli import job_app, limits_app, webhooks_app
-from service.media_cli import video_app
-from service.schedules_cli import schedules_app
 
 app = typer.Typer(help="minimax-jobs: asynchronous jobs for MiniMax models.", no_args_is_help=True)
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from service.batch_cli import DEFAULT_URL, ApiKey, ApiUrl, json_problem, target, whole_ids
+from service.cli.batch import DEFAULT_URL, ApiKey, ApiUrl, json_problem, target, whole_ids
 
 schedules_app = typer.Typer(
     help="Cron schedules: a job, a batch or a directory of documents on a timetable.", no_args_is_help=True
