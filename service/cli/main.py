@@ -69,7 +69,7 @@ def _database_problem(exc: Exception) -> typer.Exit:
     reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if local is not None and not settings.configured("database_url"):
         hint = (
-            f"it is the database `mmjobs up` used here ({settings.data_dir}/up.json): start `mmjobs up` (or `make up`)"
+            f"It is the database `mmjobs up` used here ({settings.data_dir}/up.json): start `mmjobs up` (or `make up`)"
         )
     elif isinstance(exc, OperationalError):
         hint = "Start Postgres, or point MMJOBS_DATABASE_URL at one (`mmjobs up` runs one for you)"
