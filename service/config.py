@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import json
 from functools import lru_cache
-from typing import TYPE_CHECKING, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:
-    from service.usage.pricing import PriceTable
+    from service.pricing import PriceTable
 
 SIMULATOR_API_KEY = "sk-simulator"
+DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/mmjobs"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+# What `mmjobs up` writes under data_dir: the URLs it runs on, so every other command finds the same data.
+LOCAL_UP_FILE = "up.json"
+DEV_KEY_FILE = "dev-api-key"
 _PRICE_TABLES: dict[str, PriceTable] = {}
 
 
@@ -26,8 +32,9 @@ class ModelRateLimit(BaseModel):
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MMJOBS_", env_file=".env", extra="ignore")
 
-    database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/mmjobs"
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    # Unset: the URLs a local `mmjobs up` recorded in <data_dir>/up.json, else these defaults (see _local_up).
+    database_url: str = DEFAULT_DATABASE_URL
+    redis_url: str = DEFAULT_REDIS_URL
 
     # The ecosystem's own variable names, without our prefix.
     minimax_api_key: str | None = Field(
@@ -144,11 +151,22 @@ class Settings(BaseSettings):
     db_pool_size: int = 15
     db_max_overflow: int = 0
 
-    # `mmjobs up`: where the embedded SQLite database and the development key live.
+    # `mmjobs up` (issue 16): where the embedded Postgres and Valkey keep their data, the processes their logs, and
+    # up.json / dev-api-key the URLs and key every other command then finds by itself.
     data_dir: str = ".mmjobs"
     api_host: str = "127.0.0.1"
-    api_port: int = 8000
-    simulator_port: int = 8765
+    api_port: int = Field(8000, ge=1, le=65535)
+    simulator_port: int = Field(8765, ge=1, le=65535)
+    # A process `up` starts is waited on as long as it lives and progresses (output or CPU time); this long
+    # without either, it is reported stuck.
+    startup_stall_seconds: float = Field(120.0, gt=0)
+    # Where nothing answers at the default Postgres / Redis address and none is configured: start the servers the
+    # `embedded` extra brings (`auto`), or stop with what to do (`never`).
+    embedded_servers: Literal["auto", "never"] = "auto"
+    # The CLI's client commands (`mmjobs job|batch|schedules|video|limits|webhooks`): unset, the API and the
+    # development key of the local `mmjobs up` (up.json, dev-api-key), else http://127.0.0.1:8000.
+    api_url: str | None = None
+    api_key: str | None = None
 
     # Logging
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -194,13 +212,13 @@ class Settings(BaseSettings):
     @field_validator("prices")
     @classmethod
     def _valid_prices(cls, value: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
-        from service.usage.pricing import PriceTable
+        from service.pricing import PriceTable
 
         PriceTable(value)  # raises ValueError naming the model or field
         return value
 
     def price_table(self) -> PriceTable:
-        from service.usage.pricing import PriceTable
+        from service.pricing import PriceTable
 
         key = json.dumps(self.prices, sort_keys=True)
         table = _PRICE_TABLES.get(key)
@@ -214,9 +232,50 @@ class Settings(BaseSettings):
 
         return configured_limits({m: (v.rpm, v.tpm) for m, v in self.rate_limits.items()})
 
-    @property
-    def is_sqlite(self) -> bool:
-        return self.database_url.startswith("sqlite")
+    # Fields filled from a local `mmjobs up`'s up.json rather than configured (`up` itself ignores those).
+    _from_local_up: set[str] = PrivateAttr(default_factory=set)
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_only(cls, value: str) -> str:
+        # One SQL dialect (DESIGN.md decision 9): `mmjobs up` brings a real Postgres where none is installed.
+        if not value.startswith(("postgresql:", "postgresql+psycopg:", "postgres:")):
+            raise ValueError(f"{value.split(':', 1)[0]!r} is not supported: give a postgresql+psycopg:// URL")
+        if value.startswith(("postgresql:", "postgres:")):
+            value = "postgresql+psycopg:" + value.split(":", 1)[1]
+        return value
+
+    @model_validator(mode="after")
+    def _local_up(self) -> Settings:
+        """Nothing configured: the database and Redis that a local `mmjobs up` uses (it writes them to up.json), so
+        `mmjobs keys create`, `keys list`, `usage`... read the same data as the service it started."""
+        state = self.local_up()
+        if state is None:
+            return self
+        for field in ("database_url", "redis_url"):
+            if field not in self.model_fields_set and isinstance(state.get(field), str):
+                setattr(self, field, state[field])
+                self._from_local_up.add(field)
+        return self
+
+    def local_up(self) -> dict[str, Any] | None:
+        """What the last `mmjobs up` in data_dir recorded (URLs, pid), or None."""
+        try:
+            state = json.loads((Path(self.data_dir) / LOCAL_UP_FILE).read_text())
+        except (OSError, ValueError):
+            return None
+        return state if isinstance(state, dict) else None
+
+    def configured(self, field: str) -> bool:
+        """Whether a field was given (environment, .env, argument), not a default nor a local `up`'s."""
+        return field in self.model_fields_set and field not in self._from_local_up
+
+    def dev_api_key(self) -> str | None:
+        """The development key a local `mmjobs up` saved, if any."""
+        try:
+            return (Path(self.data_dir) / DEV_KEY_FILE).read_text().strip() or None
+        except OSError:
+            return None
 
 
 @lru_cache

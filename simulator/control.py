@@ -14,7 +14,7 @@ router = APIRouter()
 
 @router.get("/healthz")
 async def healthz() -> dict[str, str]:
-    return {"status": "ok"}
+    return {"status": "ok", "service": "minimax-simulator"}
 
 
 @router.get("/_sim/config")

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import random
-from typing import TYPE_CHECKING, Annotated, cast
+from typing import Annotated, cast
 
 from fastapi import Depends, Request
 
 from simulator.config import ConfigPatch, FaultKind, SimulatorConfig
+from simulator.filestore import FileStore
 from simulator.limits import Ledger, RateLimiter, Stats
-
-if TYPE_CHECKING:
-    from simulator.files import FileStore
 
 
 class SimState:
@@ -21,7 +19,6 @@ class SimState:
         self.limiter = RateLimiter()
         self.ledger = Ledger()
         self.stats = Stats()
-        from simulator.files import FileStore  # here: simulator.files needs this module first
 
         # Uploaded files (metadata only); kept across reset, like the files of a real account.
         self.files: FileStore = FileStore()

@@ -3,7 +3,8 @@
 Where the servers are: `MMJOBS_TEST_DATABASE_URL` (any database on the Postgres server the tests may create
 databases on) and `MMJOBS_TEST_REDIS_URL` (a Redis server; the tests pick its numbered databases). Defaults: the
 machine's own at 127.0.0.1:5432 and :6379. `MMJOBS_TEST_DB_PREFIX` prefixes every database a run creates, so two
-runs side by side on one server never drop each other's."""
+runs side by side on one server never drop each other's. Where neither is set and nothing answers at the default,
+tests/servers.py starts embedded servers for the run and sets both."""
 
 from __future__ import annotations
 
@@ -12,6 +13,9 @@ import os
 import psycopg
 from sqlalchemy.engine import make_url
 
+from tests.servers import ensure_servers
+
+ensure_servers()
 _SERVER = make_url(os.environ.get("MMJOBS_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"))
 ADMIN_DSN = _SERVER.set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
 _BASE = _SERVER.set(drivername="postgresql+psycopg", database="").render_as_string(hide_password=False)

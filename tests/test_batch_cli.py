@@ -235,3 +235,74 @@ def test_an_unreachable_api_says_how_to_start_it() -> None:
         f"error: cannot reach the API at {url}: is `mmjobs up` (or `mmjobs api`) running? "
         "Point elsewhere with --api-url or MMJOBS_API_URL"
     )
+
+
+def test_submit_a_directory_gives_its_documents(server: Server, tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    (docs / "nested").mkdir(parents=True)
+    (docs / "b-notes.txt").write_text("Second.")
+    (docs / "a-report.md").write_text("# First")
+    (docs / ".hidden.txt").write_text("not a document of the batch")
+    (docs / "image.bin").write_bytes(b"\x00\x01")
+    (docs / "nested" / "deeper.txt").write_text("not looked into")
+    r = run(server, "submit", str(docs), "--prompt", "Summarize: {document}", "--model", "MiniMax-M2.7")
+    assert r.exit_code == 0, r.output
+    assert f"{docs}: 2 documents" in r.stderr
+    batch_id = r.stdout.strip().splitlines()[-1]
+    assert set(stored_jobs(server, batch_id)) == {"a-report", "b-notes"}
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = run(server, "submit", str(empty), "--prompt", "{document}", "--model", "MiniMax-M2.7")
+    assert r.exit_code == 1
+    assert f"no documents in {empty}" in " ".join(r.stderr.split())
+
+
+def test_tables_show_whole_ids_at_80_columns(server: Server, tmp_path: Path) -> None:
+    (tmp_path / "one.txt").write_text("One.")
+    (tmp_path / "two.txt").write_text("Two.")
+    r = run(server, "submit", str(tmp_path), "--prompt", "{document}", "--model", "MiniMax-M2.7")
+    batch_id = r.stdout.strip().splitlines()[-1]
+    job_ids = sorted(stored_jobs_ids(server, batch_id))
+    env = {"MMJOBS_API_URL": server.url, "MMJOBS_API_KEY": server.key, "COLUMNS": "80"}
+    listed = CliRunner().invoke(app, ["job", "list", "--batch-id", batch_id], env=env)
+    assert listed.exit_code == 0, listed.output
+    assert max(len(line) for line in listed.stdout.splitlines()) <= 80
+    for job_id in job_ids:
+        assert job_id in listed.stdout  # whole, on one line: other columns fold instead
+    keys = subprocess.run(
+        [sys.executable, "-m", "service.cli", "keys", "list", "--tenant", "t"],
+        env={**os.environ, "MMJOBS_DATABASE_URL": server.database_url, "COLUMNS": "80"},
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    key_id = json.loads(
+        subprocess.run(
+            [sys.executable, "-m", "service.cli", "keys", "list", "--tenant", "t", "--json"],
+            env={**os.environ, "MMJOBS_DATABASE_URL": server.database_url},
+            cwd=ROOT, capture_output=True, text=True, check=True,
+        ).stdout
+    )[0]["id"]  # fmt: skip
+    assert max(len(line) for line in keys.stdout.splitlines()) <= 80
+    assert key_id in keys.stdout
+
+
+def stored_jobs_ids(server: Server, batch_id: str) -> list[str]:
+    engine = make_engine(server.database_url)
+    try:
+        with engine.connect() as conn:
+            return [str(i) for i in conn.execute(select(Job.id).where(Job.batch_id == batch_id)).scalars()]
+    finally:
+        engine.dispose()
+
+
+def test_a_broken_jsonl_line_is_named_with_its_line_and_column(server: Server, tmp_path: Path) -> None:
+    good = {
+        "custom_id": "a",
+        "model": "MiniMax-M2.7",
+        "params": {"max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]},
+    }
+    path = tmp_path / "requests.jsonl"
+    path.write_text(json.dumps(good) + "\n" + '{"custom_id": "b", "model": }\n')
+    r = run(server, "submit", str(path))
+    assert r.exit_code == 1
+    assert "line 2, column 29: not valid JSON (Expecting value)" in " ".join(r.stderr.split())

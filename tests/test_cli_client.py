@@ -165,7 +165,7 @@ def test_errors_are_one_line_that_says_the_fix(server: Server, tmp_path: Path) -
     assert "give exactly one of --prompt TEXT or --params-file" in message
     (tmp_path / "bad.json").write_text("{nope")
     message = one_line_error(run(server, "job", "submit", "--model", "M", "--params-file", str(tmp_path / "bad.json")))
-    assert "is not valid JSON" in message
+    assert f"--params-file: {tmp_path / 'bad.json'}, line 1, column 2: not valid JSON" in message
     url = f"http://127.0.0.1:{free_port()}"
     for command in [("job", "get", "job_x"), ("limits",), ("webhooks", "deliveries")]:
         message = one_line_error(CliRunner().invoke(app, [*command, "--api-url", url], env={"MMJOBS_API_KEY": "k"}))
@@ -177,7 +177,7 @@ def test_errors_are_one_line_that_says_the_fix(server: Server, tmp_path: Path) -
 
 def test_wait_prints_the_answer_and_get_shows_attempts(monkeypatch: pytest.MonkeyPatch) -> None:
     """The finished-job paths, on canned API answers (there is no worker here to finish a job)."""
-    from service.batch_cli import Api
+    from service.cli.batch import Api
 
     usage = {
         "input_tokens": 12,

@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
+from service.api import docs as api_docs
 from service.api import errors
 from service.api.deps import SessionDep
 from service.api.large_bodies import LargeBodyLimit
@@ -53,6 +54,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description="Asynchronous jobs, batches and schedules for MiniMax models. "
         "Authenticate with `Authorization: Bearer KEY` or `x-api-key: KEY`.",
+        # Served by service/api/docs.py from a package's assets, not a CDN (works offline).
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     engine = engine_for(settings)
@@ -89,11 +93,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(files_router)
     app.include_router(schedules_router)
     app.include_router(ui.router)
+    api_docs.install(app)
     app.mount(ui.STATIC_PATH, ui.static_files(), name="ui-static")
 
     @app.get("/healthz", tags=["health"], summary="The process is up")
     def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+        # Names the service: `mmjobs up` waits for this answer, not for whatever else may listen on the port.
+        return {"status": "ok", "service": "minimax-jobs"}
 
     @app.get("/readyz", tags=["health"], summary="Postgres and Redis are reachable (503 otherwise)")
     def readyz(session: SessionDep) -> JSONResponse:

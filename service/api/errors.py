@@ -42,12 +42,24 @@ def field_path(loc: tuple[int | str, ...]) -> str | None:
     return out or None
 
 
+def _json_position(exc: RequestValidationError, error: Any) -> str:
+    """ "the body is not valid JSON at line L, column C: why" (FastAPI gives the offset and keeps the text)."""
+    loc, doc = tuple(error.get("loc", ())), exc.body
+    why = (error.get("ctx") or {}).get("error") or error.get("msg")
+    if len(loc) == 2 and isinstance(loc[1], int) and isinstance(doc, str | bytes):
+        text = doc.decode(errors="replace") if isinstance(doc, bytes) else doc
+        pos = loc[1]
+        line, column = text.count("\n", 0, pos) + 1, pos - text.rfind("\n", 0, pos)
+        return f"the body is not valid JSON at line {line}, column {column}: {why}"
+    return f"the body is not valid JSON: {why}"
+
+
 def _validation_handler(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = exc.errors()
     first = errors[0] if errors else {"loc": (), "msg": "invalid request", "type": "value_error"}
     if first.get("type") == "json_invalid":
-        return JSONResponse(error_body("invalid_json", f"the body is not valid JSON: {first.get('msg')}"), 400)
+        return JSONResponse(error_body("invalid_json", _json_position(exc, first)), 400)
     field = field_path(tuple(first.get("loc", ())))
     message = str(first.get("msg", "invalid value"))
     # pydantic prefixes custom errors with "Value error, "; the user needs only the reason.

@@ -37,7 +37,13 @@ def jsonl_requests(stream: IO[bytes]) -> Iterator[RawRequest]:
             continue
         try:
             data = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        except json.JSONDecodeError as exc:
+            # The position in the file (the line's own "line 1" would mislead): line N, column C.
+            raise APIError(
+                400, "invalid_json", f"line {number}, column {exc.colno}: not valid JSON ({exc.msg})",
+                field=f"requests[{number - 1}]",
+            ) from None  # fmt: skip
+        except (UnicodeDecodeError, RecursionError) as exc:
             raise APIError(
                 400, "invalid_json", f"line {number} is not valid JSON: {exc}", field=f"requests[{number - 1}]"
             ) from None

@@ -22,9 +22,9 @@ from service.jobs.schemas import CostRange, Estimate
 from service.jobs.validation import CheckedRequest, check_request
 from service.limits import quotas
 from service.models import ApiKey, Batch, BatchStatus, Job, JobStatus
+from service.pricing import is_priority
 from service.upstream_params import with_reasoning_split
 from service.usage import admission
-from service.usage.pricing import is_priority
 
 ID_PREFIX = {"native": "batch", "anthropic": "msgbatch", "openai": "batch"}
 FINISHED = ("succeeded", "failed", "canceled", "expired")

@@ -13,64 +13,19 @@ A writer also computes the SHA-256 and keeps the first bytes, for the checksum a
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO
 
 from service.config import Settings
 
-CHUNK = 1024 * 1024
-HEAD_BYTES = 64
+# The interface and what every backend shares live in service/files/backend.py (the S3 backend imports them from
+# there, so this module importing the S3 backend makes no circle); named here too for the callers.
+from service.files.backend import CHUNK, HEAD_BYTES, Digest, Storage, StoredFileMissing, Writer
 
-
-class StoredFileMissing(Exception):
-    """The row exists but the store has no bytes under its id."""
-
-
-class Writer(Protocol):
-    size: int
-    head: bytes
-
-    def write(self, chunk: bytes) -> None: ...
-
-    def commit(self) -> None: ...
-
-    def abort(self) -> None: ...
-
-    @property
-    def sha256(self) -> str: ...
-
-
-class Storage(Protocol):
-    def writer(self, file_id: str) -> Writer: ...
-
-    def open(self, file_id: str) -> IO[bytes]:
-        """A binary stream of the file (close it when done); raises StoredFileMissing."""
-        ...
-
-    def remove(self, file_id: str) -> None: ...
-
-
-class Digest:
-    """What every writer keeps while bytes pass: size, SHA-256 and the first HEAD_BYTES bytes."""
-
-    def __init__(self) -> None:
-        self.size = 0
-        self.head = b""
-        self._hash = hashlib.sha256()
-
-    def update(self, chunk: bytes) -> None:
-        if len(self.head) < HEAD_BYTES:
-            self.head += chunk[: HEAD_BYTES - len(self.head)]
-        self.size += len(chunk)
-        self._hash.update(chunk)
-
-    @property
-    def sha256(self) -> str:
-        return self._hash.hexdigest()
+__all__ = ["CHUNK", "HEAD_BYTES", "Digest", "DirStorage", "Storage", "StoredFileMissing", "Writer"]
 
 
 class DirWriter(Digest):

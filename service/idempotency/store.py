@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import ColumnElement, delete, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.db import transaction
@@ -54,9 +54,8 @@ def _mine(claim: Claim) -> tuple[ColumnElement[bool], ...]:
 
 
 def _insert(session: Session, values: Mapping[str, object]) -> bool:
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    statement = insert(IdempotencyKey).values(**values).on_conflict_do_nothing(index_elements=["tenant_id", "key"])
+    statement = postgresql.insert(IdempotencyKey).values(**values)
+    statement = statement.on_conflict_do_nothing(index_elements=["tenant_id", "key"])
     return session.execute(statement.returning(IdempotencyKey.key)).first() is not None
 
 

@@ -16,8 +16,8 @@ from service.jobs.schemas import CostRange, Estimate, JobCreate
 from service.jobs.validation import check_request
 from service.limits import quotas
 from service.models import ApiKey, Job, JobAttempt, JobStatus
+from service.pricing import is_priority
 from service.usage import admission
-from service.usage.pricing import is_priority
 
 
 def estimate(*, body: JobCreate, settings: Settings) -> Estimate:

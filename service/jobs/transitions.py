@@ -14,8 +14,8 @@ from sqlalchemy.orm import Session
 from service.db import utcnow
 from service.jobs.landing import LANDED, on_terminal
 from service.models import WAITING, Batch, BatchStatus, Job, JobAttempt, JobStatus, Tenant
+from service.pricing import PriceTable, is_priority
 from service.usage import ledger
-from service.usage.pricing import PriceTable, is_priority
 from service.webhooks import outbox
 
 

@@ -9,8 +9,8 @@ from decimal import Decimal
 from sqlalchemy.orm import Session
 
 from service.catalog import ModelInfo
+from service.pricing import PriceTable
 from service.usage import budgets
-from service.usage.pricing import PriceTable
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -10,8 +10,8 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from service.models import Batch, Budget, Job, UsageEntry
+from service.pricing import PriceTable, TokenCounts
 from service.usage import budgets
-from service.usage.pricing import PriceTable, TokenCounts
 
 
 def record(

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, literal, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from service.db import UTCDateTime
@@ -102,10 +102,8 @@ def note_success(session: Session, *, endpoint_id: str) -> None:
 
 def ensure_tenant_secret(session: Session, *, tenant_id: str, secret: str, now: datetime) -> None:
     """Create the tenant's secret unless it exists. Two transactions racing both succeed (ON CONFLICT)."""
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     session.execute(
-        insert(TenantWebhookSecret)
+        postgresql.insert(TenantWebhookSecret)
         .values(tenant_id=tenant_id, secret=secret, created_at=now)
         .on_conflict_do_nothing(index_elements=["tenant_id"])
     )

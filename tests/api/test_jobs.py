@@ -270,11 +270,12 @@ def test_malformed_json_is_400(client: TestClient, auth: dict[str, str], session
     before = job_count(session)
     r = client.post(
         "/v1/jobs",
-        content=b'{"model": "MiniMax-M2.7", "params": {',
+        content=b'{"model": "MiniMax-M2.7",\n "params": {',
         headers={**auth, "content-type": "application/json"},
     )
     assert r.status_code == 400
     assert r.json()["error"]["type"] == "invalid_json"
+    assert r.json()["error"]["message"].startswith("the body is not valid JSON at line 2, column 13: ")
     assert job_count(session) == before
 
 

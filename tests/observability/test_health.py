@@ -9,7 +9,7 @@ from service.config import Settings
 
 
 def test_healthz_and_readyz_when_everything_is_up(obs_client: TestClient) -> None:
-    assert obs_client.get("/healthz").json() == {"status": "ok"}
+    assert obs_client.get("/healthz").json() == {"status": "ok", "service": "minimax-jobs"}
     r = obs_client.get("/readyz")
     assert r.status_code == 200
     assert r.json() == {"status": "ready"}

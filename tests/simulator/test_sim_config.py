@@ -143,7 +143,7 @@ def test_python_dash_m_simulator_serves() -> None:
                 assert process.poll() is None, process.stderr.read() if process.stderr else ""
                 assert time.monotonic() < deadline
                 time.sleep(0.1)
-        assert health.json() == {"status": "ok"}
+        assert health.json() == {"status": "ok", "service": "minimax-simulator"}
         assert httpx.get(f"http://127.0.0.1:{port}/_sim/config").json()["rpm"] == 5
     finally:
         process.terminate()

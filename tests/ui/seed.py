@@ -16,8 +16,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from service.db import utcnow
 from service.jobs import transitions
 from service.models import Job, Tenant, UsageEntry
+from service.pricing import PriceTable
 from service.tenants import service as tenants
-from service.usage.pricing import PriceTable
 
 RESULT_TEXT = "The contract renews on 1 March 2027 unless either party objects in writing."
 FAILED_MESSAGE = "invalid params: messages[0].content is empty (2013)"

@@ -8,7 +8,7 @@ import httpx
 from playwright.sync_api import Page, expect
 
 from service.jobs import transitions
-from service.usage.pricing import PriceTable
+from service.pricing import PriceTable
 from simulator.server import running_simulator
 from tests.ui.conftest import Server
 from workers.execution import success

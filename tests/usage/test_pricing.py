@@ -6,7 +6,7 @@ from decimal import Decimal
 
 import pytest
 
-from service.usage.pricing import PriceTable, TokenCounts
+from service.pricing import PriceTable, TokenCounts
 
 M = 1_000_000
 

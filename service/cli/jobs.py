@@ -21,7 +21,20 @@ from rich.spinner import Spinner
 from rich.table import Table
 from rich.text import Text
 
-from service.batch_cli import DEFAULT_URL, Api, ApiKey, ApiUrl, Format, _json, _pairs, err, fail, out
+from service.cli.batch import (
+    DEFAULT_URL,
+    Api,
+    ApiKey,
+    ApiUrl,
+    Format,
+    _json,
+    _pairs,
+    err,
+    fail,
+    json_problem,
+    out,
+    whole_ids,
+)
 
 job_app = typer.Typer(help="Submit single jobs, follow them, list and cancel them.", no_args_is_help=True)
 webhooks_app = typer.Typer(help="Webhook endpoints and deliveries (with redeliver).", no_args_is_help=True)
@@ -43,7 +56,7 @@ class DeliveryStatus(StrEnum):
     failed = "failed"
 
 
-def _jobs_api(url: str, key: str | None, read_timeout: float = 60) -> Api:
+def _jobs_api(url: str | None, key: str | None, read_timeout: float = 60) -> Api:
     return Api(url, key, read_timeout=read_timeout, not_found_hint="see `mmjobs job list`")
 
 
@@ -68,7 +81,7 @@ def _params(prompt: str | None, params_file: Path | None, max_tokens: int | None
         except OSError as exc:
             raise fail(f"--params-file: cannot read {params_file} ({exc.strerror})") from None
         except json.JSONDecodeError as exc:
-            raise fail(f"--params-file: {params_file} is not valid JSON ({exc})") from None
+            raise fail(f"--params-file: {json_problem(params_file, exc)}") from None
         if not isinstance(params, dict):
             raise fail(f"--params-file: {params_file} must hold a JSON object (the request body without model)")
         if system is not None:
@@ -228,7 +241,7 @@ def list_jobs(
             j["id"], _status(j["status"]), j["model"], _time(j["created_at"]), str(j["attempt_count"]),
             _num(u["input_tokens"]), _num(u["output_tokens"]), f"{float(u['cost_usd']):.6f}",
         )  # fmt: skip
-    out.print(table)
+    out.print(whole_ids(table, "id"))
     if page["has_more"]:
         err.print(f"more: mmjobs job list --cursor {page['next_cursor']}", highlight=False)
 
@@ -294,7 +307,7 @@ def deliveries(
             d["id"], d["event_type"], d["endpoint_id"] or d["url"] or "", _status(d["status"]),
             str(d["attempt_count"]), _time(d["last_attempt_at"]), answer, _time(d["next_attempt_at"]),
         )  # fmt: skip
-    out.print(table)
+    out.print(whole_ids(table, "id"))
     if page["has_more"]:
         err.print(f"more: mmjobs webhooks deliveries --cursor {page['next_cursor']}", highlight=False)
 
@@ -333,4 +346,4 @@ def endpoints(as_json: AsJson = False, api_url: ApiUrl = DEFAULT_URL, api_key: A
     for e in found:
         state = "yes" if e["enabled"] else f"no ({e['disabled_reason'] or 'disabled'})"
         table.add_row(e["id"], e["url"], ", ".join(e["event_types"]) or "all", state, _time(e["created_at"]))
-    out.print(table)
+    out.print(whole_ids(table, "id"))

@@ -19,13 +19,13 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy.orm import Session
 
-from service.batch_cli import batch_app
+from service.cli.batch import batch_app, whole_ids
+from service.cli.jobs import job_app, limits_app, webhooks_app
+from service.cli.media import video_app
+from service.cli.schedules import schedules_app
 from service.config import get_settings
 from service.db import engine_for, make_session_factory, transaction
 from service.doctor import doctor
-from service.jobs_cli import job_app, limits_app, webhooks_app
-from service.media_cli import video_app
-from service.schedules_cli import schedules_app
 
 app = typer.Typer(help="minimax-jobs: asynchronous jobs for MiniMax models.", no_args_is_help=True)
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
@@ -45,10 +45,50 @@ console = Console()
 err = Console(stderr=True)
 
 
+@app.callback()
+def _settings_first() -> None:
+    """Invalid settings are one line naming the variable, before any command runs."""
+    from pydantic import ValidationError
+
+    try:
+        get_settings()
+    except ValidationError as exc:
+        problems = "; ".join(f"MMJOBS_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in exc.errors())
+        raise _fail(f"invalid settings: {problems}") from None
+
+
+def _database_problem(exc: Exception) -> typer.Exit:
+    """A known database condition as one line: which database, what happened, what to do."""
+    from sqlalchemy.exc import OperationalError, ProgrammingError
+
+    from service.embedded import shown
+
+    settings = get_settings()
+    url = shown(settings.database_url)
+    local = settings.local_up()
+    if isinstance(exc, ProgrammingError) and "does not exist" in str(exc.orig):
+        return _fail(f"the database at {url} has no schema (or an old one): run `mmjobs migrate`")
+    reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if local is not None and not settings.configured("database_url"):
+        hint = (
+            f"It is the database `mmjobs up` used here ({settings.data_dir}/up.json): start `mmjobs up` (or `make up`)"
+        )
+    elif isinstance(exc, OperationalError):
+        hint = "Start Postgres, or point MMJOBS_DATABASE_URL at one (`mmjobs up` runs one for you)"
+    else:
+        hint = "Check MMJOBS_DATABASE_URL"
+    return _fail(f"cannot use the database at {url}: {reason}. {hint}")
+
+
 @contextmanager
 def _session() -> Iterator[Session]:
-    with transaction(make_session_factory(engine_for(get_settings()))) as session:
-        yield session
+    from sqlalchemy.exc import OperationalError, ProgrammingError
+
+    try:
+        with transaction(make_session_factory(engine_for(get_settings()))) as session:
+            yield session
+    except (OperationalError, ProgrammingError) as exc:
+        raise _database_problem(exc) from None
 
 
 def _fail(message: str) -> typer.Exit:
@@ -69,10 +109,15 @@ def _print_json(data: object) -> None:
 @app.command()
 def migrate() -> None:
     """Create or upgrade the database schema (Alembic)."""
+    from sqlalchemy.exc import OperationalError, ProgrammingError
+
     from service.migrate import upgrade
 
     settings = get_settings()
-    upgrade(settings.database_url)
+    try:
+        upgrade(settings.database_url)
+    except (OperationalError, ProgrammingError) as exc:
+        raise _database_problem(exc) from None
     console.print("schema is up to date")
 
 
@@ -185,7 +230,7 @@ def keys_list(
                 f"{k.created_at:%Y-%m-%d %H:%M}",
                 f"{k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "",
             )
-    console.print(table)
+    console.print(whole_ids(table, "id"))
 
 
 @keys_app.command("revoke")
@@ -367,20 +412,29 @@ def usage(
             str(r["key"]), str(r["jobs"]), str(r["attempts"]), f"{r['input_tokens']:,}", f"{r['output_tokens']:,}",
             f"{r['cache_read_tokens']:,}", f"{r['cache_write_tokens']:,}", f"{r['cost_usd']:.6f}",
         )  # fmt: skip
-    console.print(table)
+    console.print(whole_ids(table, "api_key", "batch"))
 
 
 @app.command()
 def up(
-    host: Annotated[str | None, typer.Option(help="API interface.")] = None,
-    port: Annotated[int | None, typer.Option(help="API port.")] = None,
+    host: Annotated[str | None, typer.Option(help="API interface (default 127.0.0.1).", show_default=False)] = None,
+    port: Annotated[int | None, typer.Option(help="API port (default 8000).", show_default=False)] = None,
+    simulator_port: Annotated[
+        int | None, typer.Option(help="The bundled simulator's port (default 8765).", show_default=False)
+    ] = None,
 ) -> None:
-    """Run everything on this machine: API, worker and scheduler on SQLite and the local Redis, and the
-    bundled simulator when MINIMAX_API_KEY is unset."""
+    """Run everything on this machine: API, worker and scheduler, and the bundled simulator when MINIMAX_API_KEY is
+    unset. Postgres and Redis: the configured ones, else the local ones, else embedded servers under .mmjobs/."""
     from service.embedded import run_embedded
 
     settings = get_settings()
-    run_embedded(settings, host=host or settings.api_host, port=port or settings.api_port, console=console)
+    run_embedded(
+        settings,
+        host=host or settings.api_host,
+        port=port or settings.api_port,
+        simulator_port=simulator_port or settings.simulator_port,
+        console=console,
+    )
 
 
 if __name__ == "__main__":

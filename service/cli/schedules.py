@@ -17,18 +17,15 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from service.cli.batch import DEFAULT_URL, ApiKey, ApiUrl, json_problem, target, whole_ids
+
 schedules_app = typer.Typer(
     help="Cron schedules: a job, a batch or a directory of documents on a timetable.", no_args_is_help=True
 )
 out = Console()
 err = Console(stderr=True, soft_wrap=True)
 
-ApiUrl = Annotated[str, typer.Option("--api-url", envvar="MMJOBS_API_URL", help="The minimax-jobs API.")]
-ApiKey = Annotated[
-    str | None, typer.Option("--api-key", envvar="MMJOBS_API_KEY", help="An API key.", show_default=False)
-]
 ScheduleId = Annotated[str, typer.Argument(help="The schedule id (sch_...), as `mmjobs schedules list` shows.")]
-DEFAULT_URL = "http://127.0.0.1:8000"
 
 
 class Overlap(StrEnum):
@@ -48,10 +45,9 @@ def fail(message: str) -> typer.Exit:
     return typer.Exit(1)
 
 
-def call(url: str, key: str | None, method: str, path: str, **kwargs: Any) -> Any:
+def call(url: str | None, key: str | None, method: str, path: str, **kwargs: Any) -> Any:
     """One request; any failure becomes one line that says what to do, and exit code 1."""
-    if not key:
-        raise fail("no API key: pass --api-key or set MMJOBS_API_KEY (or `mmjobs keys create --tenant NAME`)")
+    url, key = target(url, key)
     try:
         response = httpx.request(
             method, url.rstrip("/") + path, headers={"Authorization": f"Bearer {key}"}, timeout=60, **kwargs
@@ -74,12 +70,17 @@ def _read_json(path: Path, what: str) -> Any:
         text = path.read_text()
     except OSError as exc:
         raise fail(f"{what}: cannot read {path} ({exc.strerror})") from None
+    number = None
     try:
         if path.suffix == ".jsonl":
-            return [json.loads(line) for line in text.splitlines() if line.strip()]
+            rows = []
+            for number, line in enumerate(text.splitlines(), start=1):  # noqa: B007 - the number names the line at fault
+                if line.strip():
+                    rows.append(json.loads(line))
+            return rows
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise fail(f"{what}: {path} is not valid JSON ({exc})") from None
+        raise fail(f"{what}: {json_problem(path, exc, number)}") from None
 
 
 def _params(values: list[str] | None) -> dict[str, Any]:
@@ -171,7 +172,7 @@ def list_schedules(
     if as_json:
         typer.echo(json.dumps({"object": "list", "data": found, "has_more": False, "next_cursor": None}, indent=2))
         return
-    out.print(table)
+    out.print(whole_ids(table, "id"))
 
 
 @schedules_app.command()

@@ -32,17 +32,32 @@ from rich.progress import (
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
+from rich.table import Table
 from rich.text import Text
 
 batch_app = typer.Typer(help="Submit batches of documents or JSONL requests and follow them.", no_args_is_help=True)
 out = Console()
 err = Console(stderr=True, soft_wrap=True)
 
-ApiUrl = Annotated[str, typer.Option("--api-url", envvar="MMJOBS_API_URL", help="The minimax-jobs API.")]
-ApiKey = Annotated[
-    str | None, typer.Option("--api-key", envvar="MMJOBS_API_KEY", help="An API key.", show_default=False)
+ApiUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--api-url",
+        help="The minimax-jobs API. Default: MMJOBS_API_URL, else the API a `mmjobs up` in this directory runs, "
+        "else http://127.0.0.1:8000.",
+        show_default=False,
+    ),
 ]
-DEFAULT_URL = "http://127.0.0.1:8000"
+ApiKey = Annotated[
+    str | None,
+    typer.Option(
+        "--api-key",
+        help="An API key. Default: MMJOBS_API_KEY, else the development key of a `mmjobs up` in this directory.",
+        show_default=False,
+    ),
+]
+DEFAULT_URL: str | None = None
+FALLBACK_URL = "http://127.0.0.1:8000"
 COUNTS = ("processing", "succeeded", "errored", "canceled", "expired")
 _COLORS = {"processing": "cyan", "succeeded": "green", "errored": "red", "canceled": "yellow", "expired": "magenta"}
 CHUNK = 64 * 1024
@@ -59,17 +74,55 @@ def fail(message: str) -> typer.Exit:
     return typer.Exit(1)
 
 
+def json_problem(path: Path, exc: json.JSONDecodeError, line: int | None = None) -> str:
+    """Where a user's JSON (or a JSONL line) is broken: "FILE, line L, column C: not valid JSON (why)"."""
+    return f"{path}, line {line or exc.lineno}, column {exc.colno}: not valid JSON ({exc.msg})"
+
+
+def whole_ids(table: Table, *names: str) -> Table:
+    """Ids are never shortened (they are what the next command takes): their columns keep their full width and
+    never wrap; every other column folds onto more lines to fit the terminal, so no value is cut either."""
+    for column in table.columns:
+        if column.header in names:
+            column.no_wrap = True
+            column.min_width = max((len(str(cell)) for cell in column.cells), default=0)
+        else:
+            column.overflow = "fold"
+    return table
+
+
+def target(url: str | None, key: str | None) -> tuple[str, str]:
+    """The API and key to use: as given (options), else MMJOBS_API_URL / MMJOBS_API_KEY, else the API and development
+    key of a `mmjobs up` in this directory (it records them under .mmjobs/), else http://127.0.0.1:8000."""
+    from service.config import Settings
+
+    settings = Settings()  # not the cached one: read now, as a command runs
+    local = settings.local_up() or {}
+    local_url = local.get("api_url") if isinstance(local.get("api_url"), str) else None
+    url = url or settings.api_url or local_url or FALLBACK_URL
+    key = key or settings.api_key
+    if not key and local_url and url.rstrip("/") == local_url.rstrip("/"):
+        key = settings.dev_api_key()  # that API's own development key
+    if not key:
+        raise fail(
+            f"no API key: pass --api-key or set MMJOBS_API_KEY for {url} (a `mmjobs up` run in this directory is "
+            "found with its development key by itself; or `mmjobs keys create --tenant NAME`)"
+        )
+    return url, key
+
+
 class Api:
     """The REST API over httpx; every failure becomes one line that says what to do, and exit code 1."""
 
     def __init__(
-        self, url: str, key: str | None, *, read_timeout: float = 60, not_found_hint: str = "see `mmjobs batch list`"
+        self,
+        url: str | None,
+        key: str | None,
+        *,
+        read_timeout: float = 60,
+        not_found_hint: str = "see `mmjobs batch list`",
     ) -> None:
-        if not key:
-            raise fail(
-                "no API key: pass --api-key or set MMJOBS_API_KEY "
-                "(`mmjobs up` prints a development key; or `mmjobs keys create --tenant NAME`)"
-            )
+        url, key = target(url, key)
         self.url = url.rstrip("/")
         self.not_found_hint = not_found_hint
         self.client = httpx.Client(
@@ -180,10 +233,34 @@ def _pairs(values: list[str] | None, option: str, parse_json: bool) -> dict[str,
     return pairs
 
 
+DOCUMENT_SUFFIXES = (".txt", ".md", ".html", ".htm", ".pdf", ".docx", ".json", ".csv")
+
+
+def _expand(paths: list[Path]) -> list[Path]:
+    """Files as given; a directory stands for its documents (by suffix, in name order, hidden files left out)."""
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(
+                p for p in path.iterdir()
+                if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in DOCUMENT_SUFFIXES
+            )  # fmt: skip
+            if not found:
+                raise fail(f"no documents in {path} (looked for {' '.join(DOCUMENT_SUFFIXES)})")
+            err.print(f"{path}: {len(found)} documents", highlight=False)
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise fail(f"no such file or directory: {path}")
+    return files
+
+
 @batch_app.command()
 def submit(
     files: Annotated[
-        list[Path], typer.Argument(help="Documents (.txt .md .html .pdf .docx .json .csv) or one .jsonl.")
+        list[Path],
+        typer.Argument(help="Documents (.txt .md .html .pdf .docx .json .csv), directories of them, or one .jsonl."),
     ],
     prompt: Annotated[
         str | None,
@@ -200,10 +277,9 @@ def submit(
     api_url: ApiUrl = DEFAULT_URL,
     api_key: ApiKey = None,
 ) -> None:
-    """Upload documents as a batch (one request per file), or send a JSONL file of requests. Prints the batch id."""
-    for path in files:
-        if not path.is_file():
-            raise fail(f"not a file: {path}" if path.exists() else f"no such file: {path}")
+    """Upload documents as a batch (one request per file; a directory gives its documents), or send a JSONL file of
+    requests. Prints the batch id."""
+    files = _expand(files)
     jsonl = [p for p in files if p.suffix.lower() == ".jsonl"]
     options: dict[str, str] = {}
     if metadata:

@@ -16,7 +16,7 @@ from rich.live import Live
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.text import Text
 
-from service.batch_cli import DEFAULT_URL, Api, ApiKey, ApiUrl, Format, err, fail, out, read
+from service.cli.batch import DEFAULT_URL, Api, ApiKey, ApiUrl, Format, err, fail, out, read
 from service.media import formats
 from service.media.parts import MM_FILE, MMJOBS_FILE
 
