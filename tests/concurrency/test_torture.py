@@ -93,7 +93,7 @@ def _settings(world: World, *, pool: int, **overrides: Any) -> Settings:
         "retry_base_seconds": 0.05,
         "retry_cap_seconds": 0.5,
         "rate_limits": {MODEL: {"rpm": 1_000_000, "tpm": 1_000_000_000}},
-        "max_unclaimed": 60,
+        "max_unclaimed": 12,  # a short queue: a new job starts soon even behind batches
         "job_expiry_seconds": 8,
         "db_pool_size": pool,
         "db_max_overflow": 0,
@@ -128,16 +128,15 @@ def _run_role(
 # --- API clients ------------------------------------------------------------------------------------------------
 
 
-def _params(rng: random.Random) -> dict[str, Any]:
-    return {
-        "max_tokens": rng.choice([16, 64, 256]),
-        "messages": [{"role": "user", "content": f"torture {uuid.uuid4().hex[:8]}"}],
-    }
+def _params(rng: random.Random, *, slow: bool = False) -> dict[str, Any]:
+    text = f"torture {uuid.uuid4().hex[:8]}" + (" [slow]" if slow else "")
+    return {"max_tokens": rng.choice([16, 64, 256]), "messages": [{"role": "user", "content": text}]}
 
 
 def api_role(world: World, seed: int, barrier: Any, stop: Any, reports: Any) -> None:
     rng = random.Random(seed)
-    settings = _settings(world, pool=3)
+    # Single jobs of the first client expire after 8 s (some do while the small tenant waits), the second's later.
+    settings = _settings(world, pool=3, job_expiry_seconds=8 if seed == 1 else 60)
 
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
 
@@ -168,7 +167,7 @@ def _api_chaos(client: TestClient, world: World, rng: random.Random, report: Rep
                         known[b["id"]] = (tenant, api)
 
     def submit_batch(tenant: str) -> None:
-        n = rng.randint(3, 30)
+        n = rng.randint(2, 15)
         if rng.random() < 0.25:
             requests = [{"custom_id": f"r{i}", "params": {"model": MODEL, **_params(rng)}} for i in range(n)]
             r = call("POST", "/anthropic/v1/messages/batches", tenant, (200,), json={"requests": requests})
@@ -182,7 +181,9 @@ def _api_chaos(client: TestClient, world: World, rng: random.Random, report: Rep
 
     def submit_job(tenant: str) -> None:
         # 402: the small budget is used up (refused at intake, nothing stored).
-        call("POST", "/v1/jobs", tenant, (202, 402), json={"model": MODEL, "params": _params(rng)})
+        # Half of them slow, so that cancels often find them running.
+        params = _params(rng, slow=rng.random() < 0.5)
+        call("POST", "/v1/jobs", tenant, (202, 402), json={"model": MODEL, "params": params})
 
     def pick() -> tuple[str, str, str] | None:
         if not known:
@@ -230,6 +231,21 @@ def _api_chaos(client: TestClient, world: World, rng: random.Random, report: Rep
             job = rng.choice(r.json()["data"])
             call("POST", f"/v1/jobs/{job['id']}/cancel", tenant, (200, 404, 409))
 
+    def cancel_mid_call(_tenant: str) -> None:
+        """A slow job canceled once its call is under way: the call stops, and its worker bills what the
+        upstream billed so far."""
+        params = _params(rng, slow=True)
+        r = call("POST", "/v1/jobs", "acme", (202,), json={"model": MODEL, "params": params})
+        if r.status_code != 202:
+            return
+        job_id = r.json()["id"]
+        give_up = time.monotonic() + 30
+        while time.monotonic() < give_up:
+            status = call("GET", f"/v1/jobs/{job_id}", "acme", (200,)).json().get("status")
+            if status != "queued":
+                break
+        call("POST", f"/v1/jobs/{job_id}/cancel", "acme", (200, 409))
+
     def usage(tenant: str) -> None:
         call("GET", "/v1/usage", tenant, (200,))
 
@@ -240,10 +256,13 @@ def _api_chaos(client: TestClient, world: World, rng: random.Random, report: Rep
         (0.10, delete_batch),
         (0.20, read_batch),
         (0.09, cancel_job),
+        (0.06, cancel_mid_call),
         (0.04, usage),
         (0.04, lambda _t: learn()),
     ]
     weights = [w for w, _ in actions]
+    if client.app.state.settings.job_expiry_seconds > 8:  # type: ignore[attr-defined]
+        cancel_mid_call("acme")  # at least once a run
     while time.monotonic() < until:
         tenant = rng.choice(sorted(world.keys))
         rng.choices(actions, weights)[0][1](tenant)
@@ -302,10 +321,12 @@ class FakeUpstream:
         self._lock = threading.Lock()
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
+        slow = b"[slow]" in request.content
         with self._lock:
             roll = self.rng.random()
-            pieces = self.rng.randint(2, 6)
-            pause = self.rng.choice([0.0, 0.02, 0.05]) if roll > 0.1 else 0.4  # one call in ten is slow
+            pieces = self.rng.randint(2, 6) if not slow else 6
+            # One call in ten is slow, and every one asked to be: ~2.5 s, while a cancel may come.
+            pause = 0.4 if slow or roll < 0.1 else self.rng.choice([0.0, 0.02, 0.05])
             input_tokens = self.rng.randint(10, 400)
         if 0.72 <= roll < 0.80:
             return self._error(500, "api_error", "internal error")
