@@ -10,8 +10,8 @@ Roles (each a process of its own, released together by a barrier):
 - 2 workers: the real `run_job` (claim, call, finish, settle the permit), four threads each, taking the job ids the
   schedulers published from the Celery queue in Redis, as Celery would. The upstream is a fake MiniMax inside the
   worker (an httpx transport) that answers at random: streams that succeed (some slowly), 500, 429, 400, a stream
-  that breaks midway with an error event, a stream cut short. Each call that the upstream began answering
-  (`message_start`, where MiniMax starts billing) is recorded in Redis. One message in twenty is taken by a
+  that breaks midway with an error event, a stream cut short. Each call the upstream accepted (anything but an
+  HTTP error: it bills from then on) is recorded in Redis. One message in twenty is taken by a
   "crashing" worker instead: it claims the job and vanishes (no outcome, no permit settled).
 - 1 lease sweeper: `recover_expired_leases` at random moments (leases are 3 s).
 
@@ -312,8 +312,9 @@ def _sse(event: str, data: dict[str, Any]) -> bytes:
 
 
 class FakeUpstream:
-    """MiniMax's Anthropic-compatible Messages endpoint, streaming, with random outcomes. A call is recorded as
-    billed when its `message_start` is sent (the real API counts the input from there on)."""
+    """MiniMax's Anthropic-compatible Messages endpoint, streaming, with random outcomes. A call it accepts (any
+    answer but an HTTP error) is recorded as billed: the upstream counts the input from then on, even if the
+    caller hangs up before reading a byte."""
 
     def __init__(self, client: redis.Redis, seed: int) -> None:
         self.redis = client
@@ -335,7 +336,10 @@ class FakeUpstream:
         if 0.82 <= roll < 0.90:
             return self._error(400, "invalid_request_error", "invalid params (2013)")
         kind = "ok" if roll < 0.72 else "midstream" if roll < 0.96 else "cut"
-        stream = self._stream(kind, f"msg_{uuid.uuid4().hex}", input_tokens, pieces, pause)
+        message_id = f"msg_{uuid.uuid4().hex}"
+        # Accepted: billed from here on, whether or not the caller reads the answer (or hangs up early).
+        self.redis.sadd(BILLED, message_id)
+        stream = self._stream(kind, message_id, input_tokens, pieces, pause)
         return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=stream)
 
     @staticmethod
@@ -343,7 +347,6 @@ class FakeUpstream:
         return httpx.Response(status, json={"type": "error", "error": {"type": kind, "message": message}})
 
     def _stream(self, kind: str, message_id: str, input_tokens: int, pieces: int, pause: float) -> Iterator[bytes]:
-        self.redis.sadd(BILLED, message_id)
         start: dict[str, Any] = {"id": message_id, "type": "message", "role": "assistant", "model": MODEL,
                                  "content": [], "stop_reason": None,
                                  "usage": {"input_tokens": input_tokens, "output_tokens": 1}}  # fmt: skip
