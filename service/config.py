@@ -119,6 +119,8 @@ class Settings(BaseSettings):
     # orchestrator's kill timeout (compose: stop_grace_period 60s; Kubernetes: terminationGracePeriodSeconds).
     worker_shutdown_grace_seconds: float = Field(25.0, ge=0)
     lease_refresh_seconds: float = 10.0
+    # How often a worker writes its calls' output tokens so far (GET /v1/jobs/ID `progress`, the CLI's live view).
+    progress_refresh_seconds: float = Field(1.0, gt=0)
     stream: bool = True
     upstream_connect_timeout: float = 10.0
     upstream_read_timeout: float = 300.0

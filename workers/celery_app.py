@@ -34,6 +34,12 @@ def make_celery(settings: Settings) -> Celery:
         # Publishing must not block the scheduler for long when Redis is away: it retries next pass.
         task_publish_retry=False,
         broker_transport_options={"socket_timeout": 5, "socket_connect_timeout": 5},
+        # Events for Flower (the compose `monitoring` profile), which builds its worker and task lists from them:
+        # a worker announces each task's states and a heartbeat every few seconds; the scheduler announces each
+        # task it sends. Over Redis they are PUBLISH messages: when no monitor subscribes they cost one command
+        # each and are stored nowhere (tiny next to the seconds-long MiniMax call each task makes).
+        worker_send_task_events=True,
+        task_send_sent_event=True,
     )
     return app
 

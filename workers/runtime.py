@@ -7,6 +7,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 
 import httpx
@@ -104,11 +105,24 @@ class Runtime:
         return handed
 
     def _keep_leases(self) -> None:
-        """Renew every held lease in one UPDATE per interval, and stop calls whose job is gone."""
+        """Renew every held lease in one UPDATE per interval, and stop calls whose job is gone.
+
+        Progress (output tokens so far) is written more often than leases are renewed: with the lease interval
+        alone (10 s by default) a call shorter than that never showed anything but 0. Between renewals, only the
+        jobs whose count moved are written (the same UPDATE, which also extends their leases)."""
+        tick = min(self.settings.lease_refresh_seconds, self.settings.progress_refresh_seconds)
+        renewed = time.monotonic()
+        written: dict[tuple[str, int], int] = {}  # (job, attempt) -> output tokens last written
         while True:
-            threading.Event().wait(self.settings.lease_refresh_seconds)
+            threading.Event().wait(tick)
             with self._lock:
                 snapshot = dict(self._inflight)
+            renew = time.monotonic() - renewed >= self.settings.lease_refresh_seconds - tick / 2
+            if renew:
+                renewed = time.monotonic()
+                written = {k: n for k, n in written.items() if k[0] in snapshot}
+            else:
+                snapshot = {j: h for j, h in snapshot.items() if h.output_tokens != written.get((j, h.number), 0)}
             if not snapshot:
                 continue
             held = {job_id: (h.number, h.output_tokens) for job_id, h in snapshot.items()}
@@ -123,7 +137,9 @@ class Runtime:
             for job_id, handle in snapshot.items():
                 if job_id not in alive:
                     handle.aborted.set()
-            self._extend_permits(snapshot)
+            written.update(((job_id, number), count) for job_id, (number, count) in held.items())
+            if renew:
+                self._extend_permits(snapshot)
 
     def _extend_permits(self, snapshot: dict[str, InFlight]) -> None:
         try:

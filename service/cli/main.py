@@ -159,7 +159,9 @@ def _worker_argv(concurrency: int | None) -> list[str]:
         "--pool", "threads",
         "--concurrency", str(concurrency or settings.worker_concurrency),
         "--queues", "mmjobs",
-        "--without-gossip", "--without-mingle", "--without-heartbeat",
+        # Heartbeats and task events (the app's config) let Flower list the worker and its tasks; gossip and
+        # mingle (worker-to-worker chatter) stay off: nothing here uses them.
+        "--without-gossip", "--without-mingle",
         "--loglevel", settings.log_level,
     ]  # fmt: skip
 

@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import Row, select, update
 from sqlalchemy.orm import Session
 
+from service.batches import progress as batch_progress
 from service.models import COUNT_FOR_STATUS, Batch, BatchStatus, Job
 from service.usage import budgets
 from service.webhooks import outbox
@@ -51,6 +52,7 @@ def on_terminal(session: Session, landed: Sequence[Row[Any]] | Sequence[tuple[An
                 session, tenant_id=batch.tenant_id, type="batch.ended", data=batch_event(batch),
                 webhook_url=batch.webhook_url,
             )  # fmt: skip
+        batch_progress.on_counts_moved(session, batch_ids=batch_ids, now=now)
     budgets.release(session, job_ids=[row[0] for row in landed])
     single = [row[0] for row in landed if row[1] is None]
     if single:

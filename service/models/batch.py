@@ -60,5 +60,8 @@ class Batch(CreatedAtMixin, Base):
     expires_at: Mapped[datetime]
     ended_at: Mapped[datetime | None]
     cancel_initiated_at: Mapped[datetime | None]
+    # The last `batch.progress` event: when, and how many requests had finished then (service/batches/progress.py).
+    progress_at: Mapped[datetime | None]
+    progress_done: Mapped[int | None]
 
     __table_args__ = (Index("ix_batches_tenant_id_api_id", "tenant_id", "api", "id"),)
