@@ -56,7 +56,7 @@ def test_compose_monitoring_profile_runs_flower_on_our_app() -> None:
 
 
 def test_the_worker_sends_what_flower_needs() -> None:
-    from service.cli import _worker_argv
+    from service.cli.main import _worker_argv
     from workers.celery_app import app
 
     argv = _worker_argv(4)
