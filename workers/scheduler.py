@@ -42,6 +42,8 @@ PUBLISH_BATCH = 500
 # Chunks (transitions.CHUNK rows each) one sweep (expire, cancel) moves per pass at most: the rest goes on next
 # pass, after this pass has dispatched (a 100,000-request batch expiring never holds up another tenant's job).
 SWEEP_CHUNKS = 10
+# ...and for about this long at most (a loaded database moves a chunk in a second or more).
+SWEEP_SECONDS = 2.0
 T = TypeVar("T")
 
 
@@ -59,6 +61,7 @@ class Scheduler:
         self._last_snapshot = 0.0
         self._producer: Any = None
         self._failures: list[Exception] = []
+        self._more = False
         self.next_wake = settings.scheduler_interval
         # Since when this process has reached the database without a failed pass (None: not since it last failed).
         self.reachable_since: float | None = None
@@ -93,11 +96,15 @@ class Scheduler:
     def _sweep(self, step: Callable[..., int], now: Any) -> int:
         """Up to SWEEP_CHUNKS chunks of a sweep, each in its own short transaction; stops at a short chunk."""
         moved = 0
+        started = time.monotonic()
         for _ in range(SWEEP_CHUNKS):
             n = self._tx(lambda s: step(s, now=now))
             moved += n
             if n < transitions.CHUNK:
+                return moved
+            if time.monotonic() - started > SWEEP_SECONDS:
                 break
+        self._more = True  # work left: the next pass comes at once
         return moved
 
     def run_once(self) -> dict[str, int]:
@@ -114,8 +121,8 @@ class Scheduler:
                 lambda: self._tx(lambda s: transitions.recover_expired_leases(s, now=now)),
                 [],
             )
-        expired = self._step("expire", lambda: self._sweep(transitions.expire_overdue, now), 0)
-        self._step("cancel", lambda: self._sweep(transitions.cancel_waiting, now), 0)
+        # Dispatch before the sweeps: a job that expired or whose batch is canceling is never dispatchable
+        # anyway, and another tenant's job never waits behind a sweep of someone's huge batch.
         report = self._step("dispatch", lambda: self.dispatcher.run(self.session_factory, now=now), None)
         self._step(
             "webhooks",
@@ -127,10 +134,13 @@ class Scheduler:
             lambda: self._tx(lambda s: cron.fire_due(s, settings=self.settings, now=now)),
             None,
         )
+        self._more = False
+        expired = self._step("expire", lambda: self._sweep(transitions.expire_overdue, now), 0)
+        self._step("cancel", lambda: self._sweep(transitions.cancel_waiting, now), 0)
         if report is None:
             report = DispatchReport()
         self.next_wake = min(self.settings.scheduler_interval, max(0.01, report.next_wake))
-        if report.saturated:
+        if report.saturated or self._more:
             self.next_wake = SATURATED_RECHECK
         self._step("status", lambda: self._publish_status(report.waits), None)
         if recovered or expired or report.published or report.failed:

@@ -91,6 +91,7 @@ def claim(session: Session, *, job_id: str, owner: str, lease_seconds: float) ->
             Job.status.in_(WAITING),
             Job.next_attempt_at <= now,
             Job.expires_at > now,
+            _not_canceling(),
         )
         .values(
             status=JobStatus.RUNNING,
@@ -418,7 +419,11 @@ def cancel_waiting(session: Session, *, now: datetime, batch_id: str | None = No
     return _cancel_locked(session, ids, now=now, batch_id=batch_id)
 
 
-def start_batch_cancel(session: Session, *, batch_id: str, now: datetime, limit: int = CHUNK) -> int:
+# Requests a cancel over the API cancels itself; the scheduler does the rest within a few passes.
+API_CANCEL_CHUNK = 500
+
+
+def start_batch_cancel(session: Session, *, batch_id: str, now: datetime, limit: int = API_CANCEL_CHUNK) -> int:
     """Mark an in-progress batch `canceling` and cancel a first chunk of its waiting requests; the scheduler
     cancels the rest, so an API call answers at once whatever the batch's size. Returns how many were canceled.
 
@@ -456,7 +461,15 @@ def _dispatchable(now: datetime, redispatch_before: datetime) -> tuple[Any, ...]
         Job.next_attempt_at <= now,
         Job.expires_at > now,
         (Job.dispatched_at.is_(None)) | (Job.dispatched_at < redispatch_before),
+        _not_canceling(),
     )
+
+
+def _not_canceling() -> ColumnElement[bool]:
+    """Not a request of a canceling batch: the scheduler cancels those chunk by chunk, and none of them may be
+    dispatched or claimed meanwhile."""
+    canceling = select(Batch.id).where(Batch.id == Job.batch_id, Batch.status == BatchStatus.CANCELING)
+    return Job.batch_id.is_(None) | ~canceling.exists()
 
 
 def count_unclaimed(session: Session, *, now: datetime, redispatch_before: datetime) -> int:
