@@ -543,6 +543,7 @@ def mark_dispatched(session: Session, *, job_ids: list[str], now: datetime, redi
         id_in(session, Job.id, sorted(job_ids)),
         Job.status.in_(WAITING),
         (Job.dispatched_at.is_(None)) | (Job.dispatched_at < redispatch_before),
+        _not_canceling(),
     )
     ids = _lock_chunk(session, dispatchable, limit=len(job_ids))
     if ids:

@@ -129,8 +129,8 @@ def test_canceling_a_huge_batch_answers_at_once_and_the_scheduler_finishes_it(
 ) -> None:
     tenant, key, secret = make_key(factory, "canceler")
     now = utcnow()
-    batch_id, _ = seed_batch(factory, tenant_id=tenant, api_key_id=key, n=HUGE, now=now,
-                             expires_at=now + timedelta(days=1))  # fmt: skip
+    batch_id, ids = seed_batch(factory, tenant_id=tenant, api_key_id=key, n=HUGE, now=now,
+                               expires_at=now + timedelta(days=1))  # fmt: skip
     settings: Settings = settings_for(url)
     with TestClient(create_app(settings)) as client:
         answer = client.post(f"/v1/batches/{batch_id}/cancel", headers={"Authorization": f"Bearer {secret}"})
@@ -148,4 +148,4 @@ def test_canceling_a_huge_batch_answers_at_once_and_the_scheduler_finishes_it(
         batch = session.get_one(Batch, batch_id)
         assert (batch.status, batch.processing, batch.canceled) == ("ended", 0, HUGE)
         assert session.scalar(select(func.count()).where(Job.batch_id == batch_id, Job.status == "canceled")) == HUGE
-    assert queued_job_ids(broker) == []  # nothing of a canceling batch was dispatched
+    assert set(queued_job_ids(broker)).isdisjoint(ids)  # nothing of a canceling batch was dispatched
