@@ -1,18 +1,48 @@
-"""Engine, sessions and the column types shared by every table."""
+"""Engine, sessions and the column types shared by every table, and the one lock order every transaction follows.
+
+LOCK ORDER (issue 13). A transaction that locks rows of several kinds takes them in this order, and rows of one kind
+in ascending id:
+
+    jobs (by id) -> job_attempts -> batches (by id) -> budgets (by id) -> webhook endpoints -> webhook deliveries
+
+Budget reservations belong to their job (locked with or after it); ledger rows are only inserted. A statement
+that updates many rows either locks them first in id order (`SELECT ... ORDER BY id FOR UPDATE [SKIP LOCKED]`,
+then the UPDATE) or skips locked rows, so two transactions never wait on each other in a circle. Every place that
+takes locks says so with a comment naming this order ("lock order: service/db.py"). A deadlock or serialization
+failure that still happens (a lock Postgres takes on its own, a foreign-key check) is retried by running the whole
+unit of work again: `run_in_transaction` for workers and the scheduler, `RetryConflicts` for API requests.
+"""
 
 from __future__ import annotations
 
 import base64
+import logging
 import os
+import random
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import JSON, BigInteger, DateTime, Dialect, Engine, Integer, create_engine
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    ColumnElement,
+    DateTime,
+    Dialect,
+    Engine,
+    Integer,
+    String,
+    any_,
+    bindparam,
+    create_engine,
+    func,
+    select,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -45,6 +75,27 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def db_now(session: Session) -> datetime:
+    """The database server's clock (`statement_timestamp()`: now, not when a long transaction began): the one
+    clock every process compares deadlines and leases with, whatever its own says (issue 13 point 6). SQLite
+    (embedded, one machine) has no server: the local clock is the same clock there."""
+    if session.get_bind().dialect.name != "postgresql":
+        return utcnow()
+    value = session.scalar(select(func.statement_timestamp()))
+    assert isinstance(value, datetime)
+    return value.astimezone(UTC)
+
+
+def id_in(session: Session, column: Any, ids: Sequence[str]) -> ColumnElement[bool]:
+    """`column` is one of `ids`, sent as ONE array parameter on Postgres (`= ANY(:ids)`): an IN list takes a
+    parameter per id and Postgres refuses a statement with more than 65,535 (issue 13 point 1)."""
+    if session.get_bind().dialect.name == "postgresql":
+        match: ColumnElement[bool] = column == any_(bindparam(None, list(ids), type_=ARRAY(String), unique=True))
+        return match
+    listed: ColumnElement[bool] = column.in_(list(ids))
+    return listed
 
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -111,3 +162,41 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
         except BaseException:
             session.rollback()
             raise
+
+
+log = logging.getLogger("mmjobs.db")
+T = TypeVar("T")
+# SQLSTATEs that mean "nothing is wrong with this work; run it again": deadlock_detected, serialization_failure.
+RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
+CONFLICT_ATTEMPTS = 5
+
+
+def is_conflict(exc: BaseException) -> bool:
+    """A deadlock or serialization failure: Postgres rolled the transaction back, and running it again is safe."""
+    if not isinstance(exc, DBAPIError):
+        return False
+    return getattr(exc.orig, "sqlstate", None) in RETRYABLE_SQLSTATES
+
+
+def conflict_backoff(attempt: int) -> float:
+    """Seconds to wait before the attempt-th retry: short, jittered, so the two parties do not collide again."""
+    return float(random.uniform(0, 0.02 * 2**attempt))
+
+
+def run_in_transaction(
+    factory: sessionmaker[Session], work: Callable[[Session], T], *, attempts: int = CONFLICT_ATTEMPTS
+) -> T:
+    """Run `work` in one transaction and commit; on a deadlock or serialization failure run ALL of it again in a
+    fresh transaction (never a single statement: the failed transaction is gone as a whole). `work` must do
+    nothing outside the database that cannot be repeated."""
+    for attempt in range(attempts):
+        try:
+            with transaction(factory) as session:
+                return work(session)
+        except DBAPIError as exc:
+            if not is_conflict(exc) or attempt == attempts - 1:
+                raise
+            log.warning("transaction hit %s; running it again (%d of %d)", exc.orig.__class__.__name__,
+                        attempt + 2, attempts)  # fmt: skip
+            time.sleep(conflict_backoff(attempt))
+    raise AssertionError("unreachable")

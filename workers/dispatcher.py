@@ -3,6 +3,12 @@
 A job is published only once it holds a rate-limit permit, so the broker queue never holds more than workers
 can start, and a saturated model or tenant never blocks another: each (tenant, model) group is served
 round-robin, and a limit that says no stops only the jobs it governs.
+
+A pass never holds a row lock while it talks to Redis (issue 13 point 5): it reads its candidates without locks,
+reserves a batch request's budget in a short transaction of its own (the job row, then budgets by id: the lock
+order of service/db.py), takes the rate-limit permits, marks the granted jobs dispatched and commits, and only then
+publishes them, as one Redis pipeline. A message never names a row that is not committed; a message lost after
+the commit is published again after `redispatch_after_seconds`.
 """
 
 from __future__ import annotations
@@ -11,14 +17,16 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from service.catalog import get_model
 from service.config import Settings
+from service.db import run_in_transaction
 from service.jobs import transitions
 from service.jobs.transitions import Candidate
 from service.status import group_key
@@ -27,6 +35,16 @@ from service.usage import admission, budgets
 from workers.limiter import Limits, RateLimiter
 
 CANDIDATES_PER_GROUP = 200
+# `_reserve_budget`'s answer for a job that stopped waiting since the pass read it.
+_GONE = "gone"
+# (groups, tenant caps, budgeted tenants, how many the broker may take, candidates per group)
+_Plan = tuple[
+    list[tuple[str, str]],
+    dict[str, tuple[int | None, int | None, int | None]],
+    set[str],
+    int,
+    dict[tuple[str, str], deque[Candidate]],
+]
 
 
 def permit_id(job_id: str, attempt: int) -> str:
@@ -73,10 +91,19 @@ class DispatchReport:
 
 
 class Dispatcher:
-    def __init__(self, settings: Settings, limiter: RateLimiter, publish: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        limiter: RateLimiter,
+        publish: Callable[[str], None],
+        batch: Callable[[], AbstractContextManager[Any]] = nullcontext,
+    ) -> None:
+        """`publish` sends one job id to the broker; `batch` opens the pipeline a pass publishes through (the
+        scheduler's kombu `Producer.batch`), flushed when it closes."""
         self.settings = settings
         self.limiter = limiter
         self.publish = publish
+        self.batch = batch
         self.limits = settings.model_limits()
         self.prices = settings.price_table()
         self.paces: dict[str, Pace] = {}
@@ -94,41 +121,21 @@ class Dispatcher:
         output = c.max_tokens if c.max_tokens is not None else self.settings.default_output_reserve
         return c.estimated_input_tokens + math.ceil(output * share)
 
-    def run(self, session: Session, *, now: datetime) -> DispatchReport:
+    def run(self, factory: sessionmaker[Session], *, now: datetime) -> DispatchReport:
+        """One pass. `now` is the database's clock (the scheduler reads it once per pass)."""
         report = DispatchReport()
         redispatch_before = now - timedelta(seconds=self.settings.redispatch_after_seconds)
-        budget = self.settings.max_unclaimed - transitions.count_unclaimed(
-            session, now=now, redispatch_before=redispatch_before
-        )
-        groups = transitions.waiting_groups(session, now=now, redispatch_before=redispatch_before)
-        if not groups:
+        plan = run_in_transaction(factory, lambda s: self._plan(s, now=now, redispatch_before=redispatch_before))
+        if plan is None:
             return report
+        groups, caps, budgeted, budget, queues = plan
         if budget <= 0:
             for tenant_id, model in groups:
                 report.waits[group_key(tenant_id, model)] = {"reason": "worker_capacity"}
             report.saturated = True
             return report
-        # Start the round-robin at a different group each pass, so no tenant is always first.
-        start = self._rotation % len(groups)
-        self._rotation += 1
-        groups = groups[start:] + groups[:start]
-        tenant_ids = sorted({t for t, _ in groups})
-        caps = tenants_repo.caps(session, tenant_ids=tenant_ids)
-        budgeted = budgets.budgeted_tenants(session, tenant_ids=tenant_ids)
-        per_group = max(1, min(budget, CANDIDATES_PER_GROUP))
-        queues = {
-            g: deque(
-                transitions.group_candidates(
-                    session,
-                    tenant_id=g[0],
-                    model=g[1],
-                    now=now,
-                    redispatch_before=redispatch_before,
-                    limit=per_group,
-                )
-            )
-            for g in groups
-        }
+        granted: list[Candidate] = []
+        too_large: list[tuple[Candidate, str]] = []
         blocked_models: dict[str, dict[str, Any]] = {}
         blocked_groups: dict[tuple[str, str], dict[str, Any]] = {}
         clock = time.monotonic()
@@ -148,7 +155,11 @@ class Dispatcher:
                     report.next_wake = min(report.next_wake, delay)
                     continue
                 if not candidate.budget_reserved and candidate.tenant_id in budgeted:
-                    refusal = self._reserve_budget(session, candidate, now)
+                    refusal = self._reserve_budget(factory, candidate, now)
+                    if refusal is _GONE:
+                        queue.popleft()  # canceled, expired or claimed since the candidates were read
+                        progressed = True
+                        continue
                     if refusal is not None:
                         # The batch pauses here, and resumes by itself once the budget is raised.
                         blocked_groups[g] = {"reason": "budget", "detail": refusal}
@@ -157,21 +168,14 @@ class Dispatcher:
                 if outcome is None:
                     queue.popleft()
                     pace.take(clock, tokens)
-                    self.publish(candidate.job_id)
-                    report.published.append(candidate.job_id)
+                    granted.append(candidate)
                     budget -= 1
                     progressed = True
                     continue
                 reason, retry_after = outcome
                 if math.isinf(retry_after):
                     queue.popleft()
-                    if transitions.fail_waiting(
-                        session,
-                        job_id=candidate.job_id,
-                        error=_too_large(candidate, reason, self._tokens(candidate)),
-                        now=now,
-                    ):
-                        report.failed.append(candidate.job_id)
+                    too_large.append((candidate, reason))
                     progressed = True
                     continue
                 report.next_wake = min(report.next_wake, retry_after)
@@ -183,7 +187,33 @@ class Dispatcher:
                     blocked_models[candidate.model] = wait
             if not progressed:
                 break
-        transitions.mark_dispatched(session, job_ids=report.published, now=now)
+
+        def settle(session: Session) -> tuple[list[str], list[str]]:
+            failed = [
+                c.job_id
+                for c, reason in too_large
+                if transitions.fail_waiting(
+                    session, job_id=c.job_id, error=_too_large(c, reason, self._tokens(c)), now=now
+                )
+            ]
+            marked = transitions.mark_dispatched(
+                session, job_ids=[c.job_id for c in granted], now=now, redispatch_before=redispatch_before
+            )
+            # Published in the order granted (fairness), not the id order the rows were locked in.
+            ours = set(marked)
+            return failed, [c.job_id for c in granted if c.job_id in ours]
+
+        report.failed, published = run_in_transaction(factory, settle)
+        self._release_missed(factory, granted, published)
+        # After the commit, never before: a message must not name a row that could still roll back.
+        try:
+            with self.batch():
+                for job_id in published:
+                    self.publish(job_id)
+        except Exception:
+            run_in_transaction(factory, lambda s: transitions.unmark_dispatched(s, job_ids=published, now=now))
+            raise
+        report.published = published
         report.saturated = budget <= 0
         for g in groups:
             if queues[g]:
@@ -192,16 +222,66 @@ class Dispatcher:
                 )
         return report
 
-    def _reserve_budget(self, session: Session, c: Candidate, now: datetime) -> str | None:
+    def _plan(self, session: Session, *, now: datetime, redispatch_before: datetime) -> _Plan | None:
+        """What this pass may publish and the candidates of each group, read in one short transaction."""
+        budget = self.settings.max_unclaimed - transitions.count_unclaimed(
+            session, now=now, redispatch_before=redispatch_before
+        )
+        groups = transitions.waiting_groups(session, now=now, redispatch_before=redispatch_before)
+        if not groups:
+            return None
+        if budget <= 0:
+            return groups, {}, set(), budget, {}
+        # Start the round-robin at a different group each pass, so no tenant is always first.
+        start = self._rotation % len(groups)
+        self._rotation += 1
+        groups = groups[start:] + groups[:start]
+        tenant_ids = sorted({t for t, _ in groups})
+        caps = tenants_repo.caps(session, tenant_ids=tenant_ids)
+        budgeted = budgets.budgeted_tenants(session, tenant_ids=tenant_ids)
+        per_group = max(1, min(budget, CANDIDATES_PER_GROUP))
+        queues = {
+            g: deque(
+                transitions.group_candidates(
+                    session, tenant_id=g[0], model=g[1], now=now, redispatch_before=redispatch_before, limit=per_group
+                )
+            )
+            for g in groups
+        }
+        return groups, caps, budgeted, budget, queues
+
+    def _release_missed(self, factory: sessionmaker[Session], granted: list[Candidate], published: list[str]) -> None:
+        """A granted job this pass could not mark (canceled or expired since it was read, or marked by another
+        scheduler) does not run under our permit: free the permits of those that reached a final state. A job
+        another scheduler marked keeps the permit: it is the same one (the id is the job's next attempt)."""
+        marked = set(published)
+        missed = {c.job_id: c for c in granted if c.job_id not in marked}
+        if not missed:
+            return
+        finished = run_in_transaction(factory, lambda s: transitions.finished_among(s, job_ids=sorted(missed)))
+        for job_id in finished:
+            c = missed[job_id]
+            self.limiter.release(permit_id(c.job_id, c.attempt_count + 1), tenant=c.tenant_id)
+
+    def _reserve_budget(self, factory: sessionmaker[Session], c: Candidate, now: datetime) -> str | None:
+        """Hold the request's maximum cost on its budgets, in a short transaction of its own: the job row first
+        (still waiting?), then the budgets by id (lock order: service/db.py). None when held; `_GONE` when the
+        job no longer waits; else why the budget refuses."""
         info = get_model(c.model)
         assert info is not None
         most = admission.estimate(
             self.prices, model=info, input_tokens=c.estimated_input_tokens, max_tokens=c.max_tokens
         ).cost_max
-        refusal = admission.admit(
-            session, job_id=c.job_id, tenant_id=c.tenant_id, api_key_id=c.api_key_id, amount=most, now=now
-        )
-        return None if refusal is None else refusal.message()
+
+        def reserve(session: Session) -> str | None:
+            if not transitions.lock_waiting(session, job_id=c.job_id):
+                return _GONE
+            refusal = admission.admit(
+                session, job_id=c.job_id, tenant_id=c.tenant_id, api_key_id=c.api_key_id, amount=most, now=now
+            )
+            return None if refusal is None else refusal.message()
+
+        return run_in_transaction(factory, reserve)
 
     def _acquire(self, c: Candidate, cap: tuple[int | None, int | None, int | None] | None) -> tuple[str, float] | None:
         rpm, tpm = self.limits.get(c.model, (None, None))

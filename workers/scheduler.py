@@ -2,6 +2,9 @@
 shared rate limits, and publish what it knows for the API (`GET /v1/limits`, why a job waits).
 
 Any number may run: every step is a guarded UPDATE or a `FOR UPDATE SKIP LOCKED` selection.
+Each step runs on its own, in its own transactions (retried whole on a deadlock or serialization failure): one
+that fails is logged and the others still run, so one tenant's trouble cannot stop dispatch, webhooks, cron or
+lease recovery for everyone (issue 13). Sweeps move at most SWEEP_CHUNKS chunks a pass and go on next pass.
 Run with `mmjobs scheduler` (or `python -m workers.scheduler`).
 """
 
@@ -11,20 +14,23 @@ import logging
 import math
 import threading
 import time
-from typing import Any
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
 
 import redis
+from sqlalchemy import exc as sa_exc
 
 from service import status
 from service.config import Settings, get_settings
-from service.db import engine_for, make_session_factory, transaction, utcnow
+from service.db import db_now, engine_for, is_conflict, make_session_factory, run_in_transaction, utcnow
 from service.dispatch import WAKE_CHANNEL
 from service.jobs import transitions
 from service.observability import logging as obs_logging
 from service.tenants import repository as tenants_repo
 from workers import cron, webhooks
 from workers.celery_app import QUEUE, RUN_JOB, make_celery
-from workers.dispatcher import Dispatcher
+from workers.dispatcher import Dispatcher, DispatchReport
 from workers.limiter import Limits, RateLimiter
 
 log = logging.getLogger("mmjobs.scheduler")
@@ -33,6 +39,12 @@ SNAPSHOT_EVERY = 1.0
 SATURATED_RECHECK = 0.05
 # Messages buffered before the pipeline is flushed mid-pass (a pass publishes at most max_unclaimed).
 PUBLISH_BATCH = 500
+# Chunks (transitions.CHUNK rows each) one sweep (expire, cancel) moves per pass at most: the rest goes on next
+# pass, after this pass has dispatched (a 100,000-request batch expiring never holds up another tenant's job).
+SWEEP_CHUNKS = 10
+# ...and for about this long at most (a loaded database moves a chunk in a second or more).
+SWEEP_SECONDS = 2.0
+T = TypeVar("T")
 
 
 class Scheduler:
@@ -44,10 +56,12 @@ class Scheduler:
         self.limiter = RateLimiter(
             self.redis, account=settings.upstream_account, window_seconds=settings.limiter_window_seconds
         )
-        self.dispatcher = Dispatcher(settings, self.limiter, self._publish)
+        self.dispatcher = Dispatcher(settings, self.limiter, self._publish, batch=self._publish_batch)
         self.publish_webhook = webhooks.publisher(self.celery)
         self._last_snapshot = 0.0
         self._producer: Any = None
+        self._failures: list[Exception] = []
+        self._more = False
         self.next_wake = settings.scheduler_interval
         # Since when this process has reached the database without a failed pass (None: not since it last failed).
         self.reachable_since: float | None = None
@@ -55,38 +69,87 @@ class Scheduler:
     def _publish(self, job_id: str) -> None:
         self.celery.send_task(RUN_JOB, args=[job_id], queue=QUEUE, producer=self._producer)
 
-    def run_once(self) -> dict[str, int]:
-        now = utcnow()
-        if self.reachable_since is None:
-            self.reachable_since = time.monotonic()
-        with transaction(self.session_factory) as session:
-            recovered = transitions.recover_expired_leases(session, now=now) if self._may_recover() else []
-        with transaction(self.session_factory) as session:
-            expired = transitions.expire_overdue(session, now=now)
-            transitions.cancel_waiting(session, now=now)
-        # Publishing happens inside the transaction: if Redis refuses, the rows roll back to "not dispatched".
-        # One producer for the whole pass, and its messages sent as one Redis pipeline when the pass ends
-        # (kombu's publish batch): one round trip instead of one per job.
-        with transaction(self.session_factory) as session, self.celery.producer_or_acquire() as producer:
+    @contextmanager
+    def _publish_batch(self) -> Iterator[None]:
+        """One producer for the pass's publishing, its messages sent as one Redis pipeline when the block ends
+        (kombu's publish batch): one round trip instead of one per job. The dispatcher opens it after its commit."""
+        with self.celery.producer_or_acquire() as producer:
             self._producer = producer
             try:
                 with producer.batch(max_size=PUBLISH_BATCH):
-                    report = self.dispatcher.run(session, now=now)
+                    yield
             finally:
                 self._producer = None
-        with transaction(self.session_factory) as session:
-            webhooks.dispatch_due(session, now=now, publish=self.publish_webhook)
-        with transaction(self.session_factory) as session:
-            cron.fire_due(session, settings=self.settings, now=now)
+
+    def _step(self, name: str, fn: Callable[[], T], default: T) -> T:
+        """Run one step; if it fails, log it, remember the failure, and let the pass go on."""
+        try:
+            return fn()
+        except Exception as exc:
+            log.exception("scheduler step %r failed; the other steps still run", name)
+            self._failures.append(exc)
+            return default
+
+    def _tx(self, work: Callable[[Any], T]) -> T:
+        return run_in_transaction(self.session_factory, work)
+
+    def _sweep(self, step: Callable[..., int], now: Any) -> int:
+        """Up to SWEEP_CHUNKS chunks of a sweep, each in its own short transaction; stops at a short chunk."""
+        moved = 0
+        started = time.monotonic()
+        for _ in range(SWEEP_CHUNKS):
+            n = self._tx(lambda s: step(s, now=now))
+            moved += n
+            if n < transitions.CHUNK:
+                return moved
+            if time.monotonic() - started > SWEEP_SECONDS:
+                break
+        self._more = True  # work left: the next pass comes at once
+        return moved
+
+    def run_once(self) -> dict[str, int]:
+        """One pass: every step runs even when another fails; the first failure is raised once all have run."""
+        self._failures = []
+        if self.reachable_since is None:
+            self.reachable_since = time.monotonic()
+        with self.session_factory() as session:
+            now = db_now(session)  # one clock for every process: the database's (issue 13 point 6)
+        recovered: list[str] = []
+        if self._may_recover():
+            recovered = self._step(
+                "recover leases",
+                lambda: self._tx(lambda s: transitions.recover_expired_leases(s, now=now)),
+                [],
+            )
+        # Dispatch before the sweeps: a job that expired or whose batch is canceling is never dispatchable
+        # anyway, and another tenant's job never waits behind a sweep of someone's huge batch.
+        report = self._step("dispatch", lambda: self.dispatcher.run(self.session_factory, now=now), None)
+        self._step(
+            "webhooks",
+            lambda: self._tx(lambda s: webhooks.dispatch_due(s, now=now, publish=self.publish_webhook)),
+            0,
+        )
+        self._step(
+            "cron",
+            lambda: self._tx(lambda s: cron.fire_due(s, settings=self.settings, now=now)),
+            None,
+        )
+        self._more = False
+        expired = self._step("expire", lambda: self._sweep(transitions.expire_overdue, now), 0)
+        self._step("cancel", lambda: self._sweep(transitions.cancel_waiting, now), 0)
+        if report is None:
+            report = DispatchReport()
         self.next_wake = min(self.settings.scheduler_interval, max(0.01, report.next_wake))
-        if report.saturated:
+        if report.saturated or self._more:
             self.next_wake = SATURATED_RECHECK
-        self._publish_status(report.waits)
+        self._step("status", lambda: self._publish_status(report.waits), None)
         if recovered or expired or report.published or report.failed:
             log.info(
                 "recovered %d leases, expired %d, published %d, failed %d (too large for the limits)",
                 len(recovered), expired, len(report.published), len(report.failed),
             )  # fmt: skip
+        if self._failures:
+            raise self._failures[0]
         return {
             "recovered": len(recovered),
             "expired": expired,
@@ -126,10 +189,13 @@ class Scheduler:
         while not stop.is_set():
             try:
                 self.run_once()
-            except Exception:
-                log.exception("scheduler pass failed; retrying")
+            except Exception as exc:
+                # Each failed step has logged its traceback; a database that cannot be reached also means every
+                # lease looks expired once it is back: wait for workers to renew theirs before judging them.
+                log.warning("scheduler pass had a failed step (%s); retrying", type(exc).__name__)
                 self.next_wake = self.settings.scheduler_interval
-                self.reachable_since = None
+                if _database_unreachable(exc):
+                    self.reachable_since = None
             pubsub = self._wait_for_wake(pubsub, self.next_wake)
 
     def _wait_for_wake(self, pubsub: redis.client.PubSub | None, timeout: float) -> redis.client.PubSub | None:
@@ -147,6 +213,11 @@ class Scheduler:
         except redis.RedisError:
             threading.Event().wait(timeout)
             return None
+
+
+def _database_unreachable(exc: BaseException) -> bool:
+    lost = isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.TimeoutError)
+    return lost and not is_conflict(exc)
 
 
 def main() -> None:

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service import netguard
 from service.config import Settings
-from service.db import transaction, utcnow
+from service.db import run_in_transaction, transaction, utcnow
 from service.models import DeliveryStatus, WebhookAttempt, WebhookEndpoint, WebhookEvent
 from service.observability import logging as obs_logging
 from service.observability import worker as worker_metrics
@@ -103,8 +103,10 @@ def deliver(
         return plan
     answer = send(client, plan)
     worker_metrics.observe_webhook(http_status=answer.http_status, seconds=answer.latency_ms / 1000)
-    with transaction(factory) as session:
-        return _record(session, plan, answer, now=now + timedelta(milliseconds=answer.latency_ms), rng=rng)
+    return run_in_transaction(
+        factory,
+        lambda session: _record(session, plan, answer, now=now + timedelta(milliseconds=answer.latency_ms), rng=rng),
+    )
 
 
 def _claim(session: Session, delivery_id: str, *, now: datetime) -> Plan | str | None:
@@ -116,10 +118,10 @@ def _claim(session: Session, delivery_id: str, *, now: datetime) -> Plan | str |
     if delivery.endpoint_id is not None:
         endpoint = session.get(WebhookEndpoint, delivery.endpoint_id)
         if endpoint is None or not endpoint.enabled:
-            # Disabled after this delivery was written: it (and any other pending one) fails unsent.
-            repository.fail_pending(
-                session, endpoint_id=delivery.endpoint_id, error="the endpoint was disabled", now=now
-            )
+            # Disabled after this delivery was written: it fails unsent. Only this one: the others were failed
+            # when the endpoint was disabled, and this transaction already holds this delivery's lock, so taking
+            # the endpoint's and its other deliveries' now would break the lock order (service/db.py).
+            repository.fail_one(session, delivery_id=delivery.id, error="the endpoint was disabled", now=now)
             return "failed"
         url, secrets = endpoint.url, endpoint.signing_secrets(now)
     else:
@@ -191,6 +193,10 @@ def retry_after_seconds(value: str | None) -> float | None:
 
 def _record(session: Session, plan: Plan, answer: Answer, *, now: datetime, rng: random.Random | None) -> str:
     values: dict[str, Any] = {"last_attempt_at": now, "updated_at": now}
+    if plan.endpoint_id is not None:
+        # Lock order (service/db.py): the endpoint before this delivery; its health (and, on 410, every pending
+        # delivery of it) is updated below in the same transaction.
+        repository.lock_endpoint(session, endpoint_id=plan.endpoint_id)
     disable_reason: str | None = None
     if answer.ok:
         outcome = DeliveryStatus.DELIVERED

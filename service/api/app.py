@@ -16,6 +16,7 @@ from service.api import errors
 from service.api.deps import SessionDep
 from service.api.large_bodies import LargeBodyLimit
 from service.api.limits import UPLOAD_PATHS, ConcurrencyLimit
+from service.api.retry import RetryConflicts
 from service.batches.documents_router import router as documents_router
 from service.batches.router import router as batches_router
 from service.config import Settings, get_settings
@@ -64,6 +65,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.session_factory = make_session_factory(engine)
     app.state.redis = redis.Redis.from_url(settings.redis_url, socket_timeout=1, socket_connect_timeout=1)
     errors.install(app)
+    # Innermost of our middlewares: a deadlock or serialization failure re-runs the whole request (issue 13).
+    app.add_middleware(RetryConflicts)
     # Idempotency-Key on every POST (issue 7); added first so BodySizeLimit, outside it, refuses oversized bodies.
     install_idempotency(app)
     # Outside idempotency, inside the size limit: too many large bodies at once get 503 before a key is claimed.

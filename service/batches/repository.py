@@ -11,8 +11,8 @@ from psycopg.copy import QueuedLibpqWriter
 from sqlalchemy import Table, delete, insert, select, update
 from sqlalchemy.orm import Session, undefer
 
-from service.jobs.transitions import cancel_waiting
-from service.models import Batch, BatchStatus, Job
+from service.jobs.transitions import start_batch_cancel
+from service.models import Batch, Job
 
 # Every NOT NULL column of `jobs`, in COPY order: COPY bypasses the ORM's defaults.
 JOB_COLUMNS = (
@@ -128,13 +128,9 @@ def list_page(
 
 
 def start_cancel(session: Session, *, batch_id: str, now: datetime) -> int:
-    """Mark the batch canceling and cancel its waiting requests at once; running ones finish."""
-    session.execute(
-        update(Batch)
-        .where(Batch.id == batch_id, Batch.status == BatchStatus.IN_PROGRESS)
-        .values(status=BatchStatus.CANCELING, cancel_initiated_at=now)
-    )
-    return cancel_waiting(session, now=now, batch_id=batch_id)
+    """Mark the batch canceling and cancel a first chunk of its waiting requests; the scheduler cancels the rest
+    and running ones finish (lock order and chunking: transitions.start_batch_cancel)."""
+    return start_batch_cancel(session, batch_id=batch_id, now=now)
 
 
 def delete_batch(session: Session, *, batch_id: str) -> None:

@@ -1,7 +1,10 @@
 """What happens when jobs reach a final state, in the same transaction as the transition that put them there:
 their batch's counts move (and the batch ends when nothing is left processing), their budget reservations are
 released, and their webhook events are written (job.* for single jobs, batch.ended for batches: a 100,000-request
-batch sends one event, not 100,000)."""
+batch sends one event, not 100,000).
+
+Lock order (service/db.py): the caller has locked the jobs; this takes their batches in id order, then their
+budgets in id order. Job ids go to Postgres as one array parameter, however many landed."""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from sqlalchemy import Row, select, update
 from sqlalchemy.orm import Session
 
 from service.batches import progress as batch_progress
+from service.db import id_in
 from service.models import COUNT_FOR_STATUS, Batch, BatchStatus, Job
 from service.usage import budgets
 from service.webhooks import outbox
@@ -56,7 +60,7 @@ def on_terminal(session: Session, landed: Sequence[Row[Any]] | Sequence[tuple[An
     budgets.release(session, job_ids=[row[0] for row in landed])
     single = [row[0] for row in landed if row[1] is None]
     if single:
-        for job in session.scalars(select(Job).where(Job.id.in_(single))):
+        for job in session.scalars(select(Job).where(id_in(session, Job.id, single))):
             outbox.emit(
                 session, tenant_id=job.tenant_id, type=f"job.{job.status}", data=job_event(job),
                 webhook_url=job.webhook_url,

@@ -1,5 +1,11 @@
 """The guarded state transitions workers and the scheduler make. Each is one UPDATE that names the state it
-expects, so two processes racing for the same job cannot both win (DESIGN.md decisions 1-3)."""
+expects, so two processes racing for the same job cannot both win (DESIGN.md decisions 1-3).
+
+Locks follow the one order written in service/db.py (jobs by id -> job_attempts -> batches by id -> budgets by id
+-> webhook endpoints -> deliveries). Sweeps over many jobs (expire, cancel, lease recovery) work in chunks: lock
+at most CHUNK rows in id order with SKIP LOCKED, move them, and return, so one huge batch never becomes one huge
+statement and a row someone else holds is taken on a later chunk instead of waited for. Deadlines and leases are
+compared with the database's clock (`db_now`), never with the clock of whichever process runs the statement."""
 
 from __future__ import annotations
 
@@ -8,12 +14,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.orm import Session
 
-from service.db import utcnow
+from service.db import db_now, id_in, utcnow
 from service.jobs.landing import LANDED, on_terminal
-from service.models import WAITING, Batch, BatchStatus, Job, JobAttempt, JobStatus, Tenant
+from service.models import TERMINAL, WAITING, Batch, BatchStatus, Job, JobAttempt, JobStatus, Tenant
 from service.pricing import PriceTable, is_priority
 from service.usage import ledger
 from service.webhooks import outbox
@@ -62,11 +68,24 @@ class Outcome:
 # Tenants the operator disabled (`mmjobs tenants disable`): their jobs are neither dispatched nor claimed.
 DISABLED_TENANTS = select(Tenant.id).where(Tenant.disabled_at.is_not(None))
 USAGE_FIELDS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
+# Rows one sweep statement moves at most: small enough for a short transaction, large enough that a
+# 100,000-request batch takes a few dozen chunks.
+CHUNK = 2000
+
+
+def _lock_chunk(session: Session, where: Sequence[ColumnElement[bool]], *, limit: int) -> list[str]:
+    """Lock up to `limit` job rows matching `where`, in id order (lock order: service/db.py), skipping rows another
+    transaction holds: they are taken by a later chunk, never waited for."""
+    query = select(Job.id).where(*where).order_by(Job.id).limit(limit).with_for_update(skip_locked=True, of=Job)
+    return list(session.scalars(query))
 
 
 def claim(session: Session, *, job_id: str, owner: str, lease_seconds: float) -> Claim | None:
-    """Take a waiting job whose time has come, or None if someone else has it or it is not runnable."""
-    now = utcnow()
+    """Take a waiting job whose time has come, or None if someone else has it or it is not runnable.
+
+    Lock order (service/db.py): the job row (this UPDATE), its new attempt, then its batch's `started_at`.
+    Due and deadline are judged by the database's clock, so a worker whose own clock lags still claims."""
+    now = db_now(session)
     row = session.execute(
         update(Job)
         .where(
@@ -75,6 +94,7 @@ def claim(session: Session, *, job_id: str, owner: str, lease_seconds: float) ->
             Job.next_attempt_at <= now,
             Job.expires_at > now,
             Job.tenant_id.not_in(DISABLED_TENANTS),  # published before its tenant was disabled: not run (14.4)
+            _not_canceling(),
         )
         .values(
             status=JobStatus.RUNNING,
@@ -131,10 +151,15 @@ def extend_leases(
     """
     if not held:
         return set()
-    now = utcnow()
+    now = db_now(session)
+    # Lock order (service/db.py): the rows in id order first, so this never crosses lease recovery or a finish.
+    ours = (id_in(session, Job.id, sorted(held)), Job.status == JobStatus.RUNNING, Job.lease_owner == owner)
+    locked = list(session.scalars(select(Job.id).where(*ours).order_by(Job.id).with_for_update()))
+    if not locked:
+        return set()
     rows = session.execute(
         update(Job)
-        .where(Job.id.in_(list(held)), Job.status == JobStatus.RUNNING, Job.lease_owner == owner)
+        .where(id_in(session, Job.id, locked), *ours[1:])
         .values(lease_expires_at=now + timedelta(seconds=lease_seconds))
         .returning(Job.id, Job.attempt_count)
     ).all()
@@ -152,6 +177,9 @@ def finish(session: Session, *, claim: Claim, outcome: Outcome, prices: PriceTab
     """
     now = utcnow()
     usage = {k: int(outcome.usage.get(k, 0)) for k in USAGE_FIELDS}
+    # Lock order (service/db.py): the job row before its attempt (then batch, then budgets), the order lease
+    # recovery and hand_back take them in.
+    session.execute(select(Job.id).where(Job.id == claim.job_id).with_for_update())
     session.execute(
         update(JobAttempt)
         .where(JobAttempt.job_id == claim.job_id, JobAttempt.number == claim.number)
@@ -247,10 +275,15 @@ def finish(session: Session, *, claim: Claim, outcome: Outcome, prices: PriceTab
 LEASE_LOST_MESSAGE = "the worker stopped renewing its lease (crashed, killed or cut off); the job was handed back"
 
 
-def recover_expired_leases(session: Session, *, now: datetime | None = None) -> list[str]:
-    """Hand back jobs whose worker vanished. A job out of attempts fails and says why."""
-    now = now or utcnow()
-    expired = (Job.status == JobStatus.RUNNING, Job.lease_expires_at < now)
+def recover_expired_leases(session: Session, *, now: datetime | None = None, limit: int = CHUNK) -> list[str]:
+    """Hand back jobs whose worker vanished (at most `limit`; the next pass takes the rest). A job out of
+    attempts fails and says why. Lock order (service/db.py): jobs in id order, then their attempts, then batches
+    and budgets (on_terminal); a job whose worker is writing its outcome right now is skipped, not waited for."""
+    now = now or db_now(session)
+    ids = _lock_chunk(session, (Job.status == JobStatus.RUNNING, Job.lease_expires_at < now), limit=limit)
+    if not ids:
+        return []
+    expired = (id_in(session, Job.id, ids), Job.status == JobStatus.RUNNING)
     exhausted = session.execute(
         update(Job)
         .where(*expired, Job.attempt_count >= Job.max_attempts)
@@ -268,10 +301,10 @@ def recover_expired_leases(session: Session, *, now: datetime | None = None) -> 
         )
         .returning(Job.id, Job.attempt_count, Job.batch_id, Job.status)
     ).all()
-    on_terminal(session, [(r.id, r.batch_id, r.status) for r in exhausted], now=now)
     retried = _requeue(session, expired, now=now)
     rows = [*exhausted, *retried]
     _end_attempts(session, rows, now=now, classification="lease_expired", message=LEASE_LOST_MESSAGE)
+    on_terminal(session, [(r.id, r.batch_id, r.status) for r in exhausted], now=now)
     return [r.id for r in rows]
 
 
@@ -325,21 +358,30 @@ def hand_back(session: Session, *, owner: str, job_ids: Sequence[str], now: date
     over meanwhile is left alone."""
     if not job_ids:
         return []
-    now = now or utcnow()
-    ours = (Job.id.in_(list(job_ids)), Job.status == JobStatus.RUNNING, Job.lease_owner == owner)
-    rows = _requeue(session, ours, now=now, max_attempts=Job.max_attempts + 1)
+    now = now or db_now(session)
+    ours = (id_in(session, Job.id, sorted(job_ids)), Job.status == JobStatus.RUNNING, Job.lease_owner == owner)
+    # Lock order (service/db.py): the jobs in id order, then their attempts.
+    locked = list(session.scalars(select(Job.id).where(*ours).order_by(Job.id).with_for_update()))
+    if not locked:
+        return []
+    rows = _requeue(session, (id_in(session, Job.id, locked), *ours[1:]), now=now, max_attempts=Job.max_attempts + 1)
     _end_attempts(
         session, rows, now=now, classification="interrupted", message=INTERRUPTED_MESSAGE, error_type="worker_shutdown"
     )
     return [row.id for row in rows]
 
 
-def expire_overdue(session: Session, *, now: datetime | None = None) -> int:
-    """Waiting jobs past their deadline become `expired`. Running ones may still finish."""
-    now = now or utcnow()
+def expire_overdue(session: Session, *, now: datetime | None = None, limit: int = CHUNK) -> int:
+    """One chunk of waiting jobs past their deadline become `expired` (running ones may still finish). Returns
+    how many; fewer than `limit` means none is left (or the rest is locked: a later chunk takes it). Call it
+    again, in a new transaction, until it says so."""
+    now = now or db_now(session)
+    ids = _lock_chunk(session, (Job.status.in_(WAITING), Job.expires_at <= now), limit=limit)
+    if not ids:
+        return 0
     landed = session.execute(
         update(Job)
-        .where(Job.status.in_(WAITING), Job.expires_at <= now)
+        .where(id_in(session, Job.id, ids), Job.status.in_(WAITING))
         .values(
             status=JobStatus.EXPIRED,
             finished_at=now,
@@ -352,20 +394,53 @@ def expire_overdue(session: Session, *, now: datetime | None = None) -> int:
     return len(landed)
 
 
-def cancel_waiting(session: Session, *, now: datetime, batch_id: str | None = None) -> int:
-    """Cancel the waiting jobs of canceling batches (one batch, or all: the scheduler repairs any a concurrent
-    dispatch kept locked while the batch was canceled)."""
-    canceling = select(Batch.id).where(Batch.status == BatchStatus.CANCELING)
+def _canceling(batch_id: str | None) -> Any:
+    query = select(Batch.id).where(Batch.status == BatchStatus.CANCELING)
     if batch_id is not None:
-        canceling = canceling.where(Batch.id == batch_id)
+        query = query.where(Batch.id == batch_id)
+    return query.scalar_subquery()
+
+
+def _cancel_locked(session: Session, ids: list[str], *, now: datetime, batch_id: str | None) -> int:
+    if not ids:
+        return 0
     landed = session.execute(
         update(Job)
-        .where(Job.batch_id.in_(canceling.scalar_subquery()), Job.status.in_(WAITING))
+        .where(id_in(session, Job.id, ids), Job.status.in_(WAITING), Job.batch_id.in_(_canceling(batch_id)))
         .values(status=JobStatus.CANCELED, finished_at=now, updated_at=now)
         .returning(*LANDED)
     ).all()
     on_terminal(session, landed, now=now)
     return len(landed)
+
+
+def cancel_waiting(session: Session, *, now: datetime, batch_id: str | None = None, limit: int = CHUNK) -> int:
+    """Cancel one chunk of the waiting jobs of canceling batches (one batch, or all). The scheduler calls it
+    until none is left: a batch stays `canceling` until its last waiting job is canceled (and ends once nothing
+    runs). Lock order (service/db.py): the job rows, then their batches."""
+    ids = _lock_chunk(session, (Job.batch_id.in_(_canceling(batch_id)), Job.status.in_(WAITING)), limit=limit)
+    return _cancel_locked(session, ids, now=now, batch_id=batch_id)
+
+
+# Requests a cancel over the API cancels itself; the scheduler does the rest within a few passes.
+API_CANCEL_CHUNK = 500
+
+
+def start_batch_cancel(session: Session, *, batch_id: str, now: datetime, limit: int = API_CANCEL_CHUNK) -> int:
+    """Mark an in-progress batch `canceling` and cancel a first chunk of its waiting requests; the scheduler
+    cancels the rest, so an API call answers at once whatever the batch's size. Returns how many were canceled.
+
+    Lock order (service/db.py): the chunk of job rows first (SKIP LOCKED: a job a worker is claiming right now is
+    left to the scheduler), then the batch row. The other way round met `claim` (job, then the batch's
+    `started_at`) and the dispatch pass head on: deadlock."""
+    waiting = (Job.batch_id == batch_id, Job.status.in_(WAITING))
+    ids = _lock_chunk(session, waiting, limit=limit)
+    session.execute(
+        update(Batch)
+        .where(Batch.id == batch_id, Batch.status == BatchStatus.IN_PROGRESS)
+        .values(status=BatchStatus.CANCELING, cancel_initiated_at=now)
+    )
+    return _cancel_locked(session, ids, now=now, batch_id=batch_id)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -389,7 +464,15 @@ def _dispatchable(now: datetime, redispatch_before: datetime) -> tuple[Any, ...]
         Job.next_attempt_at <= now,
         Job.expires_at > now,
         (Job.dispatched_at.is_(None)) | (Job.dispatched_at < redispatch_before),
+        _not_canceling(),
     )
+
+
+def _not_canceling() -> ColumnElement[bool]:
+    """Not a request of a canceling batch: the scheduler cancels those chunk by chunk, and none of them may be
+    dispatched or claimed meanwhile."""
+    canceling = select(Batch.id).where(Batch.id == Job.batch_id, Batch.status == BatchStatus.CANCELING)
+    return Job.batch_id.is_(None) | ~canceling.exists()
 
 
 def count_unclaimed(session: Session, *, now: datetime, redispatch_before: datetime) -> int:
@@ -418,8 +501,8 @@ def waiting_groups(session: Session, *, now: datetime, redispatch_before: dateti
 def group_candidates(
     session: Session, *, tenant_id: str, model: str, now: datetime, redispatch_before: datetime, limit: int
 ) -> list[Candidate]:
-    """The next jobs of one tenant and model, locked for this scheduler (others skip them): highest priority
-    first, then oldest."""
+    """The next jobs of one tenant and model: highest priority first, then oldest. Read without locks: the
+    dispatch pass holds no row lock while it talks to Redis; `mark_dispatched` settles who publishes a job."""
     rows = session.execute(
         select(
             Job.id,
@@ -436,7 +519,6 @@ def group_candidates(
         # A tenant's single jobs go before its batch requests, then priority, then age.
         .order_by(Job.batch_id.is_not(None), Job.priority.desc(), Job.id)
         .limit(limit)
-        .with_for_update(skip_locked=True)
     ).all()
     return [
         Candidate(
@@ -454,13 +536,53 @@ def group_candidates(
     ]
 
 
-def mark_dispatched(session: Session, *, job_ids: list[str], now: datetime) -> None:
+def mark_dispatched(session: Session, *, job_ids: list[str], now: datetime, redispatch_before: datetime) -> list[str]:
+    """Mark dispatched those of `job_ids` still waiting and not marked by another scheduler meanwhile; returns
+    them, the jobs this pass may publish (after commit). Lock order (service/db.py): the jobs in id order, and a
+    row another transaction holds (a cancel, a claim) is skipped, not waited for."""
+    if not job_ids:
+        return []
+    dispatchable = (
+        id_in(session, Job.id, sorted(job_ids)),
+        Job.status.in_(WAITING),
+        (Job.dispatched_at.is_(None)) | (Job.dispatched_at < redispatch_before),
+        _not_canceling(),
+    )
+    ids = _lock_chunk(session, dispatchable, limit=len(job_ids))
+    if ids:
+        session.execute(update(Job).where(id_in(session, Job.id, ids)).values(dispatched_at=now))
+    return ids
+
+
+def unmark_dispatched(session: Session, *, job_ids: list[str], now: datetime) -> None:
+    """Publishing failed after the commit: jobs this pass marked become dispatchable again at once (instead of
+    after redispatch_after). A message that did reach the broker is harmless: the claim decides."""
     if job_ids:
-        session.execute(update(Job).where(Job.id.in_(job_ids)).values(dispatched_at=now))
+        session.execute(
+            update(Job)
+            .where(id_in(session, Job.id, sorted(job_ids)), Job.status.in_(WAITING), Job.dispatched_at == now)
+            .values(dispatched_at=None)
+        )
+
+
+def lock_waiting(session: Session, *, job_id: str) -> bool:
+    """Lock one job if it still waits (the first lock of a transaction that then takes budgets, in the lock
+    order of service/db.py); False if it was canceled, expired or claimed meanwhile."""
+    query = select(Job.id).where(Job.id == job_id, Job.status.in_(WAITING)).with_for_update()
+    return session.execute(query).first() is not None
+
+
+def finished_among(session: Session, *, job_ids: list[str]) -> list[str]:
+    """Which of these jobs are in a final state."""
+    if not job_ids:
+        return []
+    query = select(Job.id).where(id_in(session, Job.id, job_ids), Job.status.in_(TERMINAL))
+    return list(session.scalars(query))
 
 
 def fail_waiting(session: Session, *, job_id: str, error: dict[str, Any], now: datetime) -> bool:
-    """Fail a job that can never run (e.g. larger than the account's whole TPM limit)."""
+    """Fail a job that can never run (e.g. larger than the account's whole TPM limit). Lock order (service/db.py):
+    the job, then (on_terminal) its batch and budgets; run in a transaction that holds no budget lock yet."""
     landed = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status.in_(WAITING))

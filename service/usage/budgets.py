@@ -1,6 +1,9 @@
 """Budgets that cannot be overspent: admission reserves a job's maximum cost with one guarded UPDATE per budget
 (`spent + reserved + amount <= limit`), the real cost moves into `spent` as each attempt is billed, and the
-reservation is released when the job reaches a final state."""
+reservation is released when the job reaches a final state.
+
+Lock order (service/db.py): budgets after the job (and its batch), and several budgets always in ascending id: every
+function here that touches more than one locks them `ORDER BY id` first."""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from decimal import Decimal
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
+from service.db import id_in
 from service.models import Budget, BudgetReservation, Job
 
 
@@ -51,11 +55,14 @@ def budgeted_tenants(session: Session, *, tenant_ids: list[str]) -> set[str]:
 def roll_periods(session: Session, *, tenant_id: str, now: datetime) -> None:
     """A monthly budget starts from zero in a new month."""
     start = month_start(now)
-    session.execute(
-        update(Budget)
-        .where(Budget.tenant_id == tenant_id, Budget.period == "monthly", Budget.period_start < start)
-        .values(spent_usd=0, period_start=start, soft_notified_at=None)
-    )
+    stale = (Budget.tenant_id == tenant_id, Budget.period == "monthly", Budget.period_start < start)
+    ids = list(session.scalars(select(Budget.id).where(*stale).order_by(Budget.id).with_for_update()))
+    if ids:
+        session.execute(
+            update(Budget)
+            .where(Budget.id.in_(ids), *stale)
+            .values(spent_usd=0, period_start=start, soft_notified_at=None)
+        )
 
 
 def reserve(
@@ -89,9 +96,11 @@ def charge(session: Session, *, tenant_id: str, api_key_id: str | None, cost: De
     if cost <= 0:
         return []
     budgets = applicable(session, tenant_id=tenant_id, api_key_id=api_key_id)
-    ids = [b.id for b in budgets]
+    ids = sorted(b.id for b in budgets)
     if not ids:
         return []
+    # One lock order with reserve/release: the rows in ascending id before the multi-row UPDATE.
+    session.execute(select(Budget.id).where(Budget.id.in_(ids)).order_by(Budget.id).with_for_update())
     session.execute(update(Budget).where(Budget.id.in_(ids)).values(spent_usd=Budget.spent_usd + cost))
     crossed = session.scalars(
         update(Budget)
@@ -108,12 +117,13 @@ def charge(session: Session, *, tenant_id: str, api_key_id: str | None, cost: De
 
 
 def release(session: Session, *, job_ids: list[str]) -> None:
-    """Give back what finished jobs held."""
+    """Give back what finished jobs held. The ids travel as one array parameter (never one per job: Postgres
+    refuses more than 65,535), and the budgets are updated in ascending id."""
     if not job_ids:
         return
     held = session.execute(
         delete(BudgetReservation)
-        .where(BudgetReservation.job_id.in_(job_ids))
+        .where(id_in(session, BudgetReservation.job_id, job_ids))
         .returning(BudgetReservation.budget_id, BudgetReservation.amount_usd)
     ).all()
     totals: dict[str, Decimal] = {}

@@ -1,4 +1,6 @@
-"""Every webhook query: endpoints, the tenant secret, events, deliveries and attempts. Functions flush only."""
+"""Every webhook query: endpoints, the tenant secret, events, deliveries and attempts. Functions flush only.
+
+Lock order (service/db.py): an endpoint before any of its deliveries, and several deliveries in ascending id."""
 
 from __future__ import annotations
 
@@ -69,14 +71,47 @@ def disable_endpoint(session: Session, *, endpoint_id: str, reason: str, now: da
     return bool(landed)
 
 
+def lock_endpoint(session: Session, *, endpoint_id: str) -> None:
+    """Take the endpoint's row lock before touching its deliveries (lock order: service/db.py): two workers that
+    both record a 410 from one endpoint then take their turns instead of each holding a delivery the other's
+    `fail_pending` needs."""
+    session.execute(select(WebhookEndpoint.id).where(WebhookEndpoint.id == endpoint_id).with_for_update())
+
+
 def fail_pending(session: Session, *, endpoint_id: str, error: str, now: datetime) -> int:
+    """Give up every pending delivery of an endpoint; call with the endpoint locked. The deliveries are locked in
+    id order; one a worker is recording right now is skipped (its own write decides it)."""
+    pending = (WebhookDelivery.endpoint_id == endpoint_id, WebhookDelivery.status == DeliveryStatus.PENDING)
+    ids = list(
+        session.scalars(
+            select(WebhookDelivery.id).where(*pending).order_by(WebhookDelivery.id).with_for_update(skip_locked=True)
+        )
+    )
+    if not ids:
+        return 0
     result = session.execute(
         update(WebhookDelivery)
-        .where(WebhookDelivery.endpoint_id == endpoint_id, WebhookDelivery.status == DeliveryStatus.PENDING)
+        .where(WebhookDelivery.id.in_(ids), *pending)
         .values(status=DeliveryStatus.FAILED, next_attempt_at=None, dispatched_at=None, error=error, updated_at=now)
         .returning(WebhookDelivery.id)
     ).all()
     return len(result)
+
+
+def fail_one(session: Session, *, delivery_id: str, error: str, now: datetime) -> None:
+    """Give up one pending delivery (its endpoint was disabled after it was written)."""
+    session.execute(
+        update(WebhookDelivery)
+        .where(WebhookDelivery.id == delivery_id, WebhookDelivery.status == DeliveryStatus.PENDING)
+        .values(
+            status=DeliveryStatus.FAILED,
+            next_attempt_at=None,
+            dispatched_at=None,
+            locked_until=None,
+            error=error,
+            updated_at=now,
+        )
+    )
 
 
 def note_failure(session: Session, *, endpoint_id: str, now: datetime) -> datetime | None:

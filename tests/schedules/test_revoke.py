@@ -10,7 +10,7 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from service.config import Settings
 from service.db import utcnow
@@ -108,7 +108,13 @@ def rclient() -> Iterator[redis.Redis]:
 
 
 def test_a_disabled_tenant_fires_nothing_and_dispatches_nothing(
-    session: Session, key: ApiKey, settings: Settings, client: TestClient, auth: dict[str, str], rclient: redis.Redis
+    session: Session,
+    session_factory: sessionmaker[Session],
+    key: ApiKey,
+    settings: Settings,
+    client: TestClient,
+    auth: dict[str, str],
+    rclient: redis.Redis,
 ) -> None:
     schedule = make_schedule(session, key, settings, now=T0)
     job_id = client.post("/v1/jobs", json=JOB, headers=auth).json()["id"]
@@ -120,7 +126,7 @@ def test_a_disabled_tenant_fires_nothing_and_dispatches_nothing(
     fire_due(session, settings=settings, now=LATER)
     session.commit()
     assert runs_of(session, schedule.id) == []
-    dispatcher.run(session, now=utcnow())
+    dispatcher.run(session_factory, now=utcnow())
     session.commit()
     assert published == []
     job = client.get(f"/v1/jobs/{job_id}", headers=auth).json()
@@ -132,7 +138,7 @@ def test_a_disabled_tenant_fires_nothing_and_dispatches_nothing(
     # Enabled again: the job goes, and the schedule goes on from now (the due times missed are not caught up).
     assert tenants.enable(session, name="acme") is not None
     session.commit()
-    dispatcher.run(session, now=utcnow())
+    dispatcher.run(session_factory, now=utcnow())
     session.commit()
     assert published == [job_id]
     session.refresh(schedule)

@@ -16,7 +16,7 @@ import redis
 import uvicorn
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from service.api.app import create_app
 from service.config import ModelRateLimit, Settings
@@ -97,7 +97,12 @@ def test_dry_run_estimates_and_stores_nothing(client: TestClient, auth: dict[str
 
 
 def test_a_batch_pauses_at_its_budget_and_resumes_when_raised(
-    client: TestClient, auth: dict[str, str], session: Session, settings: Settings, api_key: str
+    client: TestClient,
+    auth: dict[str, str],
+    session: Session,
+    session_factory: sessionmaker[Session],
+    settings: Settings,
+    api_key: str,
 ) -> None:
     reqs = [{"custom_id": f"r{i}", **BODY} for i in range(10)]
     bid = client.post("/v1/batches", json={"requests": reqs}, headers=auth).json()["id"]
@@ -111,14 +116,14 @@ def test_a_batch_pauses_at_its_budget_and_resumes_when_raised(
     published: list[str] = []
     custom = settings.model_copy(update={"rate_limits": {"MiniMax-M2.7": ModelRateLimit(rpm=100_000)}})
     d = Dispatcher(custom, RateLimiter(rclient, account="budget-test"), published.append)
-    report: Any = d.run(session, now=utcnow())
+    report: Any = d.run(session_factory, now=utcnow())
     assert len(published) == 3
     [wait] = report.waits.values()
     assert wait["reason"] == "budget"
     assert client.get(f"/v1/batches/{bid}", headers=auth).json()["processing_status"] == "in_progress"
     budget.limit_usd = most * 10
     session.flush()
-    d.run(session, now=utcnow())
+    d.run(session_factory, now=utcnow())
     assert len(published) == 10
     assert len(set(published)) == 10
 

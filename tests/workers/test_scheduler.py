@@ -98,3 +98,27 @@ def test_expired_leases_are_handed_back_only_once_workers_could_have_renewed_the
     assert s.run_once()["recovered"] == 1
     session.expire_all()
     assert session.get_one(Job, job_id).status == "retrying"
+
+
+def test_a_failing_step_does_not_stop_the_others(
+    session: Session, session_factory: sessionmaker[Session], settings: Settings, broker: redis.Redis
+) -> None:
+    """The broker is down, so dispatch fails every pass: expiry and lease recovery still happen in that pass
+    (one tenant's trouble, or Redis's, never switches off the rest), and the failure is still reported."""
+    [due, overdue, abandoned] = add_jobs(session, "acme", 3)
+    past = utcnow() - timedelta(minutes=5)
+    session.execute(update(Job).where(Job.id == overdue).values(expires_at=past))
+    session.execute(
+        update(Job)
+        .where(Job.id == abandoned)
+        .values(status="running", lease_owner="host:1", lease_expires_at=past, attempt_count=1, dispatched_at=past)
+    )
+    s = scheduler(settings, session_factory)
+    s.celery = make_celery(settings.model_copy(update={"redis_url": "redis://127.0.0.1:9/0"}))  # nothing listens
+    s.reachable_since = time.monotonic() - 2 * settings.lease_refresh_seconds
+    with pytest.raises(OperationalError, match="Connection refused"):
+        s.run_once()
+    session.expire_all()
+    assert session.get_one(Job, overdue).status == "expired"
+    assert session.get_one(Job, abandoned).status == "retrying"
+    assert session.get_one(Job, due).dispatched_at is None  # not published, so not marked
