@@ -301,13 +301,14 @@ class _ChunkAssembler:
                 self._meter.add_text(function["arguments"])
 
     def usage_so_far(self) -> Usage | None:
-        """Billed tokens before a failure: the real counts if they arrived, else the output estimate once
-        anything streamed (the prompt's count is unknown until the last chunk)."""
+        """Billed tokens before a failure: the real counts if they arrived, else the output counted from what
+        streamed, with the input left to the caller (`estimated`: the prompt's count comes only at the end).
+        None: no chunk ever arrived."""
+        if not self._head and not self._choices:
+            return None
         if self._usage is not None:
             return to_usage(self._usage)
-        if self._meter.estimate:
-            return Usage(output_tokens=self._meter.estimate)
-        return None
+        return Usage(output_tokens=self._meter.estimate, estimated=True)
 
     def completion_dict(self) -> dict[str, Any]:
         raw: dict[str, Any] = {

@@ -237,7 +237,9 @@ def test_anthropic_midstream_error_event_reports_usage_billed_so_far(http: httpx
     [entry] = ledger(http, base_url)
     assert entry["outcome"] == "midstream_error"
     assert error.request_id == entry["request_id"]
-    assert error.usage == Usage(input_tokens=entry["input_tokens"], output_tokens=entry["output_tokens"])
+    # message_start's usage is a placeholder on MiniMax: the output is counted from what streamed, the input is
+    # left to the worker (count_tokens or the intake estimate).
+    assert error.usage == Usage(output_tokens=entry["output_tokens"], estimated=True)
     assert 0 < entry["output_tokens"] < 200
 
 
@@ -248,7 +250,7 @@ def test_openai_midstream_disconnect_is_stream_broken(http: httpx.Client, base_u
     assert entry["outcome"] == "midstream_error"
     assert error.request_id == entry["request_id"]
     # The prompt's count only comes with the last chunk; the output streamed so far is estimated.
-    assert error.usage == Usage(output_tokens=entry["output_tokens"])
+    assert error.usage == Usage(output_tokens=entry["output_tokens"], estimated=True)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
