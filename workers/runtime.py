@@ -35,13 +35,12 @@ class InFlight:
     tenant_id: str
     output_tokens: int = 0
     # Set from any thread (the stop-notice listener, the lease keeper, shutdown); the call's reads honour it
-    # (workers/stopping.py), and so does every progress report.
+    # (workers/stopping.py). The read that follows a stop raises inside the provider, which then reports the
+    # stream broken with its usage so far and the upstream's request id, so the stop is billed like a break.
     aborted: StopSignal = field(default_factory=StopSignal)
 
     def progress(self, output_tokens: int) -> None:
         self.output_tokens = output_tokens
-        if self.aborted.is_set():
-            raise JobAborted
 
 
 class Runtime:

@@ -40,6 +40,7 @@ STOP_REASONS = {
     "content_filter": "refusal",
 }
 _THINK = re.compile(r"\A\s*<think>(.*?)(?:</think>|\Z)(.*)\Z", re.DOTALL)
+_THINK_TAGS = re.compile(r"\s*</?think>\s*")
 
 
 class OpenAIProvider:
@@ -261,7 +262,9 @@ class _ChunkAssembler:
             choice.role = delta["role"]
         if isinstance(delta.get("content"), str):
             choice.content.append(delta["content"])
-            self._meter.add_text(delta["content"])
+            # Inline <think> tags (reasoning_split off) are markup, not text the model wrote: counted, they would
+            # over-bill a broken stream's output estimate.
+            self._meter.add_text(_THINK_TAGS.sub("", delta["content"]))
         if isinstance(delta.get("reasoning_content"), str):
             choice.reasoning.append(delta["reasoning_content"])
             self._meter.add_text(delta["reasoning_content"])
