@@ -10,6 +10,7 @@ simulator with midstream faults, both formats, an M2.x model and M3.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import httpx
@@ -56,6 +57,12 @@ def _request(i: int, model: str, fmt: str) -> dict[str, Any]:
         "params": {"max_tokens": 1200, "messages": [
             {"role": "user", "content": f"{PROMPT} Request {i}. [[sim:output_tokens=600]]"}]},
     }  # fmt: skip
+
+
+def _params(text: str) -> dict[str, Any]:
+    """A call that streams 900 tokens over 12 seconds."""
+    content = f"{text} [[sim:latency=12]] [[sim:output_tokens=900]]"
+    return {"max_tokens": 1200, "messages": [{"role": "user", "content": content}]}
 
 
 def test_broken_streams_are_billed_within_one_percent_of_the_simulator(stack: Stack) -> None:
@@ -110,27 +117,20 @@ def test_broken_streams_are_billed_within_one_percent_of_the_simulator(stack: St
 def test_two_streams_canceled_a_third_of_the_way_in_are_billed(stack: Stack) -> None:
     _sim(stack, "/_sim/reset")
     before = stack.client.get("/v1/usage", headers=stack.auth).json()["total"]
-    jobs = [
-        stack.submit(
-            "",
-            format=fmt,
-            params={"max_tokens": 1200, "messages": [
-                {"role": "user", "content": f"Cancel me {i} [[sim:latency=12]] [[sim:output_tokens=900]]"}]},
-        )  # fmt: skip
-        for i, fmt in enumerate(FORMATS)
-    ]
+    jobs = [stack.submit("", format=fmt, params=_params(f"Cancel me {i}")) for i, fmt in enumerate(FORMATS)]
+
+    def streamed_a_third(job_id: str) -> bool:  # by the worker's own count of what has streamed
+        return bool(stack.job(job_id)["progress"]["output_tokens_so_far"] >= 300)
+
+    def attempt_ended(job_id: str) -> bool:
+        return stack.job(job_id)["attempts"][0]["ended_at"] is not None
+
     for job_id in jobs:
-        # A third of the way in, by the worker's own count of what has streamed.
-        wait_until(
-            lambda j=job_id: stack.job(j)["progress"]["output_tokens_so_far"] >= 300,
-            30,
-            f"job {job_id} to stream a third of its answer",
-            interval=0.1,
-        )
+        wait_until(partial(streamed_a_third, job_id), 30, f"job {job_id} to stream a third", interval=0.1)
         r = stack.client.post(f"/v1/jobs/{job_id}/cancel", headers=stack.auth)
         assert r.json()["status"] == "canceled"
     for job_id in jobs:
-        wait_until(lambda j=job_id: stack.job(j)["attempts"][0]["ended_at"] is not None, 30, "the attempt to end")
+        wait_until(partial(attempt_ended, job_id), 30, "the attempt to end")
 
     after = stack.client.get("/v1/usage", headers=stack.auth).json()["total"]
     assert after["attempts"] - before["attempts"] == 2
