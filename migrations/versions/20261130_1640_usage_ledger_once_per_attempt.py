@@ -10,24 +10,24 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = '5b1e7c2a9d40'
-down_revision: str | None = 'd7832ead6218'
+revision: str = "5b1e7c2a9d40"
+down_revision: str | None = "d7832ead6218"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    op.add_column('usage_ledger', sa.Column('estimated', sa.Boolean(), server_default='false', nullable=False))
     # Rows doubled by a retried write before this constraint existed: keep the first of each (job, attempt).
-    op.execute(
-        "DELETE FROM usage_ledger a USING usage_ledger b "
-        "WHERE a.job_id = b.job_id AND a.attempt = b.attempt AND a.id > b.id"
-    )
-    op.drop_index('ix_usage_ledger_job_id', table_name='usage_ledger')
-    op.create_unique_constraint('uq_usage_ledger_job_id_attempt', 'usage_ledger', ['job_id', 'attempt'])
+    # (Portable SQL: `mmjobs up` runs these migrations on SQLite too.)
+    op.execute("DELETE FROM usage_ledger WHERE id NOT IN (SELECT min(id) FROM usage_ledger GROUP BY job_id, attempt)")
+    with op.batch_alter_table("usage_ledger") as batch:
+        batch.add_column(sa.Column("estimated", sa.Boolean(), server_default=sa.false(), nullable=False))
+        batch.drop_index("ix_usage_ledger_job_id")
+        batch.create_unique_constraint("uq_usage_ledger_job_id_attempt", ["job_id", "attempt"])
 
 
 def downgrade() -> None:
-    op.drop_constraint('uq_usage_ledger_job_id_attempt', 'usage_ledger', type_='unique')
-    op.create_index('ix_usage_ledger_job_id', 'usage_ledger', ['job_id'], unique=False)
-    op.drop_column('usage_ledger', 'estimated')
+    with op.batch_alter_table("usage_ledger") as batch:
+        batch.drop_constraint("uq_usage_ledger_job_id_attempt", type_="unique")
+        batch.create_index("ix_usage_ledger_job_id", ["job_id"], unique=False)
+        batch.drop_column("estimated")

@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import ForeignKey, Index, Numeric, String, UniqueConstraint
+from sqlalchemy import ForeignKey, Index, Numeric, String, UniqueConstraint, false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from service.db import BigIntPK, utcnow
@@ -39,7 +39,7 @@ class UsageEntry(Base):
     price_version: Mapped[str] = mapped_column(String(64))
     # The stream broke (or was stopped) before the upstream's own usage arrived: input is MiniMax's count_tokens
     # or the intake estimate, output is counted from the text and thinking received.
-    estimated: Mapped[bool] = mapped_column(default=False, server_default="false")
+    estimated: Mapped[bool] = mapped_column(default=False, server_default=false())
 
     __table_args__ = (
         Index("ix_usage_ledger_tenant_id_at", "tenant_id", "at"),
