@@ -97,8 +97,9 @@ class Runtime:
         return len(self._inflight)
 
     def hand_back_all(self) -> list[str]:
-        """Shutting down: give every job still in flight back to the queue and free its permit. The calls
-        themselves are abandoned with the process (MiniMax may still bill them)."""
+        """Shutting down: give every job still in flight back to the queue and free its permit. Their calls are
+        stopped (closed within stopping.POLL_SECONDS) and, if their threads get to write before the process
+        exits, billed for what they used."""
         with self._lock:
             snapshot = dict(self._inflight)
         if not snapshot:
