@@ -121,6 +121,9 @@ class Settings(BaseSettings):
     lease_refresh_seconds: float = 10.0
     # How often a worker writes its calls' output tokens so far (GET /v1/jobs/ID `progress`, the CLI's live view).
     progress_refresh_seconds: float = Field(1.0, gt=0)
+    # The longest one upstream call may run, however lively its stream (pings do not count as progress): the
+    # call is stopped, billed for what it used, and its job fails. A job's `expires_at` stops it too, if sooner.
+    max_call_seconds: float = Field(3600.0, gt=0)
     stream: bool = True
     upstream_connect_timeout: float = 10.0
     upstream_read_timeout: float = 300.0

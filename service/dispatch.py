@@ -16,6 +16,9 @@ from sqlalchemy.orm import Session
 from service.config import Settings
 
 WAKE_CHANNEL = "mmjobs:scheduler:wake"
+# Job ids whose running call must stop now (canceled): workers subscribe (workers/runtime.py) and close the call
+# within a fraction of a second, instead of noticing at their next lease renewal.
+STOP_CHANNEL = "mmjobs:jobs:stop"
 log = logging.getLogger(__name__)
 
 
@@ -34,3 +37,20 @@ def wake_scheduler(settings: Settings) -> None:
 def wake_scheduler_after_commit(session: Session, settings: Settings) -> None:
     """Nudge once this session commits: before the commit the scheduler could not see the rows yet."""
     event.listen(session, "after_commit", lambda _s: wake_scheduler(settings), once=True)
+
+
+def stop_calls_after_commit(session: Session, settings: Settings, *, job_ids: list[str]) -> None:
+    """Once this session commits, tell the workers to stop these jobs' calls. Best effort: a worker that misses
+    the notice stops the call at its next lease renewal, which finds the job no longer running."""
+
+    def announce(_session: Session) -> None:
+        try:
+            client = _client(settings.redis_url)
+            for job_id in job_ids:
+                client.publish(STOP_CHANNEL, job_id.encode())
+        except redis.RedisError as exc:
+            log.warning(
+                "could not announce the cancel of %s (%s); workers notice at their next lease renewal", job_ids, exc
+            )
+
+    event.listen(session, "after_commit", announce, once=True)

@@ -33,8 +33,9 @@ it gets the usual text answer. ``M2-her`` (dialogue roles, no thinking, output u
 A malformed or unknown directive is a 400 ``invalid_request_error`` (2013), so a typo cannot pass silently.
 
 Order of checks for a call: auth (401) -> request validation (400) -> directives -> rate limit (429) ->
-``error`` directive -> fault -> latency and answer. Only delivered answers and midstream-broken ones are
-billed to the ledger; a client that hangs up before its answer is not billed.
+``error`` directive -> fault -> latency and answer. Delivered answers, midstream-broken ones and calls the
+client closed before the end (billed for the prompt and the tokens generated until then) go to the ledger;
+refused calls and hangs are not billed.
 """
 
 from simulator.app import create_app

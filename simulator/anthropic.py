@@ -238,4 +238,5 @@ async def _events(state: SimState, plan: Plan) -> AsyncIterator[bytes]:
         yield _sse("message_stop", {"type": "message_stop"})
     finally:
         if not finished:
-            state.stats.outcome("client_disconnected")
+            # The client closed the stream (a cancel): the prompt and every token generated so far are billed.
+            bill(state, plan, output_tokens=sent_tokens, outcome="client_disconnected")

@@ -254,10 +254,14 @@ CLIENT_CLOSED = 499  # nginx's convention; the client never sees it, it only mar
 
 
 async def answer_after_latency(state: SimState, request: Request, plan: Plan) -> bool:
-    """Sleep the plan's latency; False (and the outcome recorded) if the client left meanwhile."""
+    """Sleep the plan's latency; False (and the call billed) if the client left meanwhile."""
+    started = time.monotonic()
     if await wait_for_disconnect(request, plan.latency):
-        # The answer was never delivered, so it is not billed (the limiter keeps its admission).
-        state.stats.outcome("client_disconnected")
+        # The answer was being generated when the client left: the prompt and the share of the output generated
+        # by then are billed, as hosted models do.
+        done = min(1.0, (time.monotonic() - started) / plan.latency) if plan.latency > 0 else 1.0
+        generated = math.floor(plan.generation.output_tokens * done)
+        bill(state, plan, output_tokens=generated, outcome="client_disconnected")
         return False
     return True
 

@@ -82,7 +82,9 @@ def key_suffix(api_key: str) -> str:
     return api_key[-4:]
 
 
-Outcome = Literal["succeeded", "midstream_error"]
+# client_disconnected: the client closed the connection before the answer was whole (a cancel, a timeout). The
+# prompt was processed and tokens were generated up to that moment, so those are billed, as hosted models do.
+Outcome = Literal["succeeded", "midstream_error", "client_disconnected"]
 
 
 @dataclass(frozen=True, kw_only=True)

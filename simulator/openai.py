@@ -274,4 +274,5 @@ async def _chunks(state: SimState, plan: Plan, *, split: bool, include_usage: bo
         yield b"data: [DONE]\n\n"
     finally:
         if not finished:
-            state.stats.outcome("client_disconnected")
+            # The client closed the stream (a cancel): the prompt and every token generated so far are billed.
+            bill(state, plan, output_tokens=sent_tokens, outcome="client_disconnected")

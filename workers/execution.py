@@ -13,11 +13,12 @@ import redis
 from sqlalchemy import exc as sa_exc
 
 from service.db import transaction, utcnow
+from service.jobs import repository as jobs_repository
 from service.jobs import transitions
 from service.jobs.transitions import Claim, Outcome
 from service.observability import logging as obs_logging
 from service.observability import worker as worker_metrics
-from workers import media, preflight
+from workers import media, preflight, stopping
 from workers.dispatcher import permit_id
 from workers.providers import Completion, UpstreamError, Usage, get_provider
 from workers.retry import slows_the_limiter
@@ -56,7 +57,36 @@ def success(completion: Completion) -> Outcome:
     )
 
 
-def failure(error: UpstreamError) -> Outcome:
+def input_tokens(claim: Claim, rt: Runtime) -> int:
+    """The input tokens of a call whose upstream usage never arrived, never 0: MiniMax's own count where it
+    offers one (count_tokens: M3 on the Anthropic format, see workers/preflight.py), else the intake estimate,
+    which errs high (service/tokens.py), so the tenant's input is never under-billed."""
+    if preflight.countable(claim):
+        try:
+            return preflight.count(claim, rt)
+        except UpstreamError as exc:
+            log.info("job %s: count_tokens failed (%s); billing the intake estimate", claim.job_id, exc)
+    return max(1, claim.estimated_input_tokens)
+
+
+def billed(usage: Usage | None, *, claim: Claim, rt: Runtime, output_so_far: int = 0) -> tuple[dict[str, int], bool]:
+    """(usage to record, whether it is our estimate). The upstream's own usage is taken as given; a call that
+    broke or was stopped after MiniMax received it is billed for its input (see `input_tokens`) and the output
+    counted from the text and thinking received."""
+    if usage is not None and not usage.estimated:
+        return _usage(usage), False
+    output = usage.output_tokens if usage is not None else output_so_far
+    return {"input_tokens": input_tokens(claim, rt), "output_tokens": output}, True
+
+
+def failure(error: UpstreamError, *, claim: Claim, rt: Runtime) -> Outcome:
+    usage, estimated = _usage(error.usage), False
+    if error.usage is not None and error.usage.estimated:
+        usage, estimated = billed(error.usage, claim=claim, rt=rt)
+    elif error.usage is None and error.error_type == "stream_broken" and not error.unsent:
+        # The answer began and broke before any of it could be read (a plain JSON body cut short): MiniMax
+        # generated it, so at least the prompt was billed.
+        usage, estimated = billed(None, claim=claim, rt=rt)
     return Outcome(
         classification=error.classification.value,
         http_status=error.http_status,
@@ -64,38 +94,101 @@ def failure(error: UpstreamError) -> Outcome:
         error_type=error.error_type,
         error_message=error.message,
         upstream_request_id=error.request_id,
-        usage=_usage(error.usage),
+        usage=usage,
+        estimated=estimated,
+    )
+
+
+_STOPPED = {
+    stopping.CANCELED: (
+        "canceled",
+        "aborted",
+        "the call was stopped: the job was canceled or handed to another worker",
+    ),
+    stopping.LEASE_LOST: (
+        "canceled",
+        "aborted",
+        "the call was stopped: the job was canceled or handed to another worker",
+    ),
+    stopping.EXPIRED: (
+        "expired",
+        "expired",
+        "the job passed its deadline (expires_at) while the call ran; the call was stopped",
+    ),
+    stopping.TOO_LONG: (
+        "permanent",
+        "call_too_long",
+        "the call ran longer than MMJOBS_MAX_CALL_SECONDS and was stopped",
+    ),
+}
+
+
+def stopped(
+    claim: Claim, rt: Runtime, handle: InFlight, *, sent: bool, usage: Usage | None, request_id: str | None
+) -> Outcome:
+    """The outcome of a call we stopped, billed for what it used so far if MiniMax had received it."""
+    reason = handle.aborted.reason or stopping.CANCELED
+    classification, error_type, message = _STOPPED.get(reason, _STOPPED[stopping.CANCELED])
+    if reason == stopping.TOO_LONG:
+        message = message.replace(
+            "MMJOBS_MAX_CALL_SECONDS", f"MMJOBS_MAX_CALL_SECONDS ({rt.settings.max_call_seconds:g} s)"
+        )
+    recorded: dict[str, int] = {}
+    estimated = False
+    if sent:
+        recorded, estimated = billed(usage, claim=claim, rt=rt, output_so_far=handle.output_tokens)
+    return Outcome(
+        classification=classification,
+        error_type=error_type,
+        error_message=message,
+        upstream_request_id=request_id,
+        usage=recorded,
+        estimated=estimated,
     )
 
 
 def call_upstream(claim: Claim, rt: Runtime, handle: InFlight) -> tuple[Outcome, UpstreamError | None]:
+    sent = False
     try:
-        claim = media.prepare(claim, rt)  # mmjobs_file:// -> mm_file:// (uploaded once) or inline (issue 6)
-        preflight.check(claim, rt)  # near M3's window: count_tokens first, fail early with the figure (issue 6)
-        _mark_sent(claim, rt)
-        completion = get_provider(claim.format).call(
-            client=rt.http,
-            base_url=rt.settings.minimax_base_url,
-            api_key=rt.api_key,
-            model=claim.model,
-            params=claim.params,
-            stream=rt.settings.stream,
-            on_progress=handle.progress,
-        )
+        # Every read of the call honours the handle's stop signal: a cancel, a lost lease or the deadline closes
+        # the connection within stopping.POLL_SECONDS, in every mode (streamed, plain, a silent stream).
+        with stopping.watching(handle.aborted):
+            claim = media.prepare(claim, rt)  # mmjobs_file:// -> mm_file:// (uploaded once) or inline (issue 6)
+            preflight.check(claim, rt)  # near M3's window: count_tokens first, fail early with the figure (issue 6)
+            _mark_sent(claim, rt)
+            sent = True
+            completion = get_provider(claim.format).call(
+                client=rt.http,
+                base_url=rt.settings.minimax_base_url,
+                api_key=rt.api_key,
+                model=claim.model,
+                params=claim.params,
+                stream=rt.settings.stream,
+                on_progress=handle.progress,
+            )
         return success(completion), None
     except UpstreamError as error:
-        return failure(error), error
+        if handle.aborted.is_set():
+            sent = sent and not error.unsent
+            return stopped(claim, rt, handle, sent=sent, usage=error.usage, request_id=error.request_id), None
+        return failure(error, claim=claim, rt=rt), error
     except JobAborted:
-        outcome = Outcome(
-            classification="canceled",
-            error_type="aborted",
-            error_message="the call was stopped: the job was canceled or handed to another worker",
-        )
-        return outcome, None
+        return stopped(claim, rt, handle, sent=sent, usage=None, request_id=None), None
     except Exception as exc:
+        if handle.aborted.is_set():
+            return stopped(claim, rt, handle, sent=sent, usage=None, request_id=None), None
         # Our own bug, not the upstream's: fail the job with an explanation rather than leave it running.
         log.exception("job %s attempt %s crashed", claim.job_id, claim.number)
         return Outcome(classification="internal", error_type="internal_error", error_message=repr(exc)[:2000]), None
+
+
+def _deadline(claim: Claim, rt: Runtime) -> tuple[float, str]:
+    """When the call must stop (time.monotonic()) and why: the job's `expires_at` or the longest call allowed,
+    whichever comes first."""
+    to_expiry = (claim.expires_at - utcnow()).total_seconds()
+    if to_expiry < rt.settings.max_call_seconds:
+        return time.monotonic() + max(0.0, to_expiry), stopping.EXPIRED
+    return time.monotonic() + rt.settings.max_call_seconds, stopping.TOO_LONG
 
 
 # Database errors worth waiting out (pool exhausted, connection dropped, server restarting), not our bugs.
@@ -168,11 +261,13 @@ def run_job(job_id: str, *, rt: Runtime) -> None:
     claim = persist(f"claim {job_id}", take, give_up_after=30)
     if claim is None:
         log.debug("job %s not claimable (taken, finished or not due)", job_id)
+        _return_unused_permit(job_id, rt)
         return
     obs_logging.bind(batch_id=claim.batch_id, tenant=claim.tenant_id, attempt=claim.number)
     started = time.monotonic()
     # Registered until the outcome is written: the lease keeper renews the lease while a slow write is retried.
-    handle = rt.register(claim.job_id, claim.number, claim.tenant_id)
+    deadline, why = _deadline(claim, rt)
+    handle = rt.register(claim.job_id, claim.number, claim.tenant_id, deadline=deadline, deadline_reason=why)
     try:
         outcome, error = call_upstream(claim, rt, handle)
         worker_metrics.observe_call(
@@ -197,3 +292,22 @@ def run_job(job_id: str, *, rt: Runtime) -> None:
         f" ({outcome.retry_note})" if error is not None else "",
         "" if moved else " (job no longer ours; outcome recorded on the attempt only)",
     )
+
+
+def _return_unused_permit(job_id: str, rt: Runtime) -> None:
+    """A claim that missed because the job ended (canceled, expired, finished) gives its permit back at once: the
+    dispatcher acquired it for the attempt that will now never run. A job that is merely not due yet, or that
+    another worker runs, keeps it (the permit then belongs to that attempt)."""
+    try:
+        with transaction(rt.session_factory) as session:
+            ended = jobs_repository.ended_attempt(session, job_id=job_id)
+    except _TRANSIENT_DB as exc:
+        log.warning("could not look up unclaimed job %s (%s); its permit lapses on its own", job_id, exc)
+        return
+    if ended is None:
+        return
+    permit = permit_id(job_id, ended.attempt_count + 1)
+    try:
+        rt.limiter.forfeit(permit, model=ended.model, tenant=ended.tenant_id)
+    except redis.RedisError as exc:
+        log.warning("could not return permit %s: %s", permit, exc)

@@ -32,6 +32,23 @@ def needs_count(claim: Claim, *, margin: float) -> bool:
     return claim.estimated_input_tokens >= (1 - margin) * room
 
 
+def countable(claim: Claim) -> bool:
+    """MiniMax offers count_tokens for this request (M3, Anthropic format)."""
+    info = get_model(claim.model)
+    return info is not None and info.count_tokens and claim.format == "anthropic"
+
+
+def count(claim: Claim, rt: Runtime) -> int:
+    """MiniMax's count of the request's input tokens (raises `UpstreamError`)."""
+    return _COUNTER.count_tokens(
+        client=rt.http,
+        base_url=rt.settings.minimax_base_url,
+        api_key=rt.api_key,
+        model=claim.model,
+        params=claim.params,
+    )
+
+
 def _max_tokens(claim: Claim) -> int:
     value = claim.params.get("max_tokens")
     return value if isinstance(value, int) and not isinstance(value, bool) else 0

@@ -16,10 +16,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.config import Settings, get_settings
 from service.db import engine_for, make_session_factory, transaction
+from service.dispatch import STOP_CHANNEL
 from service.jobs import transitions
 from service.observability import worker as worker_metrics
 from workers.limiter import RateLimiter
 from workers.retry import RetryPolicy
+from workers.stopping import CANCELED, LEASE_LOST, StopSignal, stoppable_transport
 
 log = logging.getLogger(__name__)
 
@@ -33,12 +35,13 @@ class InFlight:
     number: int
     tenant_id: str
     output_tokens: int = 0
-    aborted: threading.Event = field(default_factory=threading.Event)
+    # Set from any thread (the stop-notice listener, the lease keeper, shutdown); the call's reads honour it
+    # (workers/stopping.py). The read that follows a stop raises inside the provider, which then reports the
+    # stream broken with its usage so far and the upstream's request id, so the stop is billed like a break.
+    aborted: StopSignal = field(default_factory=StopSignal)
 
     def progress(self, output_tokens: int) -> None:
         self.output_tokens = output_tokens
-        if self.aborted.is_set():
-            raise JobAborted
 
 
 class Runtime:
@@ -52,12 +55,14 @@ class Runtime:
         self.api_key = settings.minimax_api_key
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
         self.session_factory: sessionmaker[Session] = make_session_factory(engine_for(settings))
+        limits = httpx.Limits(
+            max_connections=settings.upstream_max_connections,
+            max_keepalive_connections=settings.upstream_max_connections,
+        )
         self.http = httpx.Client(
             timeout=httpx.Timeout(settings.upstream_read_timeout, connect=settings.upstream_connect_timeout),
-            limits=httpx.Limits(
-                max_connections=settings.upstream_max_connections,
-                max_keepalive_connections=settings.upstream_max_connections,
-            ),
+            limits=limits,
+            transport=stoppable_transport(limits=limits),  # a canceled call is closed from outside its thread
         )
         self.redis = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
         self.limiter = RateLimiter(
@@ -72,9 +77,15 @@ class Runtime:
         worker_metrics.CALLS_IN_FLIGHT.set_function(self.in_flight)  # served on MMJOBS_WORKER_METRICS_PORT
         self._keeper = threading.Thread(target=self._keep_leases, name="lease-keeper", daemon=True)
         self._keeper.start()
+        self._listener = threading.Thread(target=self._listen_for_stops, name="stop-listener", daemon=True)
+        self._listener.start()
 
-    def register(self, job_id: str, number: int, tenant_id: str) -> InFlight:
-        handle = InFlight(number=number, tenant_id=tenant_id)
+    def register(
+        self, job_id: str, number: int, tenant_id: str, *, deadline: float | None = None, deadline_reason: str = ""
+    ) -> InFlight:
+        """Track a call in flight; `deadline` (time.monotonic()) stops it, for `deadline_reason`."""
+        signal = StopSignal(deadline=deadline, deadline_reason=deadline_reason) if deadline_reason else StopSignal()
+        handle = InFlight(number=number, tenant_id=tenant_id, aborted=signal)
         with self._lock:
             self._inflight[job_id] = handle
         return handle
@@ -87,8 +98,9 @@ class Runtime:
         return len(self._inflight)
 
     def hand_back_all(self) -> list[str]:
-        """Shutting down: give every job still in flight back to the queue and free its permit. The calls
-        themselves are abandoned with the process (MiniMax may still bill them)."""
+        """Shutting down: give every job still in flight back to the queue and free its permit. Their calls are
+        stopped (closed within stopping.POLL_SECONDS) and, if their threads get to write before the process
+        exits, billed for what they used."""
         with self._lock:
             snapshot = dict(self._inflight)
         if not snapshot:
@@ -97,7 +109,7 @@ class Runtime:
             handed = transitions.hand_back(session, owner=self.owner, job_ids=list(snapshot))
         for job_id in handed:
             handle = snapshot[job_id]
-            handle.aborted.set()
+            handle.aborted.stop(LEASE_LOST)
             try:
                 self.limiter.release(f"{job_id}:{handle.number}", tenant=handle.tenant_id)
             except redis.RedisError as exc:
@@ -136,10 +148,41 @@ class Runtime:
                 continue
             for job_id, handle in snapshot.items():
                 if job_id not in alive:
-                    handle.aborted.set()
+                    # Canceled (the notice was missed) or recovered by the sweeper: either way not ours now.
+                    handle.aborted.stop(LEASE_LOST)
             written.update(((job_id, number), count) for job_id, (number, count) in held.items())
             if renew:
                 self._extend_permits(snapshot)
+
+    def stop_call(self, job_id: str, reason: str = CANCELED) -> bool:
+        """Stop the call of `job_id` if this process runs it; True if it did."""
+        with self._lock:
+            handle = self._inflight.get(job_id)
+        if handle is None:
+            return False
+        handle.aborted.stop(reason)
+        return True
+
+    def _listen_for_stops(self) -> None:
+        """Stop a canceled job's call within a moment of the cancel: the API publishes the job id on commit
+        (service/dispatch.py). Faster than lease renewal (MMJOBS_LEASE_REFRESH_SECONDS, 10 s), which stays the
+        fallback when a notice is lost (Redis down, this process reconnecting)."""
+        backoff = 0.5
+        while True:
+            try:
+                pubsub = self.redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+                pubsub.subscribe(STOP_CHANNEL)
+                backoff = 0.5
+                while True:
+                    message = pubsub.get_message(timeout=1.0)
+                    if message is not None and isinstance(message.get("data"), bytes):
+                        job_id = message["data"].decode(errors="replace")
+                        if self.stop_call(job_id):
+                            log.info("job %s canceled: stopping its call", job_id)
+            except redis.RedisError as exc:
+                log.warning("stop notices unavailable (%s); canceled calls stop at lease renewal", exc)
+                threading.Event().wait(backoff)
+                backoff = min(backoff * 2, 10.0)
 
     def _extend_permits(self, snapshot: dict[str, InFlight]) -> None:
         try:

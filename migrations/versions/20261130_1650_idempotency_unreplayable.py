@@ -1,7 +1,7 @@
 """idempotency keys whose response showed a secret are kept without it
 
 Revision ID: 5e3c1a9d7b24
-Revises: c2b507135dea
+Revises: 5b1e7c2a9d40
 Create Date: 2026-11-30 16:50:00.000000
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "5e3c1a9d7b24"
-down_revision: str | None = "c2b507135dea"
+down_revision: str | None = "5b1e7c2a9d40"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

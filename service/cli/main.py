@@ -408,13 +408,21 @@ def usage(
     if as_json:
         _print_json(rows)
         return
-    table = Table(group_by, "jobs", "attempts", "input", "output", "cache read", "cache write", "cost USD")
+    table = Table(group_by, "jobs", "attempts", "input", "output", "cache read", "cache write", "cost USD",
+                  "estimated (attempts: in / out)")  # fmt: skip
     for r in rows:
+        estimated = (
+            f"{r['estimated_attempts']}: {r['estimated_input_tokens']:,} / {r['estimated_output_tokens']:,}"
+            if r["estimated_attempts"] else "-"
+        )  # fmt: skip
         table.add_row(
             str(r["key"]), str(r["jobs"]), str(r["attempts"]), f"{r['input_tokens']:,}", f"{r['output_tokens']:,}",
-            f"{r['cache_read_tokens']:,}", f"{r['cache_write_tokens']:,}", f"{r['cost_usd']:.6f}",
+            f"{r['cache_read_tokens']:,}", f"{r['cache_write_tokens']:,}", f"{r['cost_usd']:.6f}", estimated,
         )  # fmt: skip
     console.print(whole_ids(table, "api_key", "batch"))
+    if any(r["estimated_attempts"] for r in rows):
+        console.print("estimated: included in the totals; counted by us because the call broke or was stopped "
+                      "before MiniMax reported its usage")  # fmt: skip
 
 
 @app.command()

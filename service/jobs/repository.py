@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import select, update
@@ -10,7 +11,7 @@ from sqlalchemy.orm import Session, undefer
 
 from service.db import utcnow
 from service.jobs.landing import LANDED, on_terminal
-from service.models import ACTIVE, Job, JobAttempt, JobStatus
+from service.models import ACTIVE, TERMINAL, Job, JobAttempt, JobStatus
 
 
 def add(session: Session, job: Job) -> None:
@@ -70,3 +71,20 @@ def cancel(session: Session, *, tenant_id: str, job_id: str) -> bool:
     ).all()
     on_terminal(session, landed, now=now)
     return bool(landed)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class EndedJob:
+    tenant_id: str
+    model: str
+    attempt_count: int
+
+
+def ended_attempt(session: Session, *, job_id: str) -> EndedJob | None:
+    """The job if it has reached a final state (its next attempt will never run), else None."""
+    row = session.execute(
+        select(Job.tenant_id, Job.model, Job.attempt_count).where(Job.id == job_id, Job.status.in_(TERMINAL))
+    ).one_or_none()
+    if row is None:
+        return None
+    return EndedJob(tenant_id=row.tenant_id, model=row.model, attempt_count=row.attempt_count)

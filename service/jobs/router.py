@@ -5,7 +5,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 
-from service import status
+from service import dispatch, status
 from service.api.deps import CurrentKey, SessionDep, SettingsDep
 from service.api.errors import APIError
 from service.jobs import present, service
@@ -98,6 +98,7 @@ def list_jobs(
 
 
 @router.post("/{job_id}/cancel", response_model=JobDetail, summary="Cancel a job that has not finished")
-def cancel_job(job_id: str, request: Request, session: SessionDep, key: CurrentKey) -> JobDetail:
+def cancel_job(job_id: str, request: Request, session: SessionDep, key: CurrentKey, settings: SettingsDep) -> JobDetail:
     job, attempts = service.cancel(session, key=key, job_id=job_id)
+    dispatch.stop_calls_after_commit(session, settings, job_ids=[job_id])  # a running call stops at once
     return present.detail(request, job, attempts)

@@ -59,6 +59,8 @@ class Outcome:
     retry_note: str | None = None
     # MiniMax never received the request (it could not be reached): retried without using up an attempt.
     free_retry: bool = False
+    # The upstream's own usage never arrived (a broken or stopped call): `usage` is our count (ledger `estimated`).
+    estimated: bool = False
 
     @property
     def succeeded(self) -> bool:
@@ -195,11 +197,8 @@ def finish(session: Session, *, claim: Claim, outcome: Outcome, prices: PriceTab
         )
     )
     if any(usage.values()):
-        session.execute(
-            update(Job)
-            .where(Job.id == claim.job_id)
-            .values({getattr(Job, k): getattr(Job, k) + v for k, v in usage.items()})
-        )
+        # The job's, batch's and budgets' totals move inside ledger.record, only if this attempt's row is new:
+        # finish run twice for one attempt (a lost COMMIT reply, then a retry) bills once.
         crossed = ledger.record(
             session,
             job_id=claim.job_id,
@@ -214,6 +213,7 @@ def finish(session: Session, *, claim: Claim, outcome: Outcome, prices: PriceTab
             priority=is_priority(claim.params),
             prices=prices,
             now=now,
+            estimated=outcome.estimated,
         )
         for budget in crossed:
             outbox.emit(
@@ -261,7 +261,9 @@ def finish(session: Session, *, claim: Claim, outcome: Outcome, prices: PriceTab
             if outcome.free_retry:
                 final["max_attempts"] = Job.max_attempts + 1
         else:
-            final |= {"status": JobStatus.FAILED, "error": error}
+            # A call stopped at the job's expires_at ends the job as `expired`, like a job that never started in time.
+            status = JobStatus.EXPIRED if outcome.classification == "expired" else JobStatus.FAILED
+            final |= {"status": status, "error": error}
     moved = session.execute(
         update(Job)
         .where(Job.id == claim.job_id, Job.status == JobStatus.RUNNING, Job.attempt_count == claim.number)

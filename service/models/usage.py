@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import ForeignKey, Index, Numeric, String
+from sqlalchemy import ForeignKey, Index, Numeric, String, UniqueConstraint, false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from service.db import BigIntPK, utcnow
@@ -13,7 +13,10 @@ USD = Numeric(18, 9)
 
 
 class UsageEntry(Base):
-    """Append-only: one row per upstream attempt that consumed tokens (failed attempts too, when billed)."""
+    """Append-only: one row per upstream attempt that consumed tokens (failed attempts too, when billed).
+
+    (job_id, attempt) is unique: a worker that writes an outcome twice (a COMMIT whose reply was lost, then a
+    retry) finds its row there and adds nothing a second time."""
 
     __tablename__ = "usage_ledger"
 
@@ -34,10 +37,13 @@ class UsageEntry(Base):
     priority_tier: Mapped[bool] = mapped_column(default=False)
     cost_usd: Mapped[Decimal] = mapped_column(USD)
     price_version: Mapped[str] = mapped_column(String(64))
+    # The stream broke (or was stopped) before the upstream's own usage arrived: input is MiniMax's count_tokens
+    # or the intake estimate, output is counted from the text and thinking received.
+    estimated: Mapped[bool] = mapped_column(default=False, server_default=false())
 
     __table_args__ = (
         Index("ix_usage_ledger_tenant_id_at", "tenant_id", "at"),
-        Index("ix_usage_ledger_job_id", "job_id"),
+        UniqueConstraint("job_id", "attempt", name="uq_usage_ledger_job_id_attempt"),
     )
 
 

@@ -1,4 +1,12 @@
-"""The usage ledger: one append-only row per attempt that consumed tokens, priced when it is written."""
+"""The usage ledger: one append-only row per attempt that consumed tokens, priced when it is written.
+
+Exactly once: (job_id, attempt) is unique and the row is inserted with ON CONFLICT DO NOTHING; the job's, the
+batch's and the budgets' totals move only when that insert happened. A worker whose COMMIT reply was lost
+writes the same outcome again (execution.persist) and adds nothing the second time.
+
+Lock order (the project's global one): the job row, then its batch, then budgets by ascending id
+(budgets.charge). The ledger row itself locks nothing anyone else waits for but its unique index entry.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +15,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from sqlalchemy import update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from service.models import Batch, Budget, Job, UsageEntry
@@ -29,9 +38,11 @@ def record(
     priority: bool,
     prices: PriceTable,
     now: datetime,
+    estimated: bool = False,
 ) -> list[Budget]:
-    """Write the attempt's row, add its cost to the job and to the budgets; returns budgets that crossed their soft
-    limit with this charge. An attempt that consumed nothing writes nothing."""
+    """Write the attempt's row and, if it was not there yet, add its tokens and cost to the job, its batch and the
+    budgets; returns budgets that crossed their soft limit with this charge. An attempt that consumed nothing
+    writes nothing. `estimated`: the upstream's own usage never arrived (a broken or stopped call)."""
     tokens = TokenCounts(
         input_tokens=int(usage.get("input_tokens", 0)),
         output_tokens=int(usage.get("output_tokens", 0)),
@@ -41,8 +52,10 @@ def record(
     if not any((tokens.input_tokens, tokens.output_tokens, tokens.cache_read_tokens, tokens.cache_write_tokens)):
         return []
     cost = prices.cost(model, tokens, priority=priority)
-    session.add(
-        UsageEntry(
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    inserted = session.execute(
+        insert(UsageEntry)
+        .values(
             at=now,
             tenant_id=tenant_id,
             api_key_id=api_key_id,
@@ -59,9 +72,24 @@ def record(
             priority_tier=priority,
             cost_usd=cost,
             price_version=prices.version,
+            estimated=estimated,
+        )
+        .on_conflict_do_nothing(index_elements=[UsageEntry.job_id, UsageEntry.attempt])
+        .returning(UsageEntry.id)
+    ).scalar_one_or_none()
+    if inserted is None:
+        return []  # this attempt was billed already: its totals moved then
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id)
+        .values(
+            input_tokens=Job.input_tokens + tokens.input_tokens,
+            output_tokens=Job.output_tokens + tokens.output_tokens,
+            cache_read_tokens=Job.cache_read_tokens + tokens.cache_read_tokens,
+            cache_write_tokens=Job.cache_write_tokens + tokens.cache_write_tokens,
+            cost_usd=Job.cost_usd + cost,
         )
     )
-    session.execute(update(Job).where(Job.id == job_id).values(cost_usd=Job.cost_usd + cost))
     if batch_id is not None:
         session.execute(
             update(Batch)

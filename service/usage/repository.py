@@ -35,6 +35,15 @@ def totals(
         func.coalesce(func.sum(UsageEntry.cache_read_tokens), 0).label("cache_read_tokens"),
         func.coalesce(func.sum(UsageEntry.cache_write_tokens), 0).label("cache_write_tokens"),
         func.coalesce(func.sum(UsageEntry.cost_usd), 0).label("cost_usd"),
+        # The part of the above that is our own count (the call broke or was stopped before MiniMax's usage came).
+        func.count().filter(UsageEntry.estimated).label("estimated_attempts"),
+        func.coalesce(func.sum(UsageEntry.input_tokens).filter(UsageEntry.estimated), 0).label(
+            "estimated_input_tokens"
+        ),
+        func.coalesce(func.sum(UsageEntry.output_tokens).filter(UsageEntry.estimated), 0).label(
+            "estimated_output_tokens"
+        ),
+        func.coalesce(func.sum(UsageEntry.cost_usd).filter(UsageEntry.estimated), 0).label("estimated_cost_usd"),
     ]
     query = select(*([key.label("key")] if key is not None else []), *columns)
     if tenant_id is not None:

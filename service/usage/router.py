@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
@@ -16,6 +16,17 @@ from service.usage import repository
 router = APIRouter(prefix="/v1", tags=["usage"])
 
 
+class EstimatedUsage(BaseModel):
+    """The part of a row's totals that is our own count, not MiniMax's: attempts whose stream broke or that were
+    stopped (canceled, deadline) before MiniMax reported usage. Input is MiniMax's count_tokens or the intake
+    estimate (which errs high), output the tokens of the text and thinking received."""
+
+    attempts: int
+    input_tokens: int
+    output_tokens: int
+    cost_usd: Decimal
+
+
 class UsageRow(BaseModel):
     key: str | None = Field(None, description="The group: a day (YYYY-MM-DD), model, API key id or batch id.")
     attempts: int
@@ -25,6 +36,19 @@ class UsageRow(BaseModel):
     cache_read_tokens: int
     cache_write_tokens: int
     cost_usd: Decimal
+    estimated: EstimatedUsage = Field(description="Included in the totals above; see EstimatedUsage.")
+
+    @classmethod
+    def of(cls, row: dict[str, Any]) -> UsageRow:
+        estimated = EstimatedUsage(
+            attempts=row["estimated_attempts"],
+            input_tokens=row["estimated_input_tokens"],
+            output_tokens=row["estimated_output_tokens"],
+            cost_usd=row["estimated_cost_usd"],
+        )
+        key = row.get("key")
+        plain = {k: v for k, v in row.items() if not k.startswith("estimated_") and k != "key"}
+        return cls(**plain, key=None if key is None else str(key), estimated=estimated)
 
 
 class UsageReport(BaseModel):
@@ -55,8 +79,9 @@ class BudgetOut(BaseModel):
     response_model=UsageReport,
     response_model_by_alias=True,
     summary="Token usage and cost from the ledger",
-    description="Every attempt that consumed tokens, failed ones included. `from` / `to`: RFC 3339 (to is "
-    "exclusive). `group_by`: day, model, api_key or batch.",
+    description="Every attempt that consumed tokens, failed and canceled ones included. `estimated`: the part "
+    "counted by us because the call broke or was stopped before MiniMax reported its usage. `from` / `to`: "
+    "RFC 3339 (to is exclusive). `group_by`: day, model, api_key or batch.",
 )
 def usage(
     session: SessionDep,
@@ -74,8 +99,8 @@ def usage(
         start=start,
         end=end,
         group_by=group_by,
-        data=[UsageRow(**{**r, "key": None if r["key"] is None else str(r["key"])}) for r in rows] if group_by else [],
-        total=UsageRow(**total),
+        data=[UsageRow.of(r) for r in rows] if group_by else [],
+        total=UsageRow.of(total),
     )
 
 

@@ -48,14 +48,27 @@ def test_our_ledger_equals_the_simulators_under_faults(stack: Stack) -> None:
     assert any(e["outcome"] != "succeeded" for e in billed.values()), "some billed stream must have broken"
     for request_id, entry in billed.items():
         row = ours[request_id]
-        assert (row.input_tokens, row.output_tokens) == (entry["input_tokens"], entry["output_tokens"]), request_id
+        if entry["outcome"] == "succeeded":  # a completed response's usage is taken as given, to the token
+            assert not row.estimated
+            assert (row.input_tokens, row.output_tokens) == (entry["input_tokens"], entry["output_tokens"]), request_id
+        else:
+            # A broken stream never told us its input (MiniMax's message_start usage is a placeholder): billed at
+            # the intake estimate, which errs high, and flagged; its output is counted from what streamed.
+            assert row.estimated, request_id
+            assert row.input_tokens >= entry["input_tokens"], request_id
+            assert abs(row.output_tokens - entry["output_tokens"]) <= 2, request_id
         assert row.cache_read_tokens == entry["cache_read_input_tokens"]
         assert row.cache_write_tokens == entry["cache_creation_input_tokens"]
     total_cost = sum((r.cost_usd for r in ours.values()), Decimal(0))
     assert total_cost > 0
     usage = stack.client.get("/v1/usage", params={"group_by": "batch"}, headers=stack.auth).json()
     row = next(x for x in usage["data"] if x["key"] == bid)
-    assert row["input_tokens"] == sum(e["input_tokens"] for e in billed.values())
-    assert row["output_tokens"] == sum(e["output_tokens"] for e in billed.values())
+    assert (
+        row["input_tokens"]
+        == sum(r.input_tokens for r in ours.values())
+        >= sum(e["input_tokens"] for e in billed.values())
+    )
+    assert row["output_tokens"] == sum(r.output_tokens for r in ours.values())
+    assert row["estimated"]["attempts"] == sum(1 for e in billed.values() if e["outcome"] != "succeeded")
     assert Decimal(row["cost_usd"]) == total_cost
     assert Decimal(final["usage"]["cost_usd"]) == total_cost

@@ -165,9 +165,9 @@ def test_the_soft_limit_is_crossed_once(session: Session, api_key: str, settings
     budgets.upsert(session, tenant_id=key.tenant_id, api_key_id=None, period="monthly", limit_usd=Decimal(1),
                    soft_limit_usd=Decimal("0.0001"), now=utcnow())  # fmt: skip
     crossed = []
-    for _ in range(3):
+    for attempt in (1, 2, 3):
         crossed += ledger.record(
-            session, job_id="job_x", attempt=1, tenant_id=key.tenant_id, api_key_id=key.id, batch_id=None,
+            session, job_id="job_x", attempt=attempt, tenant_id=key.tenant_id, api_key_id=key.id, batch_id=None,
             model="MiniMax-M2.7", format="anthropic", upstream_request_id=None,
             usage={"input_tokens": 1000, "output_tokens": 1000}, priority=False, prices=settings.price_table(),
             now=utcnow(),

@@ -269,6 +269,49 @@ def test_acquiring_again_with_a_granted_permit_id_consumes_nothing(limiter: Rate
     assert limiter.acquire(model="m", tenant="a", tokens=5, model_limits=limits, now=1).reason == "rpm"
 
 
+def test_a_regrant_of_a_released_permit_still_respects_tenant_concurrency(limiter: RateLimiter) -> None:
+    """The idempotent re-grant (same permit id, still in the window) must not hand out a concurrency slot the
+    tenant does not have: p1 was released and two others now hold both slots."""
+    model_limits, tenant_limits = Limits(), Limits(concurrency=2)
+
+    def acquire(permit: str, now: float) -> tuple[bool, str | None]:
+        d = limiter.acquire(model="m", tenant="a", tokens=1, model_limits=model_limits,
+                            tenant_limits=tenant_limits, permit_id=permit, hold_seconds=30, now=now)  # fmt: skip
+        return d.granted, d.reason
+
+    assert acquire("p1", 0) == (True, None)
+    limiter.release("p1", tenant="a")
+    assert acquire("p2", 1) == (True, None)
+    assert acquire("p3", 1) == (True, None)
+    assert acquire("p1", 2) == (False, "tenant_concurrency")  # re-sent: no free slot, so no grant
+    limiter.release("p2", tenant="a")
+    assert acquire("p1", 3) == (True, None)  # a slot is free again: granted, and it takes the slot
+    assert limiter.tenant_snapshot("a", tenant_limits=tenant_limits, now=3)["used"]["in_flight"] == 2
+    assert acquire("p4", 3) == (False, "tenant_concurrency")
+    # Still one request in the window for p1: the re-grant consumed no new rate.
+    assert limiter.snapshot("m", model_limits=model_limits, now=3)["used"]["requests"] == 3
+
+
+def test_a_forfeited_permit_frees_its_request_tokens_and_slot_at_once(limiter: RateLimiter) -> None:
+    """A claim that missed (the job was canceled before a worker took it) gives the whole grant back."""
+    model_limits, tenant_limits = Limits(rpm=1, tpm=1000), Limits(concurrency=1)
+    grant = limiter.acquire(model="m", tenant="a", tokens=800, model_limits=model_limits,
+                            tenant_limits=tenant_limits, permit_id="job_1:1", now=0)  # fmt: skip
+    assert grant.granted
+    refused = limiter.acquire(model="m", tenant="a", tokens=800, model_limits=model_limits,
+                              tenant_limits=tenant_limits, now=1)  # fmt: skip
+    assert not refused.granted
+
+    limiter.forfeit("job_1:1", model="m", tenant="a")
+    limiter.forfeit("job_1:1", model="m", tenant="a")  # twice is harmless
+
+    assert limiter.snapshot("m", model_limits=model_limits, now=1)["used"] == {"requests": 0, "tokens": 0}
+    tenant = limiter.tenant_snapshot("a", tenant_limits=tenant_limits, now=1)["used"]
+    assert tenant == {"requests": 0, "tokens": 0, "in_flight": 0}
+    assert limiter.acquire(model="m", tenant="a", tokens=1000, model_limits=model_limits,
+                           tenant_limits=tenant_limits, now=1).granted  # fmt: skip
+
+
 # Tenants ----------------------------------------------------------------------------------------------------
 
 

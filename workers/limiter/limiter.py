@@ -79,6 +79,7 @@ class RateLimiter:
         self._acquire = client.register_script(scripts.ACQUIRE)
         self._settle = client.register_script(scripts.SETTLE)
         self._extend = client.register_script(scripts.EXTEND)
+        self._forfeit = client.register_script(scripts.FORFEIT)
         self._mark_sent = client.register_script(scripts.MARK_SENT)
         self._penalize = client.register_script(scripts.PENALIZE)
         self._snapshot = client.register_script(scripts.SNAPSHOT)
@@ -192,6 +193,12 @@ class RateLimiter:
     def release(self, permit_id: str, *, tenant: str) -> None:
         """Free the tenant concurrency slot at once (the call is over). Harmless if already freed."""
         self.client.zrem(self._tenant_keys(tenant)[3], permit_id)
+
+    def forfeit(self, permit_id: str, *, model: str, tenant: str) -> None:
+        """Give a grant back whole: its call will never be made (the job ended before anyone claimed it). Its
+        request, reserved input and concurrency slot are free at once, not when they leave the window."""
+        m_req, m_tok, m_amt, _ = self._model_keys(model)
+        self._forfeit(keys=[m_req, m_tok, m_amt, *self._tenant_keys(tenant)], args=[permit_id])
 
     def extend(self, permit_id: str, *, tenant: str, hold_seconds: float, now: float | None = None) -> bool:
         """Keep holding the concurrency slot for ``hold_seconds`` from now (a long call still streaming).

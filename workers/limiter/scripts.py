@@ -126,9 +126,25 @@ local hold, window, recovery, poll = tonumber(ARGV[9]), tonumber(ARGV[10]), tonu
 local cutoff = now - window
 local ttl = int(math.ceil((window + 1) * 1000))
 
--- A retried call (e.g. redis-py re-sending after a dropped connection) must not take a second slot.
+-- A retried call (e.g. redis-py re-sending after a dropped connection, or a job dispatched again under the same
+-- permit) must not take a second slot. It is granted again without new rate entries, but only while the permit
+-- still holds its concurrency slot, or a slot is free for it: a released permit re-granted without that check
+-- would let a tenant run past its concurrency limit.
 local seen = redis.call('ZSCORE', KEYS[1], permit)
-if seen and tonumber(seen) > cutoff then return {1, '', '0', fmt(tonumber(seen))} end
+if seen and tonumber(seen) > cutoff then
+  redis.call('ZREMRANGEBYSCORE', KEYS[8], '-inf', now)
+  if not redis.call('ZSCORE', KEYS[8], permit) then
+    if tconc and redis.call('ZCARD', KEYS[8]) >= tconc then
+      local first = redis.call('ZRANGE', KEYS[8], 0, 0, 'WITHSCORES')
+      local wait = math.max(0.001, math.min(poll, tonumber(first[2]) - now))
+      return {0, 'tenant_concurrency', fmt(wait), fmt(now)}
+    end
+    redis.call('ZADD', KEYS[8], now + hold, permit)
+    local lease_ttl = math.ceil((hold + 1) * 1000)
+    if redis.call('PTTL', KEYS[8]) < lease_ttl then redis.call('PEXPIRE', KEYS[8], int(lease_ttl)) end
+  end
+  return {1, '', '0', fmt(tonumber(seen))}
+end
 
 -- Never grantable: say so at once instead of letting the caller wait forever.
 if tpm and n > tpm then return {0, 'tpm', 'inf', fmt(now)} end
@@ -208,6 +224,31 @@ local function settle(req, tok, amt)
 end
 settle(KEYS[1], KEYS[2], KEYS[3])
 settle(KEYS[4], KEYS[5], KEYS[6])
+return 1
+"""
+)
+
+# KEYS: m_req m_tok m_amt t_req t_tok t_amt t_inflight  ARGV: permit -> 1
+# A grant whose call will never be made (its job ended before a worker claimed it): every trace of it goes, so
+# its request, its reserved input and its concurrency slot are free for the next call at once.
+FORFEIT = (
+    _PRELUDE
+    + r"""
+local permit = ARGV[1]
+local function drop_tokens(zkey, hkey, member)
+  if redis.call('ZREM', zkey, member) == 1 then
+    local amount = tonumber(redis.call('HGET', hkey, member) or '0')
+    redis.call('HDEL', hkey, member)
+    if amount ~= 0 then redis.call('HINCRBY', hkey, SUM, int(-amount)) end
+  end
+end
+redis.call('ZREM', KEYS[1], permit)
+drop_tokens(KEYS[2], KEYS[3], permit .. ':i')
+drop_tokens(KEYS[2], KEYS[3], permit .. ':o')
+redis.call('ZREM', KEYS[4], permit)
+drop_tokens(KEYS[5], KEYS[6], permit .. ':i')
+drop_tokens(KEYS[5], KEYS[6], permit .. ':o')
+redis.call('ZREM', KEYS[7], permit)
 return 1
 """
 )

@@ -258,15 +258,16 @@ class _MessageAssembler:
         return usage
 
     def usage_so_far(self) -> Usage | None:
-        """What the upstream billed before a failure: known once message_start arrived. Output tokens are
-        the real count if message_delta gave one, else the estimate from what streamed (message_start's
-        output count is a placeholder, not a bill)."""
+        """What the upstream billed before a failure. Only message_delta's usage is a bill: message_start's is a
+        placeholder on MiniMax (input 0, a made-up cache figure), so without message_delta the output is counted
+        from what streamed and the input is left to the caller (`estimated`). None: the answer never began."""
         if self._message is None:
             return None
-        usage = self._usage()
-        if self._delta_usage.get("output_tokens") is None:
-            usage["output_tokens"] = self._meter.estimate
-        return to_usage(usage)
+        if self._delta_usage.get("output_tokens") is not None and self._delta_usage.get("input_tokens") is not None:
+            return to_usage(self._delta_usage)
+        delta_output = self._delta_usage.get("output_tokens")
+        output = as_int(delta_output) if delta_output is not None else self._meter.estimate
+        return Usage(output_tokens=output, estimated=True)
 
     def message_dict(self) -> dict[str, Any]:
         for index in list(self._json_parts):

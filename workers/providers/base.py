@@ -21,12 +21,17 @@ class Classification(StrEnum):
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Usage:
-    """Billed tokens. `input_tokens` excludes cache reads and cache writes."""
+    """Billed tokens. `input_tokens` excludes cache reads and cache writes.
+
+    `estimated`: the call broke (or was stopped) before the upstream's own usage arrived. `output_tokens` is then
+    counted from the text and thinking received, and `input_tokens` is unknown (0): the caller fills it from
+    count_tokens or the intake estimate (workers/execution.py)."""
 
     input_tokens: int = 0
     output_tokens: int = 0
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
+    estimated: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -43,6 +43,7 @@ STOP_REASONS = {
 # MiniMax's content-filter flags, kept from any chunk into the assembled answer.
 _FLAGS = ("input_sensitive", "output_sensitive", "input_sensitive_type", "output_sensitive_type")
 _THINK = re.compile(r"\A\s*<think>(.*?)(?:</think>|\Z)(.*)\Z", re.DOTALL)
+_THINK_TAGS = re.compile(r"\s*</?think>\s*")
 
 
 class OpenAIProvider:
@@ -272,7 +273,9 @@ class _ChunkAssembler:
             choice.role = delta["role"]
         if isinstance(delta.get("content"), str):
             choice.content.append(delta["content"])
-            self._meter.add_text(delta["content"])
+            # Inline <think> tags (reasoning_split off) are markup, not text the model wrote: counted, they would
+            # over-bill a broken stream's output estimate.
+            self._meter.add_text(_THINK_TAGS.sub("", delta["content"]))
         if isinstance(delta.get("reasoning_content"), str):
             choice.reasoning.append(delta["reasoning_content"])
             self._meter.add_text(delta["reasoning_content"])
@@ -312,13 +315,14 @@ class _ChunkAssembler:
                 self._meter.add_text(function["arguments"])
 
     def usage_so_far(self) -> Usage | None:
-        """Billed tokens before a failure: the real counts if they arrived, else the output estimate once
-        anything streamed (the prompt's count is unknown until the last chunk)."""
+        """Billed tokens before a failure: the real counts if they arrived, else the output counted from what
+        streamed, with the input left to the caller (`estimated`: the prompt's count comes only at the end).
+        None: no chunk ever arrived."""
+        if not self._head and not self._choices:
+            return None
         if self._usage is not None:
             return to_usage(self._usage)
-        if self._meter.estimate:
-            return Usage(output_tokens=self._meter.estimate)
-        return None
+        return Usage(output_tokens=self._meter.estimate, estimated=True)
 
     def completion_dict(self) -> dict[str, Any]:
         raw: dict[str, Any] = {

@@ -246,7 +246,9 @@ def test_anthropic_midstream_error_event_reports_usage_billed_so_far(http: httpx
     [entry] = ledger(http, base_url)
     assert entry["outcome"] == "midstream_error"
     assert error.request_id == entry["request_id"]
-    assert error.usage == Usage(input_tokens=entry["input_tokens"], output_tokens=entry["output_tokens"])
+    # message_start's usage is a placeholder on MiniMax: the output is counted from what streamed, the input is
+    # left to the worker (count_tokens or the intake estimate).
+    assert error.usage == Usage(output_tokens=entry["output_tokens"], estimated=True)
     assert 0 < entry["output_tokens"] < 200
 
 
@@ -257,7 +259,7 @@ def test_openai_midstream_disconnect_is_stream_broken(http: httpx.Client, base_u
     assert entry["outcome"] == "midstream_error"
     assert error.request_id == entry["request_id"]
     # The prompt's count only comes with the last chunk; the output streamed so far is estimated.
-    assert error.usage == Usage(output_tokens=entry["output_tokens"])
+    assert error.usage == Usage(output_tokens=entry["output_tokens"], estimated=True)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -319,7 +321,11 @@ def test_progress_callback_exception_aborts_the_call(http: httpx.Client, base_ur
             break
         time.sleep(0.05)
     assert stats["by_outcome"].get("client_disconnected") == 1
-    assert ledger(http, base_url) == []  # never billed as finished
+    # Billed as MiniMax bills a closed stream: the prompt and the tokens generated so far, never as finished.
+    [entry] = ledger(http, base_url)
+    assert entry["outcome"] == "client_disconnected"
+    assert entry["input_tokens"] > 0
+    assert 20 <= entry["output_tokens"] < 400
 
 
 def test_count_tokens_matches_what_a_call_bills(http: httpx.Client, base_url: str) -> None:

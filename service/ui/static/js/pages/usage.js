@@ -51,7 +51,9 @@ export function page(ctx) {
       return [
         h("div", { class: "stats" },
           stat("Cost", fmtUSD(total.cost_usd)), stat("Jobs", fmtInt(total.jobs)), stat("Attempts", fmtInt(total.attempts)),
-          stat("Input tokens", fmtCompact(total.input_tokens)), stat("Output tokens", fmtCompact(total.output_tokens))),
+          stat("Input tokens", fmtCompact(total.input_tokens)), stat("Output tokens", fmtCompact(total.output_tokens)),
+          // Calls that broke or were stopped before MiniMax reported usage: our count, included above.
+          stat("Estimated", `${fmtInt(total.estimated.attempts)} attempts, ${fmtUSD(total.estimated.cost_usd)}`)),
         h("section", { class: "card", "aria-labelledby": "cost-day-h" },
           h("h2", { id: "cost-day-h" }, "Cost per day (USD, UTC days)"),
           barChart({
@@ -64,6 +66,7 @@ export function page(ctx) {
             { label: "Jobs", numeric: true, render: (r) => fmtInt(r.jobs) },
             { label: "Attempts", numeric: true, render: (r) => fmtInt(r.attempts) },
             { label: "Cost", numeric: true, render: (r) => fmtUSD(r.cost_usd) },
+            { label: "Of which estimated", numeric: true, render: (r) => fmtUSD(r.estimated.cost_usd) },
           ])),
         h("section", { class: "card", "aria-labelledby": "tokens-day-h" },
           h("h2", { id: "tokens-day-h" }, "Tokens per day"),
@@ -102,6 +105,11 @@ export function page(ctx) {
               { label: "Input tokens", numeric: true, render: (r) => fmtInt(r.input_tokens) },
               { label: "Output tokens", numeric: true, render: (r) => fmtInt(r.output_tokens) },
               { label: "Cost", numeric: true, render: (r) => fmtUSD(r.cost_usd) },
+              {
+                label: "Estimated (attempts: in / out)",
+                numeric: true,
+                render: (r) => `${fmtInt(r.estimated.attempts)}: ${fmtInt(r.estimated.input_tokens)} / ${fmtInt(r.estimated.output_tokens)}`,
+              },
             ],
           })),
         budgetsView(budgets),
