@@ -12,6 +12,7 @@ from typing import IO, Any
 from fastapi import Request
 from pydantic import ValidationError
 
+from service import validation
 from service.api.errors import APIError, field_path
 from service.batches.schemas import BatchCreate, BatchOptions
 from service.batches.service import RawRequest, json_text_nul_free
@@ -34,11 +35,13 @@ def jsonl_requests(stream: IO[bytes]) -> Iterator[RawRequest]:
         if not line.strip():
             continue
         try:
-            data = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+            data = validation.loads(line, field=f"requests[{number - 1}]")
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise APIError(
                 400, "invalid_json", f"line {number} is not valid JSON: {exc}", field=f"requests[{number - 1}]"
             ) from None
+        except APIError as exc:
+            raise APIError(exc.status, exc.type, f"line {number}: {exc.message}", field=exc.field) from None
         yield RawRequest(index=number - 1, data=data, nul_free=json_text_nul_free(line))
 
 
@@ -52,8 +55,8 @@ def options_error(exc: ValidationError) -> APIError:
 def json_body(stream: IO[bytes]) -> tuple[BatchOptions, Iterator[RawRequest]]:
     text = stream.read()  # parsed whole anyway: a JSON body is the small-batch path (JSONL streams)
     try:
-        data = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        data = validation.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise APIError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
     nul_free = json_text_nul_free(text)
     try:
@@ -70,8 +73,8 @@ def parse_options(values: dict[str, Any]) -> BatchOptions:
     data: dict[str, Any] = {k: v for k, v in values.items() if v is not None and v != ""}
     if isinstance(data.get("metadata"), str):
         try:
-            data["metadata"] = json.loads(data["metadata"])
-        except json.JSONDecodeError:
+            data["metadata"] = validation.loads(data["metadata"], field="metadata")
+        except (json.JSONDecodeError, UnicodeDecodeError):
             raise APIError(422, "invalid_request", "metadata: must be a JSON object", field="metadata") from None
     try:
         return BatchOptions.model_validate(data)

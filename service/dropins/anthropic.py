@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from service import validation
 from service.api.deps import CurrentKey, SessionDep, SettingsDep
 from service.api.errors import APIError
 from service.batches import intake, repository, service
@@ -107,8 +108,8 @@ def result_line(job: Job) -> dict[str, Any]:
 
 def _load_requests(stream: IO[bytes]) -> list[Any]:
     try:
-        body = json.load(stream)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        body = validation.loads(stream.read())  # NaN, huge integers, surrogates, depth: 400 naming the field
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise APIError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise APIError(400, "invalid_request", "the body must be a JSON object with `requests`")

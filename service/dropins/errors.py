@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.api.deps import SessionDep
 from service.api.errors import APIError, field_path
+from service.api.json_body import JSONRoute
 
 Render = Callable[[APIError], JSONResponse]
 _HTTP_TYPES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
@@ -50,7 +51,8 @@ def validation_error(exc: RequestValidationError) -> APIError:
 def route_class(render: Render) -> type[APIRoute]:
     """An APIRoute whose errors (ours, request validation, HTTP) are rendered by `render`."""
 
-    class DropinRoute(APIRoute):
+    # JSONRoute: the body is parsed under service.validation's rules first (its APIError is rendered here too).
+    class DropinRoute(JSONRoute):
         def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
             handler = super().get_route_handler()
 

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
@@ -8,11 +7,13 @@ from fastapi import APIRouter, Query, Request, Response
 from service import status
 from service.api.deps import CurrentKey, SessionDep, SettingsDep
 from service.api.errors import APIError
+from service.api.json_body import JSONRoute
 from service.jobs import present, service
 from service.jobs.schemas import Estimate, JobCreate, JobDetail, JobList
 from service.models import WAITING
+from service.validation import Moment
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], route_class=JSONRoute)
 
 
 @router.post(
@@ -63,8 +64,8 @@ def list_jobs(
     limit: Annotated[int, Query(ge=1, le=200)] = 20,
     cursor: str | None = None,
     status: Annotated[list[str] | None, Query()] = None,
-    created_after: datetime | None = None,
-    created_before: datetime | None = None,
+    created_after: Moment | None = None,
+    created_before: Moment | None = None,
     batch_id: Annotated[str | None, Query(description="List a batch's requests instead of single jobs.")] = None,
 ) -> JobList:
     metadata: dict[str, str] = {}

@@ -7,10 +7,11 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 
 from service.api.deps import CurrentKey, SessionDep, SettingsDep
+from service.api.json_body import JSONRoute
 from service.schedules import present, service
 from service.schedules.schemas import RunList, RunOut, ScheduleCreate, ScheduleList, ScheduleOut, ScheduleUpdate
 
-router = APIRouter(prefix="/v1/schedules", tags=["schedules"])
+router = APIRouter(prefix="/v1/schedules", tags=["schedules"], route_class=JSONRoute)
 Limit = Annotated[int, Query(ge=1, le=200)]
 
 _CREATE = """A template submitted on a cron timetable. Each run is a job or a batch carrying

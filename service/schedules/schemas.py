@@ -7,6 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from service.batches.schemas import BatchCreate, BatchOptions, RequestCounts
 from service.jobs.schemas import JobCreate
+from service.validation import Moment
 
 MAX_TEMPLATE_REQUESTS = 10_000
 MAX_CATCHUP_WINDOW = 7 * 86400
@@ -88,8 +89,8 @@ class ScheduleCreate(BaseModel):
     )
     catchup_window: int = Field(86400, ge=0, le=MAX_CATCHUP_WINDOW, description="Seconds.")
     enabled: bool = True
-    start_at: datetime | None = Field(None, description="No run before this time (RFC 3339 with a zone).")
-    end_at: datetime | None = Field(None, description="No run after this time (RFC 3339 with a zone).")
+    start_at: Moment | None = Field(None, description="No run before this time (RFC 3339 with a zone).")
+    end_at: Moment | None = Field(None, description="No run after this time (RFC 3339 with a zone).")
 
 
 class ScheduleUpdate(BaseModel):
@@ -105,8 +106,8 @@ class ScheduleUpdate(BaseModel):
     catchup: CatchupPolicy | None = None
     catchup_window: int | None = Field(None, ge=0, le=MAX_CATCHUP_WINDOW)
     enabled: bool | None = None
-    start_at: datetime | None = None
-    end_at: datetime | None = None
+    start_at: Moment | None = None
+    end_at: Moment | None = None
 
 
 class RunOut(BaseModel):

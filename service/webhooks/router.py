@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query, Response
 
 from service.api.deps import CurrentKey, SessionDep, SettingsDep
 from service.api.errors import APIError
+from service.api.json_body import JSONRoute
 from service.webhooks import present, service
 from service.webhooks.events import EventType
 from service.webhooks.schemas import (
@@ -23,7 +24,7 @@ from service.webhooks.schemas import (
     TenantSecretShown,
 )
 
-router = APIRouter(tags=["webhooks"])
+router = APIRouter(tags=["webhooks"], route_class=JSONRoute)
 ENDPOINTS = "/v1/webhook-endpoints"
 DELIVERIES = "/v1/webhook-deliveries"
 SECRET = "/v1/webhook-secret"
