@@ -212,6 +212,9 @@ def validate(url: str, *, allow_loopback: bool = False) -> Target:
     """Parse, resolve and check `url`; raises UnsafeURL with the reason."""
     parsed = parse(url)
     scheme, host, port, literal = parsed.scheme, parsed.host, parsed.port, parsed.literal
+    if literal is None and not allow_loopback and internal_name(host):
+        # The media rule, before DNS: such a name is internal whatever the resolver answers today.
+        raise UnsafeURL(f"{host!r} is not a public host name; only public addresses can be called")
     addresses = [literal] if literal is not None else resolve(host, port)
     if not addresses:
         raise UnsafeURL(f"the host {host!r} does not resolve")

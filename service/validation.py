@@ -157,7 +157,8 @@ def _moment(value: datetime) -> datetime:
     except OverflowError:
         utc = None
     if utc is None or not _EARLIEST <= utc <= _LATEST:
-        raise ValueError(f"out of range: give a time from {_EARLIEST:%Y-%m-%d} to {_LATEST:%Y-%m-%d} (UTC)")
+        first, last = _EARLIEST.date().isoformat(), _LATEST.date().isoformat()
+        raise ValueError(f"out of range: give a time from {first} to {last} (UTC)")
     return value
 
 
