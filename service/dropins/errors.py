@@ -16,6 +16,7 @@ from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
+from sqlalchemy.exc import DataError
 from sqlalchemy.orm import Session
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -65,6 +66,10 @@ def route_class(render: Render) -> type[APIRoute]:
                     error = validation_error(exc)
                 except StarletteHTTPException as exc:
                     error = APIError(exc.status_code, _HTTP_TYPES.get(exc.status_code, "http_error"), str(exc.detail))
+                except DataError:
+                    # A value Postgres cannot store or search (a NUL in an id): the client's mistake, in this API's
+                    # shape (the global handler would answer in ours).
+                    error = APIError(400, "invalid_request", "a value in the request cannot be stored or searched")
                 _rollback(request)
                 return render(error)
 

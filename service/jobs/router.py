@@ -8,6 +8,7 @@ from service import status
 from service.api.deps import CurrentKey, SessionDep, SettingsDep
 from service.api.errors import APIError
 from service.api.json_body import JSONRoute
+from service.api.openapi import id_links
 from service.jobs import present, service
 from service.jobs.schemas import Estimate, JobCreate, JobDetail, JobList
 from service.models import WAITING
@@ -23,7 +24,11 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"], route_class=JSONRoute)
     summary="Submit a job",
     description="Answers 202 with the job. With `dry_run=true`, answers 200 with the token estimate and the cost "
     "range and stores nothing. 402 when the job's maximum cost does not fit the tenant's budget.",
-    responses={200: {"model": Estimate}, 402: {"description": "Over budget"}},
+    responses={
+        200: {"model": Estimate},
+        202: id_links(GetJob="GET /v1/jobs/{job_id}", CancelJob="POST /v1/jobs/{job_id}/cancel"),
+        402: {"description": "Over budget"},
+    },
 )
 def create_job(
     body: JobCreate,

@@ -5,7 +5,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from service.batches.schemas import BatchCreate, BatchOptions, RequestCounts
+from service.batches.schemas import REQUEST_SCHEMA, BatchCreate, BatchOptions, RequestCounts
 from service.jobs.schemas import JobCreate
 from service.validation import Moment
 
@@ -20,6 +20,7 @@ class BatchTemplate(BatchCreate):
         min_length=1,
         max_length=MAX_TEMPLATE_REQUESTS,
         description="Each: custom_id, model, format, params (as for POST /v1/batches).",
+        json_schema_extra={"items": REQUEST_SCHEMA},
     )
 
 
@@ -75,7 +76,9 @@ class ScheduleCreate(BaseModel):
         "@yearly. Read as wall-clock time in `timezone`.",
         examples=["0 9 * * 1-5"],
     )
-    timezone: str = Field("UTC", max_length=64, description="An IANA timezone, e.g. Europe/Paris.")
+    timezone: str = Field(
+        "UTC", max_length=64, description="An IANA timezone, e.g. Europe/Paris.", examples=["UTC", "Europe/Paris"]
+    )
     template: Template
     overlap: OverlapPolicy = Field(
         "skip",

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Query, Response
 from service.api.deps import CurrentKey, SessionDep, SettingsDep
 from service.api.errors import APIError
 from service.api.json_body import JSONRoute
+from service.api.openapi import id_links
 from service.webhooks import present, service
 from service.webhooks.events import EventType
 from service.webhooks.schemas import (
@@ -35,6 +36,13 @@ Limit = Annotated[int, Query(ge=1, le=200)]
     ENDPOINTS,
     status_code=201,
     response_model=EndpointWithSecret,
+    responses={
+        201: id_links(
+            GetEndpoint=f"GET {ENDPOINTS}/{{endpoint_id}}",
+            UpdateEndpoint=f"PATCH {ENDPOINTS}/{{endpoint_id}}",
+            RotateSecret=f"POST {ENDPOINTS}/{{endpoint_id}}/rotate-secret",
+        )
+    },
     summary="Register a webhook endpoint",
     description="Answers with the signing secret, shown only this once. Deliveries carry Standard Webhooks "
     "headers (`webhook-id`, `webhook-timestamp`, `webhook-signature`).",
