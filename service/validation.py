@@ -60,6 +60,11 @@ def _parse_int(text: str) -> int | _HugeInt:
     return _HugeInt(digits) if digits > MAX_INT_DIGITS else int(text)
 
 
+# One decoder, built once: `json.loads` with hooks builds a new one per call, which costs more than the parse of a
+# typical batch line.
+_DECODER = json.JSONDecoder(parse_int=_parse_int, parse_constant=_Constant)
+
+
 _NUL = "contains a NUL character (\\u0000); remove it"
 
 
@@ -135,7 +140,11 @@ def loads(text: str | bytes, *, field: str | None = None) -> Any:
     JSONDecodeError and UnicodeDecodeError pass through (each caller words "not JSON" its own way); every
     rule broken is a 400 naming the field."""
     try:
-        value = json.loads(text, parse_int=_parse_int, parse_constant=_Constant)
+        if isinstance(text, bytes):
+            text = text.decode(json.detect_encoding(text), "surrogatepass")  # as json.loads reads bytes
+        elif text.startswith("\ufeff"):
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+        value = _DECODER.decode(text)
     except RecursionError:
         raise _invalid(field, f"is nested more than {MAX_DEPTH} levels deep") from None
     check_value(value, field=field)

@@ -70,6 +70,6 @@ def test_stateful_chains_answer_no_5xx(fuzz_schema: schemathesis.BaseSchema, fuz
             answered[(f"{case.operation.method.upper()} {case.operation.path}", response.status_code)] += 1
             assert response.status_code < 500, (case.operation.label, response.status_code, response.text[:500])
 
-    Workflow.run(settings=settings(QUIET, max_examples=30, stateful_step_count=5))
+    Workflow.run(settings=settings(QUIET, max_examples=20, stateful_step_count=5))
     created = sum(n for (op, status), n in answered.items() if op.startswith("POST") and "{" not in op and status < 300)
     assert created > 0, sorted(answered.items())
