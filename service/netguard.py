@@ -8,6 +8,10 @@ validated, never to a second resolution of the name (DNS rebinding), and never f
 `GuardedTransport` does all of it for an httpx client: it resolves once, validates every address, and sends the
 request to the validated IP with the original Host header and TLS server name, so virtual hosting and
 certificate checks still see the real name.
+
+One rule set for every URL we accept (webhooks here, media URLs in `service.media.validation`): `parse` reads the
+host the way a WHATWG URL parser (browsers, most HTTP clients, MiniMax's fetcher) will, so `127.0.0.①`,
+`127.0.0。1`, fullwidth digits, `127.0.0.%31` and `foo.localhost。` are checked as the loopback names they are.
 """
 
 from __future__ import annotations
@@ -16,9 +20,10 @@ import ipaddress
 import re
 import socket
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import httpx
+import idna
 
 from service.api.errors import APIError
 from service.config import get_settings
@@ -31,11 +36,26 @@ _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
 # WHATWG URL: a host whose last label is a number is an IPv4 address, in whatever base it was written.
 _NUMERIC_LABEL = re.compile(r"0[xX][0-9a-fA-F]*|[0-9]+")
+# WHATWG's forbidden domain code points (after mapping), which no host name we call may hold.
+_FORBIDDEN_IN_HOST = set(" #%/:<>?@[\\]^|")
+# Names that never leave the machine or the private network, refused where no DNS answer is asked (media URLs).
+_INTERNAL_SUFFIXES = (".localhost", ".local", ".internal", ".localdomain", ".home.arpa")
 MAX_URL_LENGTH = 2048
 
 
 class UnsafeURL(Exception):
     """A URL we refuse to call; the message says why in words the user can act on."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Parsed:
+    """A URL that passed the static rules: `host` normalized (ASCII, lower case, no trailing dot), `literal` the
+    IP address it names, if it names one."""
+
+    scheme: str
+    host: str
+    port: int
+    literal: IPAddress | None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -119,12 +139,52 @@ def _literal(host: str) -> IPAddress | None:
         raise UnsafeURL(f"{host!r} is not a plain IPv4 address: write it as four decimal numbers") from None
 
 
-def validate(url: str, *, allow_loopback: bool = False) -> Target:
-    """Parse, resolve and check `url`; raises UnsafeURL with the reason."""
+def normalize_host(host: str) -> str:
+    """The host as a WHATWG URL parser reads it: percent-decoded, mapped by UTS #46 (NFKC, case folded, fullwidth
+    and ideographic dots to `.`, `①` to `1`), internationalized labels as their ASCII `xn--` form, without a
+    trailing dot. An IPv6 literal (it holds `:`) is returned lower-cased. UnsafeURL when it is no valid host."""
+    if ":" in host:
+        return host.lower()
+    if "%" in host:
+        try:
+            host = unquote(host, errors="strict")
+        except UnicodeDecodeError:
+            raise UnsafeURL("the host is percent-encoded bytes that are not UTF-8") from None
+    try:
+        mapped = idna.uts46_remap(host, std3_rules=False, transitional=False)
+    except (idna.IDNAError, UnicodeError) as exc:
+        raise UnsafeURL(f"{host!r} is not a valid host name ({exc})") from None
+    if _FORBIDDEN_IN_HOST.intersection(mapped) or any(ch.isspace() or ord(ch) < 0x20 for ch in mapped):
+        raise UnsafeURL(f"{host!r} is not a valid host name")
+    # "example.com." is the same name as "example.com"; one spelling keeps the checks below simple.
+    labels = mapped.removesuffix(".").split(".")
+    out: list[str] = []
+    for label in labels:
+        if not label:
+            raise UnsafeURL(f"{host!r} is not a valid host name (an empty label)")
+        try:
+            if label.startswith("xn--"):
+                idna.ulabel(label)  # only a valid A-label: its Unicode form was checked like any other
+            elif not label.isascii():
+                label = idna.alabel(label).decode("ascii")
+        except (idna.IDNAError, UnicodeError) as exc:
+            raise UnsafeURL(f"{host!r} is not a valid host name ({exc})") from None
+        out.append(label)
+    return ".".join(out)
+
+
+def parse(url: str) -> Parsed:
+    """The static rules every URL we accept must pass, before any DNS: length, no whitespace, control characters
+    or backslashes, http(s) only, no user name or password, a host normalized by `normalize_host`, and no
+    ambiguous spelling of an IPv4 address. UnsafeURL says which rule was broken."""
     if len(url) > MAX_URL_LENGTH:
         raise UnsafeURL(f"the URL is longer than {MAX_URL_LENGTH} characters")
-    if any(ch.isspace() or ord(ch) < 0x20 for ch in url):
+    if any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in url):
         raise UnsafeURL("the URL contains whitespace or control characters")
+    if "\\" in url:
+        # WHATWG parsers read `\` as `/` in http(s) URLs (`http://127.0.0.1\.example.com/` is loopback), Python's
+        # urlsplit does not: refused rather than read two ways.
+        raise UnsafeURL("the URL contains a backslash")
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -135,12 +195,26 @@ def validate(url: str, *, allow_loopback: bool = False) -> Target:
         raise UnsafeURL(f"only http and https URLs can be called, not {scheme or 'a URL without a scheme'}")
     if parts.username is not None or parts.password is not None or "@" in parts.netloc:
         raise UnsafeURL("the URL must not contain a user name or password")
-    # "example.com." is the same name as "example.com"; one spelling keeps the checks below simple.
-    host = (parts.hostname or "").lower().removesuffix(".")
-    if not host:
+    if not parts.hostname:
         raise UnsafeURL("the URL has no host")
+    host = normalize_host(parts.hostname)
     port = port or (443 if scheme == "https" else 80)
-    literal = _literal(host)
+    return Parsed(scheme=scheme, host=host, port=port, literal=_literal(host))
+
+
+def internal_name(host: str) -> bool:
+    """A name (normalized, not an IP literal) that is plainly internal without asking DNS: `localhost`, a single
+    label, or a name under .localhost, .local, .internal, .localdomain or .home.arpa."""
+    return host == "localhost" or host.endswith(_INTERNAL_SUFFIXES) or "." not in host
+
+
+def validate(url: str, *, allow_loopback: bool = False) -> Target:
+    """Parse, resolve and check `url`; raises UnsafeURL with the reason."""
+    parsed = parse(url)
+    scheme, host, port, literal = parsed.scheme, parsed.host, parsed.port, parsed.literal
+    if literal is None and not allow_loopback and internal_name(host):
+        # The media rule, before DNS: such a name is internal whatever the resolver answers today.
+        raise UnsafeURL(f"{host!r} is not a public host name; only public addresses can be called")
     addresses = [literal] if literal is not None else resolve(host, port)
     if not addresses:
         raise UnsafeURL(f"the host {host!r} does not resolve")

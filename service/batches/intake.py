@@ -13,6 +13,7 @@ from typing import IO, Any
 from fastapi import Request
 from pydantic import ValidationError
 
+from service import validation
 from service.api.errors import APIError, field_path
 from service.batches import json_stream
 from service.batches.schemas import BatchOptions
@@ -36,17 +37,19 @@ def jsonl_requests(stream: IO[bytes]) -> Iterator[RawRequest]:
         if not line.strip():
             continue
         try:
-            data = json.loads(line)
+            data = validation.loads(line, field=f"requests[{number - 1}]")
         except json.JSONDecodeError as exc:
             # The position in the file (the line's own "line 1" would mislead): line N, column C.
             raise APIError(
                 400, "invalid_json", f"line {number}, column {exc.colno}: not valid JSON ({exc.msg})",
                 field=f"requests[{number - 1}]",
             ) from None  # fmt: skip
-        except (UnicodeDecodeError, RecursionError) as exc:
+        except UnicodeDecodeError as exc:
             raise APIError(
                 400, "invalid_json", f"line {number} is not valid JSON: {exc}", field=f"requests[{number - 1}]"
             ) from None
+        except APIError as exc:
+            raise APIError(exc.status, exc.type, f"line {number}: {exc.message}", field=exc.field) from None
         yield RawRequest(index=number - 1, data=data, nul_free=json_text_nul_free(line))
 
 
@@ -84,8 +87,8 @@ def parse_options(values: dict[str, Any]) -> BatchOptions:
     data: dict[str, Any] = {k: v for k, v in values.items() if v is not None and v != ""}
     if isinstance(data.get("metadata"), str):
         try:
-            data["metadata"] = json.loads(data["metadata"])
-        except json.JSONDecodeError:
+            data["metadata"] = validation.loads(data["metadata"], field="metadata")
+        except (json.JSONDecodeError, UnicodeDecodeError):
             raise APIError(422, "invalid_request", "metadata: must be a JSON object", field="metadata") from None
     try:
         return BatchOptions.model_validate(data)

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
+from service import validation
 from service.api.errors import APIError
 
 WINDOW = 1 << 20  # characters decoded at a time; a larger item widens the window until it fits
@@ -148,6 +149,7 @@ def read_object(
                     raise text.error(_invalid_value(exc), name) from None
                 if name == array:
                     raise APIError(422, "invalid_request", f"{array}: must be a JSON array", field=array)
+                validation.check_value(value, field=name)  # the rules every JSON value meets (service.validation)
                 on_member(name, value)
             if text.peek() == ",":
                 text.pos += 1
@@ -173,6 +175,7 @@ def _items(text: _Text, array: str, keep: bool) -> Iterator[Item]:
             reason = _invalid_value(exc)
             raise APIError(400, "invalid_json", f"{field} is not valid JSON: {reason}", field=field) from None
         if keep:
+            validation.check_value(value, field=field)
             yield Item(index=index, value=value, nul_free="\\u0000" not in raw and "\x00" not in raw)
         index += 1
         if text.peek() == ",":

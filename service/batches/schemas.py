@@ -5,7 +5,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from service.jobs.schemas import Metadata, UsageCost
+from service.jobs.schemas import MODEL_SCHEMA, PARAMS_SCHEMA, Metadata, UsageCost, WebhookURL
 
 CUSTOM_ID_PATTERN = r"^[a-zA-Z0-9_-]{1,64}$"
 MAX_REQUESTS = 100_000
@@ -16,16 +16,21 @@ class BatchRequestIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     custom_id: str = Field(pattern=CUSTOM_ID_PATTERN, description="Unique in the batch; names the result line.")
-    model: str
+    model: str = Field(json_schema_extra=MODEL_SCHEMA)
     format: Literal["anthropic", "openai"] = "anthropic"
-    params: dict[str, Any]
+    params: dict[str, Any] = Field(json_schema_extra=PARAMS_SCHEMA)
+
+
+# Each request of a JSON batch, as the OpenAPI document shows it: lines are validated one by one by the service
+# (naming the line at fault), so the model takes them as `Any`.
+REQUEST_SCHEMA = BatchRequestIn.model_json_schema()
 
 
 class BatchOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     metadata: Metadata = Field(default_factory=dict)
-    webhook_url: str | None = Field(None, max_length=2048)
+    webhook_url: WebhookURL | None = None
     completion_window: str = Field(
         "24h", pattern=r"^[1-9][0-9]*[hm]$", description="How long requests may wait before they expire: 24h, 90m."
     )
@@ -50,7 +55,10 @@ class BatchOptions(BaseModel):
 
 class BatchCreate(BatchOptions):
     requests: list[Any] = Field(
-        min_length=1, max_length=MAX_REQUESTS, description="Each: custom_id, model, format, params."
+        min_length=1,
+        max_length=MAX_REQUESTS,
+        description="Each: custom_id, model, format, params.",
+        json_schema_extra={"items": REQUEST_SCHEMA},
     )
 
 

@@ -26,6 +26,7 @@ from service.batches.schemas import CUSTOM_ID_PATTERN, MAX_REQUESTS, BatchOption
 from service.batches.service import RawRequest
 from service.config import Settings
 from service.dropins.errors import anthropic_error_type, line_error, remember_session, render_anthropic, route_class
+from service.jobs.schemas import MODEL_SCHEMA, PARAMS_SCHEMA
 from service.models import ApiKey, Batch, BatchStatus, Job
 
 API = "anthropic"
@@ -177,7 +178,16 @@ _CREATE_BODY: dict[str, Any] = {
                                 "required": ["custom_id", "params"],
                                 "properties": {
                                     "custom_id": {"type": "string", "pattern": CUSTOM_ID_PATTERN},
-                                    "params": {"type": "object", "description": "A Messages body, with its model"},
+                                    "params": {
+                                        **PARAMS_SCHEMA,
+                                        "description": "A Messages body, with its model",
+                                        "required": ["model", "max_tokens", "messages"],
+                                        "properties": {
+                                            "model": {"type": "string", **MODEL_SCHEMA},
+                                            **PARAMS_SCHEMA["properties"],
+                                        },
+                                        "examples": [{"model": "MiniMax-M2.7", **e} for e in PARAMS_SCHEMA["examples"]],
+                                    },
                                 },
                             },
                         }

@@ -16,11 +16,13 @@ from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
+from sqlalchemy.exc import DataError
 from sqlalchemy.orm import Session
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.api.deps import SessionDep
 from service.api.errors import APIError, field_path
+from service.api.json_body import JSONRoute
 
 Render = Callable[[APIError], JSONResponse]
 _HTTP_TYPES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large", 503: "overloaded"}
@@ -50,7 +52,8 @@ def validation_error(exc: RequestValidationError) -> APIError:
 def route_class(render: Render) -> type[APIRoute]:
     """An APIRoute whose errors (ours, request validation, HTTP) are rendered by `render`."""
 
-    class DropinRoute(APIRoute):
+    # JSONRoute: the body is parsed under service.validation's rules first (its APIError is rendered here too).
+    class DropinRoute(JSONRoute):
         def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
             handler = super().get_route_handler()
 
@@ -65,6 +68,10 @@ def route_class(render: Render) -> type[APIRoute]:
                 except StarletteHTTPException as exc:
                     error = APIError(exc.status_code, _HTTP_TYPES.get(exc.status_code, "http_error"), str(exc.detail))
                     headers = dict(exc.headers or {})  # Retry-After of a 503 (service.api.large_bodies)
+                except DataError:
+                    # A value Postgres cannot store or search (a NUL in an id): the client's mistake, in this API's
+                    # shape (the global handler would answer in ours).
+                    error = APIError(400, "invalid_request", "a value in the request cannot be stored or searched")
                 _rollback(request)
                 response = render(error)
                 response.headers.update(headers)

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict
 from sqlalchemy.orm import Session
 from starlette.responses import Response
 
+from service import validation
 from service.api.deps import CurrentKey, SessionDep, SettingsDep
 from service.api.errors import APIError
 from service.batches import repository as batches_repository
@@ -156,9 +157,11 @@ def _raw_requests(stream: IO[bytes], endpoint: str) -> Iterator[RawRequest]:
         if not raw_line.strip():
             continue
         try:
-            line = json.loads(raw_line)
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+            line = validation.loads(raw_line)  # NaN, huge integers, surrogates, depth: 400 naming the field
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise APIError(400, "invalid_json", f"line {number}: not valid JSON: {exc}") from None
+        except APIError as exc:
+            raise APIError(exc.status, exc.type, f"line {number}: {exc.message}", field=exc.field) from None
         where = f"line {number}"
         if not isinstance(line, dict):
             raise APIError(400, "invalid_request", f"{where}: each line must be a JSON object")

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
@@ -8,11 +7,14 @@ from fastapi import APIRouter, Query, Request, Response
 from service import dispatch, status
 from service.api.deps import CurrentKey, SessionDep, SettingsDep
 from service.api.errors import APIError
+from service.api.json_body import JSONRoute
+from service.api.openapi import id_links
 from service.jobs import present, service
 from service.jobs.schemas import Estimate, JobCreate, JobDetail, JobList, Waiting
 from service.models import WAITING
+from service.validation import Moment
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], route_class=JSONRoute)
 
 
 @router.post(
@@ -22,7 +24,11 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
     summary="Submit a job",
     description="Answers 202 with the job. With `dry_run=true`, answers 200 with the token estimate and the cost "
     "range and stores nothing. 402 when the job's maximum cost does not fit the tenant's budget.",
-    responses={200: {"model": Estimate}, 402: {"description": "Over budget"}},
+    responses={
+        200: {"model": Estimate},
+        202: id_links(GetJob="GET /v1/jobs/{job_id}", CancelJob="POST /v1/jobs/{job_id}/cancel"),
+        402: {"description": "Over budget"},
+    },
 )
 def create_job(
     body: JobCreate,
@@ -66,8 +72,8 @@ def list_jobs(
     limit: Annotated[int, Query(ge=1, le=200)] = 20,
     cursor: str | None = None,
     status: Annotated[list[str] | None, Query()] = None,
-    created_after: datetime | None = None,
-    created_before: datetime | None = None,
+    created_after: Moment | None = None,
+    created_before: Moment | None = None,
     batch_id: Annotated[str | None, Query(description="List a batch's requests instead of single jobs.")] = None,
 ) -> JobList:
     metadata: dict[str, str] = {}

@@ -6,26 +6,91 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from service.catalog import MODELS
+
 # No NUL: Postgres text cannot hold it.
 MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[^\x00]*$")]
 MetadataValue = Annotated[str, StringConstraints(max_length=512, pattern=r"^[^\x00]*$")]
 Metadata = Annotated[dict[MetadataKey, MetadataValue], Field(max_length=16)]
 
+# What `params` holds, for the OpenAPI document (issues 14 and 16): the fields every request uses, so clients and
+# schema-driven tools (schemathesis) can write a valid request. The service checks params itself
+# (service.jobs.validation); any other field of the Messages or Chat Completions body passes through to MiniMax.
+_CONTENT_BLOCK: dict[str, Any] = {
+    "type": "object",
+    "required": ["type"],
+    "properties": {"type": {"type": "string", "examples": ["text", "image", "image_url", "video", "video_url"]}},
+    "additionalProperties": True,
+}
+PARAMS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["messages"],
+    "properties": {
+        "messages": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["role", "content"],
+                "properties": {
+                    "role": {"type": "string", "enum": ["user", "assistant", "system"]},
+                    "content": {"anyOf": [{"type": "string"}, {"type": "array", "items": _CONTENT_BLOCK}]},
+                },
+            },
+        },
+        "max_tokens": {"type": "integer", "minimum": 1, "description": "At most the model's output limit."},
+        "system": {"type": "string", "description": "The system prompt (anthropic format)."},
+        "temperature": {"type": "number", "minimum": 0, "maximum": 2},
+        "top_p": {"type": "number", "minimum": 0, "maximum": 1},
+    },
+    "additionalProperties": True,
+    "examples": [
+        {"max_tokens": 1024, "messages": [{"role": "user", "content": "Summarize this contract: ..."}]},
+        {
+            "max_tokens": 512,
+            "system": "You answer in one paragraph.",
+            "temperature": 0.2,
+            "messages": [{"role": "user", "content": "What changed between these two versions? ..."}],
+        },
+    ],
+}
+# A URL we call back; `format: uri` tells schema-driven clients to write one (the guard checks it: netguard).
+WebhookURL = Annotated[str, Field(max_length=2048, json_schema_extra={"format": "uri"})]
+MODEL_SCHEMA: dict[str, Any] = {"enum": list(MODELS), "examples": ["MiniMax-M2.7"]}
+
 
 class JobCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    model: str = Field(description="A MiniMax model, e.g. MiniMax-M3 or MiniMax-M2.7.")
+    model: str = Field(description="A MiniMax model, e.g. MiniMax-M3 or MiniMax-M2.7.", json_schema_extra=MODEL_SCHEMA)
     format: Literal["anthropic", "openai"] = Field(
         "anthropic", description="Which MiniMax-compatible API the params are written for."
     )
     params: dict[str, Any] = Field(
-        description="The Messages body (anthropic) or Chat Completions body (openai), without model and stream."
+        description="The Messages body (anthropic) or Chat Completions body (openai), without model and stream.",
+        json_schema_extra=PARAMS_SCHEMA,
     )
-    metadata: Metadata = Field(default_factory=dict, description="Up to 16 string pairs, filterable when listing.")
+    metadata: Metadata = Field(
+        default_factory=dict,
+        description="Up to 16 string pairs, filterable when listing.",
+        examples=[{"customer": "acme", "doc": "contract-17"}],
+    )
     priority: int = Field(0, ge=-100, le=100, description="Higher runs first within a tenant.")
     max_attempts: int | None = Field(None, ge=1, le=20, description="Calls to try before failing (default 5).")
-    webhook_url: str | None = Field(None, max_length=2048, description="Called (signed) when the job finishes.")
+    webhook_url: WebhookURL | None = Field(
+        None, description="Called (signed) when the job finishes.", examples=["https://example.com/hooks/minimax"]
+    )
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "MiniMax-M2.7",
+                    "params": {"max_tokens": 1024, "messages": [{"role": "user", "content": "Summarize: ..."}]},
+                    "metadata": {"customer": "acme"},
+                }
+            ]
+        },
+    )
 
 
 class Usage(BaseModel):
@@ -123,8 +188,9 @@ class JobSummary(BaseModel):
     max_attempts: int
     estimated_input_tokens: int
     counted_input_tokens: int | None = Field(
-        None, description="MiniMax's own count (count_tokens), asked before the call when the estimate is near the "
-        "model's window (MiniMax-M3, Anthropic format)."
+        None,
+        description="MiniMax's own count (count_tokens), asked before the call when the estimate is near the "
+        "model's window (MiniMax-M3, Anthropic format).",
     )
     usage: UsageCost
     error: JobError | None

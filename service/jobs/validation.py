@@ -15,6 +15,7 @@ from service.catalog import MODELS, ModelInfo, get_model
 from service.media.validation import check_media
 from service.tokens import estimate_input_tokens
 from service.upstream_params import check_reasoning_split, check_tool_choice
+from service.validation import check_value
 
 FORMATS = ("anthropic", "openai")
 DIALOGUE_ROLES = frozenset({"user_system", "group", "sample_message_user", "sample_message_ai"})
@@ -70,29 +71,18 @@ def _find_media(params: Mapping[str, Any], fmt: str) -> str | None:
     return None
 
 
-def _has_nul(value: Any) -> bool:
-    """Any NUL in any string, key or value (walked, not serialized: a 50 MB payload is not copied for this)."""
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, Mapping):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_nul(v) for v in value)
-    return False
-
-
 def check_request(*, model: str, fmt: str, params: Mapping[str, Any], nul_free: bool = False) -> CheckedRequest:
     """`nul_free`: the caller saw the request's JSON text and it holds no `\\u0000` (the only way JSON can carry
-    a NUL), so the walk over every string can be skipped."""
+    a NUL), so strings need not be searched for one."""
     info = get_model(model)
     if info is None:
         known = ", ".join(MODELS)
         raise APIError(422, "invalid_request", f"model: unknown model {model!r}; known models: {known}", field="model")
     if fmt not in FORMATS:
         raise _invalid("format", f"must be one of {', '.join(FORMATS)}")
-    if not nul_free and _has_nul(params):
-        # Postgres text cannot hold NUL; MiniMax has no use for it either.
-        raise _invalid("params", "contains a NUL character (\\u0000); remove it")
+    # NaN, huge integers, lone surrogates, deep nesting (400) and NUL (422: Postgres text cannot hold it), naming
+    # the field, whichever path parsed the params. Walked, not serialized: a 50 MB payload is not copied for this.
+    check_value(params, field="params", nul=not nul_free)
     for reserved in ("model", "stream"):
         if reserved in params:
             raise _invalid(

@@ -7,10 +7,12 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 
 from service.api.deps import CurrentKey, SessionDep, SettingsDep
+from service.api.json_body import JSONRoute
+from service.api.openapi import id_links
 from service.schedules import present, service
 from service.schedules.schemas import RunList, RunOut, ScheduleCreate, ScheduleList, ScheduleOut, ScheduleUpdate
 
-router = APIRouter(prefix="/v1/schedules", tags=["schedules"])
+router = APIRouter(prefix="/v1/schedules", tags=["schedules"], route_class=JSONRoute)
 Limit = Annotated[int, Query(ge=1, le=200)]
 
 _CREATE = """A template submitted on a cron timetable. Each run is a job or a batch carrying
@@ -32,7 +34,23 @@ def _out(session: SessionDep, schedule_id: str, key: CurrentKey) -> ScheduleOut:
     return present.schedules_out(session, [service.get(session, key=key, schedule_id=schedule_id)])[0]
 
 
-@router.post("", status_code=201, response_model=ScheduleOut, summary="Create a schedule", description=_CREATE)
+_LINKS = id_links(
+    GetSchedule="GET /v1/schedules/{schedule_id}",
+    UpdateSchedule="PATCH /v1/schedules/{schedule_id}",
+    PauseSchedule="POST /v1/schedules/{schedule_id}/pause",
+    TriggerSchedule="POST /v1/schedules/{schedule_id}/trigger",
+    ListRuns="GET /v1/schedules/{schedule_id}/runs",
+)
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=ScheduleOut,
+    summary="Create a schedule",
+    description=_CREATE,
+    responses={201: _LINKS},
+)
 def create_schedule(body: ScheduleCreate, session: SessionDep, key: CurrentKey, settings: SettingsDep) -> ScheduleOut:
     schedule = service.create(session, key=key, body=body, settings=settings)
     return present.schedule_out(schedule, [])

@@ -5,8 +5,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from service.batches.schemas import BatchCreate, BatchOptions, RequestCounts
+from service.batches.schemas import REQUEST_SCHEMA, BatchCreate, BatchOptions, RequestCounts
 from service.jobs.schemas import JobCreate
+from service.validation import Moment
 
 MAX_TEMPLATE_REQUESTS = 10_000
 MAX_CATCHUP_WINDOW = 7 * 86400
@@ -19,6 +20,7 @@ class BatchTemplate(BatchCreate):
         min_length=1,
         max_length=MAX_TEMPLATE_REQUESTS,
         description="Each: custom_id, model, format, params (as for POST /v1/batches).",
+        json_schema_extra={"items": REQUEST_SCHEMA},
     )
 
 
@@ -74,7 +76,9 @@ class ScheduleCreate(BaseModel):
         "@yearly. Read as wall-clock time in `timezone`.",
         examples=["0 9 * * 1-5"],
     )
-    timezone: str = Field("UTC", max_length=64, description="An IANA timezone, e.g. Europe/Paris.")
+    timezone: str = Field(
+        "UTC", max_length=64, description="An IANA timezone, e.g. Europe/Paris.", examples=["UTC", "Europe/Paris"]
+    )
     template: Template
     overlap: OverlapPolicy = Field(
         "skip",
@@ -88,8 +92,8 @@ class ScheduleCreate(BaseModel):
     )
     catchup_window: int = Field(86400, ge=0, le=MAX_CATCHUP_WINDOW, description="Seconds.")
     enabled: bool = True
-    start_at: datetime | None = Field(None, description="No run before this time (RFC 3339 with a zone).")
-    end_at: datetime | None = Field(None, description="No run after this time (RFC 3339 with a zone).")
+    start_at: Moment | None = Field(None, description="No run before this time (RFC 3339 with a zone).")
+    end_at: Moment | None = Field(None, description="No run after this time (RFC 3339 with a zone).")
 
 
 class ScheduleUpdate(BaseModel):
@@ -105,8 +109,8 @@ class ScheduleUpdate(BaseModel):
     catchup: CatchupPolicy | None = None
     catchup_window: int | None = Field(None, ge=0, le=MAX_CATCHUP_WINDOW)
     enabled: bool | None = None
-    start_at: datetime | None = None
-    end_at: datetime | None = None
+    start_at: Moment | None = None
+    end_at: Moment | None = None
 
 
 class RunOut(BaseModel):

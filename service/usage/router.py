@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 from service.api.deps import CurrentKey, SessionDep
 from service.api.errors import APIError
 from service.usage import repository
+from service.validation import Moment
 
 router = APIRouter(prefix="/v1", tags=["usage"])
 
@@ -86,8 +87,8 @@ class BudgetOut(BaseModel):
 def usage(
     session: SessionDep,
     key: CurrentKey,
-    start: Annotated[datetime | None, Query(alias="from")] = None,
-    end: Annotated[datetime | None, Query(alias="to")] = None,
+    start: Annotated[Moment | None, Query(alias="from")] = None,
+    end: Annotated[Moment | None, Query(alias="to")] = None,
     group_by: Annotated[Literal["day", "model", "api_key", "batch"] | None, Query()] = None,
 ) -> UsageReport:
     for name, moment in (("from", start), ("to", end)):

@@ -9,6 +9,8 @@ from fastapi import APIRouter, Depends, Query, Response
 
 from service.api.deps import CurrentKey, SessionDep, SettingsDep
 from service.api.errors import APIError
+from service.api.json_body import JSONRoute
+from service.api.openapi import id_links
 from service.idempotency import shows_secret
 from service.webhooks import present, service
 from service.webhooks.events import EventType
@@ -24,7 +26,7 @@ from service.webhooks.schemas import (
     TenantSecretShown,
 )
 
-router = APIRouter(tags=["webhooks"])
+router = APIRouter(tags=["webhooks"], route_class=JSONRoute)
 ENDPOINTS = "/v1/webhook-endpoints"
 DELIVERIES = "/v1/webhook-deliveries"
 SECRET = "/v1/webhook-secret"
@@ -35,6 +37,13 @@ Limit = Annotated[int, Query(ge=1, le=200)]
     ENDPOINTS,
     status_code=201,
     response_model=EndpointWithSecret,
+    responses={
+        201: id_links(
+            GetEndpoint=f"GET {ENDPOINTS}/{{endpoint_id}}",
+            UpdateEndpoint=f"PATCH {ENDPOINTS}/{{endpoint_id}}",
+            RotateSecret=f"POST {ENDPOINTS}/{{endpoint_id}}/rotate-secret",
+        )
+    },
     summary="Register a webhook endpoint",
     dependencies=[Depends(shows_secret)],  # never kept for an Idempotency-Key replay
     description="Answers with the signing secret, shown only this once. Deliveries carry Standard Webhooks "

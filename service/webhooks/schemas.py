@@ -16,7 +16,12 @@ _TYPES_DOC = (
 class EndpointCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    url: str = Field(max_length=2048, description="An http(s) URL on the public internet.")
+    url: str = Field(
+        max_length=2048,
+        description="An http(s) URL on the public internet.",
+        examples=["https://example.com/hooks/minimax"],
+        json_schema_extra={"format": "uri"},
+    )
     event_types: list[EventType] = Field(default_factory=list, max_length=32, description=_TYPES_DOC)
     description: str = Field("", max_length=500)
 

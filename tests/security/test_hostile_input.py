@@ -164,8 +164,6 @@ def test_invalid_utf8_in_headers_and_query_is_4xx(raw: TestClient, auth: dict[st
 # --- NUL bytes ---------------------------------------------------------------------------------------------------
 
 
-
-
 @pytest.mark.parametrize(
     "body",
     [
