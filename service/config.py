@@ -184,6 +184,16 @@ class Settings(BaseSettings):
     metrics_cache_seconds: float = Field(5.0, ge=0)
     # Serve this worker process's own metrics (calls in flight, upstream latency) on this port; 0: off.
     worker_metrics_port: int = Field(0, ge=0, le=65535)
+    # Tracing (the `otel` extra, service/observability/tracing.py): spans from intake to the upstream call, sent over
+    # OTLP to the SDK's own OTEL_EXPORTER_OTLP_ENDPOINT (default localhost:4318 for http/protobuf, :4317 for grpc).
+    otel_enabled: bool = False
+    otel_service_name: str = "mmjobs"
+    # A plain string: a value meant for another program (http/json) must not stop this one from starting; anything
+    # but grpc means http/protobuf.
+    otel_exporter_otlp_protocol: str = Field(
+        default="http/protobuf",
+        validation_alias=AliasChoices("OTEL_EXPORTER_OTLP_PROTOCOL", "MMJOBS_OTEL_EXPORTER_OTLP_PROTOCOL"),
+    )
 
     @field_validator("minimax_base_url")
     @classmethod

@@ -29,6 +29,7 @@ from service.config import Settings
 from service.db import run_in_transaction
 from service.jobs import transitions
 from service.jobs.transitions import Candidate
+from service.observability import tracing
 from service.status import group_key
 from service.tenants import repository as tenants_repo
 from service.usage import admission, budgets
@@ -207,9 +208,11 @@ class Dispatcher:
         self._release_missed(factory, granted, published)
         # After the commit, never before: a message must not name a row that could still roll back.
         try:
+            by_id = {c.job_id: c for c in granted}
             with self.batch():
                 for job_id in published:
-                    self.publish(job_id)
+                    with tracing.span("job.dispatch", parent=by_id[job_id].traceparent, attributes=_ids(by_id[job_id])):
+                        self.publish(job_id)
         except Exception:
             run_in_transaction(factory, lambda s: transitions.unmark_dispatched(s, job_ids=published, now=now))
             raise
@@ -302,6 +305,10 @@ class Dispatcher:
     @staticmethod
     def _wait(reason: str, limit: str, now: datetime, seconds: float) -> dict[str, Any]:
         return {"reason": reason, "limit": limit, "until": (now + timedelta(seconds=seconds)).isoformat()}
+
+
+def _ids(c: Candidate) -> dict[str, tracing.AttributeValue | None]:
+    return tracing.job_attributes(job_id=c.job_id, tenant=c.tenant_id, batch_id=c.batch_id, attempt=c.attempt_count + 1)
 
 
 def _too_large(c: Candidate, reason: str, tokens: int) -> dict[str, Any]:

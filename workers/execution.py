@@ -17,6 +17,7 @@ from service.jobs import repository as jobs_repository
 from service.jobs import transitions
 from service.jobs.transitions import Claim, Outcome
 from service.observability import logging as obs_logging
+from service.observability import tracing
 from service.observability import worker as worker_metrics
 from workers import media, preflight, stopping
 from workers.dispatcher import permit_id
@@ -157,15 +158,17 @@ def call_upstream(claim: Claim, rt: Runtime, handle: InFlight) -> tuple[Outcome,
             preflight.check(claim, rt)  # near M3's window: count_tokens first, fail early with the figure (issue 6)
             _mark_sent(claim, rt)
             sent = True
-            completion = get_provider(claim.format).call(
-                client=rt.http,
-                base_url=rt.settings.minimax_base_url,
-                api_key=rt.api_key,
-                model=claim.model,
-                params=claim.params,
-                stream=rt.settings.stream,
-                on_progress=handle.progress,
-            )
+            with tracing.span("upstream.call", attributes={"gen_ai.request.model": claim.model}) as span:
+                completion = get_provider(claim.format).call(
+                    client=rt.http,
+                    base_url=rt.settings.minimax_base_url,
+                    api_key=rt.api_key,
+                    model=claim.model,
+                    params=claim.params,
+                    stream=rt.settings.stream,
+                    on_progress=handle.progress,
+                )
+                span.set("gen_ai.usage.output_tokens", completion.usage.output_tokens if completion.usage else None)
         return success(completion), None
     except UpstreamError as error:
         if handle.aborted.is_set():
@@ -269,7 +272,12 @@ def run_job(job_id: str, *, rt: Runtime) -> None:
     deadline, why = _deadline(claim, rt)
     handle = rt.register(claim.job_id, claim.number, claim.tenant_id, deadline=deadline, deadline_reason=why)
     try:
-        outcome, error = call_upstream(claim, rt, handle)
+        ids = tracing.job_attributes(
+            job_id=job_id, tenant=claim.tenant_id, batch_id=claim.batch_id, attempt=claim.number
+        )
+        with tracing.span("job.run", parent=claim.traceparent, attributes=ids) as span:
+            outcome, error = call_upstream(claim, rt, handle)
+            span.set("mmjobs.classification", outcome.classification)
         worker_metrics.observe_call(
             claim.model, claim.format, outcome.classification, seconds=time.monotonic() - started
         )

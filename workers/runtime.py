@@ -18,6 +18,7 @@ from service.config import Settings, get_settings
 from service.db import engine_for, make_session_factory, transaction
 from service.dispatch import STOP_CHANNEL
 from service.jobs import transitions
+from service.observability import tracing
 from service.observability import worker as worker_metrics
 from workers.limiter import RateLimiter
 from workers.retry import RetryPolicy
@@ -52,6 +53,7 @@ class Runtime:
                 "the bundled simulator and points the worker at it)"
             )
         self.settings = settings
+        tracing.configure(settings, role="worker")  # no-op unless MMJOBS_OTEL_ENABLED
         self.api_key = settings.minimax_api_key
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
         self.session_factory: sessionmaker[Session] = make_session_factory(engine_for(settings))

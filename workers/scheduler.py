@@ -27,6 +27,7 @@ from service.db import db_now, engine_for, is_conflict, make_session_factory, ru
 from service.dispatch import WAKE_CHANNEL
 from service.jobs import transitions
 from service.observability import logging as obs_logging
+from service.observability import tracing
 from service.tenants import repository as tenants_repo
 from workers import cron, webhooks
 from workers.celery_app import QUEUE, RUN_JOB, make_celery
@@ -50,6 +51,7 @@ T = TypeVar("T")
 class Scheduler:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        tracing.configure(settings, role="scheduler")  # no-op unless MMJOBS_OTEL_ENABLED
         self.session_factory = make_session_factory(engine_for(settings))
         self.celery = make_celery(settings)
         self.redis = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)

@@ -29,7 +29,7 @@ from service.jobs.router import router as jobs_router
 from service.limits.intake import RateLimitHeaders
 from service.limits.router import router as limits_router
 from service.observability import logging as obs_logging
-from service.observability import metrics
+from service.observability import metrics, tracing
 from service.observability.requests import RequestLog
 from service.schedules.router import router as schedules_router
 from service.ui import router as ui
@@ -86,6 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     obs_logging.configure(settings)
     app.add_middleware(RequestLog)
     metrics.install(app, settings)
+    tracing.configure(settings, role="api")  # OpenTelemetry, when the extra is installed and MMJOBS_OTEL_ENABLED
     app.include_router(jobs_router)
     app.include_router(documents_router)
     app.include_router(batches_router)

@@ -12,6 +12,7 @@ from service.api.openapi import id_links
 from service.jobs import present, service
 from service.jobs.schemas import Estimate, JobCreate, JobDetail, JobList, Waiting
 from service.models import WAITING
+from service.observability import tracing
 from service.validation import Moment
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], route_class=JSONRoute)
@@ -42,7 +43,10 @@ def create_job(
     if dry_run:
         response.status_code = 200
         return service.estimate(body=body, settings=settings)
-    job = service.create(session, key=key, body=body, settings=settings)
+    incoming = tracing.valid_traceparent(request.headers.get("traceparent"))
+    with tracing.span("job.intake", parent=incoming, attributes={"mmjobs.tenant": key.tenant_id}) as span:
+        job = service.create(session, key=key, body=body, settings=settings, traceparent=span.traceparent() or incoming)
+        span.set("mmjobs.job_id", job.id)
     return present.detail(request, job, [])
 
 

@@ -39,7 +39,9 @@ def estimate(*, body: JobCreate, settings: Settings) -> Estimate:
     )
 
 
-def create(session: Session, *, key: ApiKey, body: JobCreate, settings: Settings) -> Job:
+def create(
+    session: Session, *, key: ApiKey, body: JobCreate, settings: Settings, traceparent: str | None = None
+) -> Job:
     checked = check_request(model=body.model, fmt=body.format, params=body.params)
     if body.webhook_url:
         netguard.check_url(body.webhook_url, field="webhook_url", allow_loopback=settings.webhook_allow_loopback)
@@ -57,6 +59,7 @@ def create(session: Session, *, key: ApiKey, body: JobCreate, settings: Settings
         estimated_input_tokens=checked.estimated_input_tokens,
         max_tokens=checked.max_tokens,
         webhook_url=body.webhook_url,
+        traceparent=traceparent,  # the intake span: dispatch and the worker continue its trace
         max_attempts=body.max_attempts or settings.default_max_attempts,
         attempt_count=0,
         output_tokens_so_far=0,

@@ -40,6 +40,7 @@ class Claim:
     estimated_input_tokens: int
     api_key_id: str | None = None
     batch_id: str | None = None
+    traceparent: str | None = None  # the trace the worker's spans continue (service/observability/tracing.py)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -118,6 +119,7 @@ def claim(session: Session, *, job_id: str, owner: str, lease_seconds: float) ->
             Job.estimated_input_tokens,
             Job.api_key_id,
             Job.batch_id,
+            Job.traceparent,
         )
     ).one_or_none()
     if row is None:
@@ -140,6 +142,7 @@ def claim(session: Session, *, job_id: str, owner: str, lease_seconds: float) ->
         estimated_input_tokens=row.estimated_input_tokens,
         api_key_id=row.api_key_id,
         batch_id=row.batch_id,
+        traceparent=row.traceparent,
     )
 
 
@@ -456,6 +459,7 @@ class Candidate:
     batch_id: str | None = None
     api_key_id: str | None = None
     budget_reserved: bool = True
+    traceparent: str | None = None
 
 
 def _dispatchable(now: datetime, redispatch_before: datetime) -> tuple[Any, ...]:
@@ -516,6 +520,7 @@ def group_candidates(
             Job.batch_id,
             Job.api_key_id,
             Job.budget_reserved,
+            Job.traceparent,
         )
         .where(Job.tenant_id == tenant_id, Job.model == model, *_dispatchable(now, redispatch_before))
         # A tenant's single jobs go before its batch requests, then priority, then age.
@@ -533,6 +538,7 @@ def group_candidates(
             batch_id=r.batch_id,
             api_key_id=r.api_key_id,
             budget_reserved=r.budget_reserved,
+            traceparent=r.traceparent,
         )
         for r in rows
     ]

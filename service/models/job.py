@@ -75,6 +75,9 @@ class Job(CreatedAtMixin, Base):
     # Set once the job holds its maximum cost on its tenant's budgets (at intake, or at dispatch for batches).
     budget_reserved: Mapped[bool] = mapped_column(default=False)
     webhook_url: Mapped[str | None] = mapped_column(String(2048))
+    # The intake span as a W3C traceparent (55 characters): the Celery message holds only the job id, so the
+    # scheduler's and the worker's spans find their trace here (service/observability/tracing.py). Never shown.
+    traceparent: Mapped[str | None] = mapped_column(String(55))
 
     __table_args__ = (
         Index("ix_jobs_tenant_id_id", "tenant_id", "id"),
