@@ -158,7 +158,7 @@ class Dispatcher:
                 if not candidate.budget_reserved and candidate.tenant_id in budgeted:
                     refusal = self._reserve_budget(factory, candidate, now)
                     if refusal is _GONE:
-                        queue.popleft()  # canceled, expired or claimed since the candidates were read
+                        queue.popleft()  # canceled, expired, claimed or reserved elsewhere since it was read
                         progressed = True
                         continue
                     if refusal is not None:
@@ -205,7 +205,7 @@ class Dispatcher:
             return failed, [c.job_id for c in granted if c.job_id in ours]
 
         report.failed, published = run_in_transaction(factory, settle)
-        self._release_missed(factory, granted, published)
+        self._release_missed(factory, granted, published, redispatch_before)
         # After the commit, never before: a message must not name a row that could still roll back.
         try:
             by_id = {c.job_id: c for c in granted}
@@ -253,16 +253,26 @@ class Dispatcher:
         }
         return groups, caps, budgeted, budget, queues
 
-    def _release_missed(self, factory: sessionmaker[Session], granted: list[Candidate], published: list[str]) -> None:
-        """A granted job this pass could not mark (canceled or expired since it was read, or marked by another
-        scheduler) does not run under our permit: free the permits of those that reached a final state. A job
-        another scheduler marked keeps the permit: it is the same one (the id is the job's next attempt)."""
+    def _release_missed(
+        self,
+        factory: sessionmaker[Session],
+        granted: list[Candidate],
+        published: list[str],
+        redispatch_before: datetime,
+    ) -> None:
+        """A granted job this pass could not mark (canceled, expired or claimed since it was read, locked by a
+        cancel, or marked by another scheduler) does not run under our permit: free the permits nobody will use.
+        A job another scheduler marked keeps the permit: it is the same one (the id is the job's next attempt)."""
         marked = set(published)
         missed = {c.job_id: c for c in granted if c.job_id not in marked}
         if not missed:
             return
-        finished = run_in_transaction(factory, lambda s: transitions.finished_among(s, job_ids=sorted(missed)))
-        for job_id in finished:
+        attempts = {c.job_id: c.attempt_count + 1 for c in missed.values()}
+        unused = run_in_transaction(
+            factory,
+            lambda s: transitions.unused_permits(s, attempts=attempts, redispatch_before=redispatch_before),
+        )
+        for job_id in unused:
             c = missed[job_id]
             self.limiter.release(permit_id(c.job_id, c.attempt_count + 1), tenant=c.tenant_id)
 
@@ -277,7 +287,7 @@ class Dispatcher:
         ).cost_max
 
         def reserve(session: Session) -> str | None:
-            if not transitions.lock_waiting(session, job_id=c.job_id):
+            if not transitions.lock_unreserved(session, job_id=c.job_id):
                 return _GONE
             refusal = admission.admit(
                 session, job_id=c.job_id, tenant_id=c.tenant_id, api_key_id=c.api_key_id, amount=most, now=now

@@ -303,8 +303,9 @@ def run_job(job_id: str, *, rt: Runtime) -> None:
 
 
 def _return_unused_permit(job_id: str, rt: Runtime) -> None:
-    """A claim that missed because the job ended (canceled, expired, finished) gives its permit back at once: the
-    dispatcher acquired it for the attempt that will now never run. A job that is merely not due yet, or that
+    """A claim that missed because the job ended (canceled, expired, finished) or is about to (past its deadline,
+    in a canceling batch) gives its permit back at once: the dispatcher acquired it for the attempt that will now
+    never run. A job that is merely not due yet, or that
     another worker runs, keeps it (the permit then belongs to that attempt)."""
     try:
         with transaction(rt.session_factory) as session:

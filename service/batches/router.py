@@ -13,6 +13,7 @@ from service.batches import intake, present, service
 from service.batches.results import STATUS_FOR_RESULT, jsonl, native_line
 from service.batches.schemas import BatchCreate, BatchList, BatchOut
 from service.jobs.schemas import Estimate
+from service.limits import quotas
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 
@@ -63,6 +64,8 @@ async def create_batch(
     dry_run: Annotated[bool, Query(description="Validate and estimate tokens and cost; store nothing.")] = False,
 ) -> BatchOut | Estimate:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if not dry_run:  # refused before the upload, not after it (the exact check runs once the rows are written)
+        await run_in_threadpool(quotas.precheck_upload, session, key=key, settings=settings)
     body: IO[bytes] | None = None
     try:
         if content_type == "application/json":

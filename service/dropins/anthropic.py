@@ -27,6 +27,7 @@ from service.batches.service import RawRequest
 from service.config import Settings
 from service.dropins.errors import anthropic_error_type, line_error, remember_session, render_anthropic, route_class
 from service.jobs.schemas import MODEL_SCHEMA, PARAMS_SCHEMA
+from service.limits import quotas
 from service.models import ApiKey, Batch, BatchStatus, Job
 
 API = "anthropic"
@@ -204,6 +205,7 @@ async def create_message_batch(
     request: Request, session: SessionDep, key: CurrentKey, settings: SettingsDep
 ) -> MessageBatch:
     # Spooled to a temporary file as it arrives (bodies may be 256 MB), then parsed and stored off the event loop.
+    await run_in_threadpool(quotas.precheck_upload, session, key=key, settings=settings)
     body = await intake.spool(request)
     try:
         batch = await run_in_threadpool(_create, session, key, settings, body)

@@ -6,12 +6,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, undefer
 
 from service.db import utcnow
 from service.jobs.landing import LANDED, on_terminal
-from service.models import ACTIVE, TERMINAL, Job, JobAttempt, JobStatus
+from service.models import ACTIVE, TERMINAL, WAITING, Batch, BatchStatus, Job, JobAttempt, JobStatus
 
 
 def add(session: Session, job: Job) -> None:
@@ -81,9 +81,14 @@ class EndedJob:
 
 
 def ended_attempt(session: Session, *, job_id: str) -> EndedJob | None:
-    """The job if it has reached a final state (its next attempt will never run), else None."""
+    """The job if its next attempt will never run, else None: it reached a final state, or it still waits but
+    past its deadline (the scheduler is about to expire it) or in a canceling batch (about to be canceled)."""
+    canceling = select(Batch.id).where(Batch.id == Job.batch_id, Batch.status == BatchStatus.CANCELING).exists()
+    never = Job.status.in_(TERMINAL) | (
+        Job.status.in_(WAITING) & ((Job.expires_at <= func.statement_timestamp()) | canceling)
+    )
     row = session.execute(
-        select(Job.tenant_id, Job.model, Job.attempt_count).where(Job.id == job_id, Job.status.in_(TERMINAL))
+        select(Job.tenant_id, Job.model, Job.attempt_count).where(Job.id == job_id, never)
     ).one_or_none()
     if row is None:
         return None

@@ -43,6 +43,7 @@ def create(
     session: Session, *, key: ApiKey, body: JobCreate, settings: Settings, traceparent: str | None = None
 ) -> Job:
     checked = check_request(model=body.model, fmt=body.format, params=body.params)
+    quotas.refuse_if_disabled(quotas.tenant_of(session, key))  # 403 before any other refusal (a budget's 402)
     if body.webhook_url:
         netguard.check_url(body.webhook_url, field="webhook_url", allow_loopback=settings.webhook_allow_loopback)
     now = utcnow()

@@ -573,19 +573,43 @@ def unmark_dispatched(session: Session, *, job_ids: list[str], now: datetime) ->
         )
 
 
-def lock_waiting(session: Session, *, job_id: str) -> bool:
-    """Lock one job if it still waits (the first lock of a transaction that then takes budgets, in the lock
-    order of service/db.py); False if it was canceled, expired or claimed meanwhile."""
-    query = select(Job.id).where(Job.id == job_id, Job.status.in_(WAITING)).with_for_update()
+def lock_unreserved(session: Session, *, job_id: str) -> bool:
+    """Lock one job if it still waits with no budget hold (the first lock of a transaction that then takes
+    budgets, in the lock order of service/db.py); False if it was canceled, expired or claimed meanwhile, or
+    another scheduler reserved its budget since this one read it (two holds for one job would be one too many)."""
+    query = (
+        select(Job.id)
+        .where(Job.id == job_id, Job.status.in_(WAITING), Job.budget_reserved.is_(False))
+        .with_for_update()
+    )
     return session.execute(query).first() is not None
 
 
-def finished_among(session: Session, *, job_ids: list[str]) -> list[str]:
-    """Which of these jobs are in a final state."""
-    if not job_ids:
+def unused_permits(session: Session, *, attempts: Mapping[str, int], redispatch_before: datetime) -> list[str]:
+    """Of jobs granted a permit for attempt `attempts[id]` that this pass could not mark dispatched, those whose
+    permit nobody will use: the job ended, or that attempt already began, or it still waits with no message out.
+    Its rows are locked (in id order, service/db.py), waiting for a cancel, a claim or another scheduler's mark
+    that holds them, so the answer is what they committed, not what they were about to."""
+    if not attempts:
         return []
-    query = select(Job.id).where(id_in(session, Job.id, job_ids), Job.status.in_(TERMINAL))
-    return list(session.scalars(query))
+    rows = session.execute(
+        select(Job.id, Job.status, Job.attempt_count, Job.dispatched_at)
+        .where(id_in(session, Job.id, sorted(attempts)))
+        .order_by(Job.id)
+        .with_for_update()
+    ).all()
+    unused = []
+    for row in rows:
+        attempt = attempts[row.id]
+        if row.status == JobStatus.RUNNING:
+            in_use = row.attempt_count == attempt  # a worker claimed this attempt: it settles the permit
+        elif row.status in TERMINAL or row.attempt_count >= attempt:
+            in_use = False  # over, or that attempt already ran and ended
+        else:  # still waits for this attempt: in use while another scheduler's message names it
+            in_use = row.dispatched_at is not None and row.dispatched_at >= redispatch_before
+        if not in_use:
+            unused.append(row.id)
+    return unused
 
 
 def fail_waiting(session: Session, *, job_id: str, error: dict[str, Any], now: datetime) -> bool:

@@ -18,7 +18,8 @@ from service.upstream_params import check_reasoning_split, check_tool_choice
 from service.validation import check_value
 
 FORMATS = ("anthropic", "openai")
-DIALOGUE_ROLES = frozenset({"user_system", "group", "sample_message_user", "sample_message_ai"})
+# Roles only some models take (M2-her's dialogue roles), from the catalog.
+DIALOGUE_ROLES: frozenset[str] = frozenset().union(*(m.extra_roles for m in MODELS.values()))
 _ANTHROPIC_MEDIA = {"image", "video"}
 _OPENAI_MEDIA = {"image_url", "video_url"}
 
@@ -100,7 +101,8 @@ def check_request(*, model: str, fmt: str, params: Mapping[str, Any], nul_free: 
             raise _invalid(f"params.messages[{i}]", "each message needs a role and content")
         role = message["role"]
         if isinstance(role, str) and role in DIALOGUE_ROLES and role not in info.extra_roles:
-            raise _invalid(f"params.messages[{i}].role", f"{role!r} is a role of M2-her only")
+            takers = ", ".join(sorted(m.name for m in MODELS.values() if role in m.extra_roles))
+            raise _invalid(f"params.messages[{i}].role", f"{role!r} is a role of {takers} only")
     check_tool_choice(params, fmt)
     check_reasoning_split(params, fmt)
     _number(params, "temperature", 0, 2)

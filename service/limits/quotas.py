@@ -86,6 +86,14 @@ def admit_jobs(session: Session, *, key: ApiKey, settings: Settings, adds: int) 
     )  # fmt: skip
 
 
+def precheck_upload(session: Session, *, key: ApiKey, settings: Settings) -> None:
+    """`precheck_batch` for a batch route, before it spools the body: a disabled tenant or one at a maximum is
+    refused before it uploads anything. The read transaction then ends, so the upload that follows holds no
+    pooled connection (as after the key lookup, service/api/deps.py)."""
+    precheck_batch(session, key=key, settings=settings)
+    session.commit()
+
+
 def precheck_batch(session: Session, *, key: ApiKey, settings: Settings) -> None:
     """Before a batch body is read: refuse at once if the tenant is disabled or already at a maximum, rather than
     after streaming a large upload. Not exact (no lock); `admit_batch` is, once the batch is written."""
