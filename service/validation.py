@@ -63,6 +63,7 @@ def _parse_int(text: str) -> int | _HugeInt:
 # One decoder, built once: `json.loads` with hooks builds a new one per call, which costs more than the parse of a
 # typical batch line.
 _DECODER = json.JSONDecoder(parse_int=_parse_int, parse_constant=_Constant)
+DECODER = _DECODER  # for parsers that decode piece by piece (service.batches.json_stream)
 
 
 _NUL = "contains a NUL character (\\u0000); remove it"

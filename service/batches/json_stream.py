@@ -25,7 +25,9 @@ from service.api.errors import APIError
 
 WINDOW = 1 << 20  # characters decoded at a time; a larger item widens the window until it fits
 _WS = re.compile(r"[ \t\n\r]*")
-_DECODER = json.JSONDecoder()
+# service.validation's decoder: NaN/Infinity and integers past 4,300 digits come out as values its rules name
+# (with the field), not as parse errors, so a JSON body refuses them exactly as a JSONL line does.
+_DECODER = validation.DECODER
 # How close to the end of the window an error must be to mean "the window ends mid-value" rather than "bad JSON".
 _NEAR_END = 32
 
@@ -110,7 +112,7 @@ class _Text:
 
 def _invalid_value(exc: Exception) -> str:
     if isinstance(exc, RecursionError):
-        return "nested too deeply"
+        return f"nested more than {validation.MAX_DEPTH} levels deep"
     # ValueError: an integer longer than Python converts (sys.get_int_max_str_digits), as json.loads says it.
     return exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
 

@@ -79,19 +79,34 @@ def test_a_json_batch_is_stored_exactly_like_the_same_jsonl(
     assert [row[3] for row in sorted(as_json, key=lambda row: int(row[0][4:]))] == [x["params"] for x in requests]
 
 
+# (text of request 3, the field the 400 names, how its message begins). Text that is not JSON names the request;
+# JSON holding a value no request may carry names the value (service.validation: as a JSONL line does).
 BAD_VALUES = [
-    pytest.param(b'{"custom_id": "doc-3", "model": "MiniMax-M2.7", "params": {"max_tokens": tru}}', id="bad-token"),
     pytest.param(
-        b'{"custom_id": "doc-3", "model": "MiniMax-M2.7", "params": {"n": ' + b"9" * 5000 + b"}}", id="huge-int"
+        b'{"custom_id": "doc-3", "model": "MiniMax-M2.7", "params": {"max_tokens": tru}}',
+        "requests[3]",
+        "requests[3] is not valid JSON",
+        id="bad-token",
     ),
-    pytest.param(b"[" * 100_000 + b"]" * 100_000, id="deep-nesting"),
-    pytest.param(b'{"custom_id": "doc-3", "params": {"x": "unterminated}}', id="unterminated-string"),
+    pytest.param(
+        b'{"custom_id": "doc-3", "model": "MiniMax-M2.7", "params": {"n": ' + b"9" * 5000 + b"}}",
+        "requests[3].params.n",
+        "requests[3].params.n",
+        id="huge-int",
+    ),
+    pytest.param(b"[" * 100_000 + b"]" * 100_000, "requests[3]", "requests[3] is not valid JSON", id="deep-nesting"),
+    pytest.param(
+        b'{"custom_id": "doc-3", "params": {"x": "unterminated}}',
+        "requests[3]",
+        "requests[3] is not valid JSON",
+        id="unterminated-string",
+    ),
 ]
 
 
-@pytest.mark.parametrize("bad", BAD_VALUES)
+@pytest.mark.parametrize(("bad", "field", "message"), BAD_VALUES)
 def test_a_bad_value_in_request_k_names_it_and_stores_nothing(
-    client: TestClient, auth: dict[str, str], session: Session, bad: bytes
+    client: TestClient, auth: dict[str, str], session: Session, bad: bytes, field: str, message: str
 ) -> None:
     before = counts(session)
     items = [json.dumps(request(i)).encode() for i in range(3)] + [bad] + [json.dumps(request(4)).encode()]
@@ -99,14 +114,15 @@ def test_a_bad_value_in_request_k_names_it_and_stores_nothing(
     r = client.post("/v1/batches", content=body, headers=auth | {"content-type": "application/json"})
     assert r.status_code == 400, r.text
     error = r.json()["error"]
-    assert (error["type"], error["field"]) == ("invalid_json", "requests[3]")
-    assert error["message"].startswith("requests[3] is not valid JSON")
+    assert error["type"] == ("invalid_json" if field == "requests[3]" else "invalid_request")
+    assert error["field"] == field
+    assert error["message"].startswith(message)
     assert counts(session) == before
 
 
-@pytest.mark.parametrize("bad", BAD_VALUES)
+@pytest.mark.parametrize(("bad", "field", "message"), BAD_VALUES)
 def test_the_anthropic_drop_in_names_request_k_too(
-    client: TestClient, api_key: str, session: Session, bad: bytes
+    client: TestClient, api_key: str, session: Session, bad: bytes, field: str, message: str
 ) -> None:
     before = counts(session)
     good = json.dumps(
@@ -123,7 +139,7 @@ def test_the_anthropic_drop_in_names_request_k_too(
     r = client.post(ANTHROPIC, content=body, headers={"x-api-key": api_key, "content-type": "application/json"})
     assert r.status_code == 400, r.text
     assert r.json()["type"] == "error"
-    assert r.json()["error"]["message"].startswith("requests[3] is not valid JSON")
+    assert r.json()["error"]["message"].startswith(message)
     assert counts(session) == before
 
 
