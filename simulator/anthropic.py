@@ -205,7 +205,9 @@ async def _events(state: SimState, plan: Plan) -> AsyncIterator[bytes]:
     cut = steps // 2 if plan.midstream else -1
     sent = sent_tokens = 0
     finished = False
-    start = message_body(plan) | {"content": [], "stop_reason": None, "usage": _usage(plan, 1)}
+    # MiniMax's message_start carries placeholder usage (input_tokens 0: the reference's "Usage fields"); the
+    # true figures come in message_delta only, so a client that trusts message_start under-counts a broken stream.
+    start = message_body(plan) | {"content": [], "stop_reason": None, "usage": _usage(plan, 1) | {"input_tokens": 0}}
     del start["base_resp"]
     try:
         pacer = Pacer(plan.latency, steps)
