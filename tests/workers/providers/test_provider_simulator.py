@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
-from simulator.config import SimulatorConfig
-from simulator.server import running_simulator
+from tests.workers.providers.conftest import ledger
 from workers.providers import Classification, Completion, UpstreamError, Usage, get_provider
 from workers.providers.anthropic import AnthropicProvider
 
@@ -19,24 +17,6 @@ KEY = "sk-simulator"
 MODEL = "MiniMax-M3"
 FORMATS = ["anthropic", "openai"]
 BOTH_MODES = [pytest.param(True, id="stream"), pytest.param(False, id="plain")]
-
-
-@pytest.fixture(scope="module")
-def base_url() -> Iterator[str]:
-    with running_simulator(SimulatorConfig(latency=0, output_tokens=48, seed=1)) as url:
-        yield url
-
-
-@pytest.fixture
-def http(base_url: str) -> Iterator[httpx.Client]:
-    with httpx.Client(timeout=httpx.Timeout(30.0, connect=5.0)) as client:
-        client.post(f"{base_url}/_sim/reset").raise_for_status()
-        yield client
-
-
-def ledger(http: httpx.Client, base_url: str) -> list[dict[str, Any]]:
-    entries: list[dict[str, Any]] = http.get(f"{base_url}/_sim/ledger").json()["entries"]
-    return entries
 
 
 def marker(text: str) -> str:

@@ -3,14 +3,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
-from simulator.config import SimulatorConfig
-from simulator.server import running_simulator
+from tests.workers.providers.conftest import ledger
 from workers.providers import Classification, Completion, UpstreamError, Usage, get_provider
 from workers.retry import slows_the_limiter
 
@@ -30,24 +28,6 @@ WEATHER_OPENAI = {
         "parameters": WEATHER_ANTHROPIC["input_schema"],
     },
 }
-
-
-@pytest.fixture(scope="module")
-def base_url() -> Iterator[str]:
-    with running_simulator(SimulatorConfig(latency=0, output_tokens=48, seed=1)) as url:
-        yield url
-
-
-@pytest.fixture
-def http(base_url: str) -> Iterator[httpx.Client]:
-    with httpx.Client(timeout=httpx.Timeout(30.0, connect=5.0)) as client:
-        client.post(f"{base_url}/_sim/reset").raise_for_status()
-        yield client
-
-
-def ledger(http: httpx.Client, base_url: str) -> list[dict[str, Any]]:
-    entries: list[dict[str, Any]] = http.get(f"{base_url}/_sim/ledger").json()["entries"]
-    return entries
 
 
 def call(
