@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import func, or_, update
 from sqlalchemy.orm import Session
@@ -29,8 +30,6 @@ def on_counts_moved(session: Session, *, batch_ids: Sequence[str], now: datetime
     """Emit `batch.progress` for those of `batch_ids` (whose counts just moved) that are due one."""
     if not batch_ids:
         return
-    from service.jobs.landing import batch_event  # landing imports this module
-
     done = Batch.request_total - Batch.processing
     due = session.scalars(
         update(Batch)
@@ -48,3 +47,23 @@ def on_counts_moved(session: Session, *, batch_ids: Sequence[str], now: datetime
     ).all()
     for batch in due:
         outbox.emit(session, tenant_id=batch.tenant_id, type="batch.progress", data=batch_event(batch))
+
+
+def batch_event(batch: Batch) -> dict[str, Any]:
+    """A batch as its webhook events show it (`batch.progress`, `batch.ended`)."""
+    return {
+        "id": batch.id,
+        "object": "batch",
+        "processing_status": batch.status,
+        "request_counts": {
+            "processing": batch.processing,
+            "succeeded": batch.succeeded,
+            "errored": batch.errored,
+            "canceled": batch.canceled,
+            "expired": batch.expired,
+        },
+        "request_total": batch.request_total,
+        "metadata": batch.meta,
+        "created_at": batch.created_at,
+        "ended_at": batch.ended_at,
+    }

@@ -17,6 +17,7 @@ from sqlalchemy import Row, select, update
 from sqlalchemy.orm import Session
 
 from service.batches import progress as batch_progress
+from service.batches.progress import batch_event
 from service.db import id_in
 from service.models import COUNT_FOR_STATUS, Batch, BatchStatus, Job
 from service.usage import budgets
@@ -87,23 +88,4 @@ def job_event(job: Job) -> dict[str, Any]:
             "cost_usd": str(job.cost_usd),
         },
         "error": job.error,
-    }
-
-
-def batch_event(batch: Batch) -> dict[str, Any]:
-    return {
-        "id": batch.id,
-        "object": "batch",
-        "processing_status": batch.status,
-        "request_counts": {
-            "processing": batch.processing,
-            "succeeded": batch.succeeded,
-            "errored": batch.errored,
-            "canceled": batch.canceled,
-            "expired": batch.expired,
-        },
-        "request_total": batch.request_total,
-        "metadata": batch.meta,
-        "created_at": batch.created_at,
-        "ended_at": batch.ended_at,
     }

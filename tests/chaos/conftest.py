@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.chaos_infra import Infra, missing_tools, private_infra
+from benchmarks.chaos.infra import Infra, missing_tools, private_infra
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
 """Chaos (issue 8), small: a 100-request batch through the whole stack as separate processes, one fault injected
-while it runs, through the same driver code as `python -m benchmarks.chaos` (benchmarks/chaos_run.py).
+while it runs, through the same driver code as `python -m benchmarks.chaos` (benchmarks/chaos/run.py).
 
 Each asserts what must hold whatever the timing: no job lost, no result recorded twice, and no more calls paid
 for and thrown away than were in flight when the fault hit.
@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.chaos_infra import Infra
-from benchmarks.chaos_measure import ScenarioResult
-from benchmarks.chaos_run import run_scenario
-from benchmarks.chaos_stack import SMALL
+from benchmarks.chaos.infra import Infra
+from benchmarks.chaos.measure import ScenarioResult
+from benchmarks.chaos.run import run_scenario
+from benchmarks.chaos.stack import SMALL
 
 pytestmark = pytest.mark.chaos
 

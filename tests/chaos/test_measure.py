@@ -1,11 +1,11 @@
-"""The chaos figures computed from what a scenario collected (benchmarks/chaos_measure.py)."""
+"""The chaos figures computed from what a scenario collected (benchmarks/chaos/measure.py)."""
 
 from __future__ import annotations
 
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
-from benchmarks.chaos_measure import Sample, duplicate_results, duplicate_upstream, explain, recovery
+from benchmarks.chaos.measure import Sample, duplicate_results, duplicate_upstream, explain, recovery
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from benchmarks.chaos_infra import Infra, kill_group, wait_port_free
+from benchmarks.chaos.infra import Infra, kill_group, wait_port_free
 from benchmarks.scenarios import MODEL
 from benchmarks.stack import SIM_KEY, Proc, Procs, StackError, create_key, free_port, wait_http, wait_log
 
@@ -178,7 +178,7 @@ def _start_scheduler(procs: Procs, env: dict[str, str]) -> Proc:
 
 
 def _start_receiver(procs: Procs, port: int, out: Path) -> Proc:
-    proc = procs.start("receiver", ["-m", "benchmarks.chaos_receiver", "--port", str(port), "--out", str(out)], {})
+    proc = procs.start("receiver", ["-m", "benchmarks.chaos.receiver", "--port", str(port), "--out", str(out)], {})
     wait_log(proc, b"receiver listening")
     return proc
 

@@ -1,6 +1,6 @@
 """Private infrastructure for the chaos driver: a Postgres cluster and a redis-server of its own, on free ports in a
 temporary directory, so restarting them (the faults) never touches the machine's shared servers, and a small
-webhook receiver process (benchmarks/chaos_receiver.py) that can be stopped and started on the same port."""
+webhook receiver process (benchmarks/chaos/receiver.py) that can be stopped and started on the same port."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A webhook receiver for the chaos driver: `python -m benchmarks.chaos_receiver --port P --out FILE`.
+"""A webhook receiver for the chaos driver: `python -m benchmarks.chaos.receiver --port P --out FILE`.
 
 Answers every POST with 204 and appends one JSON line per delivery to FILE: the `webhook-id` header (the event id,
 the same on every retry), the event type and the time. Append-only, so a receiver stopped and started again on the
@@ -52,7 +52,7 @@ def received(path: Path) -> list[dict[str, Any]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.chaos_receiver")
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.chaos.receiver")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()

@@ -21,10 +21,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from benchmarks.chaos_infra import missing_tools, private_infra
-from benchmarks.chaos_measure import ScenarioResult
-from benchmarks.chaos_run import run_scenario
-from benchmarks.chaos_stack import FULL, QUICK, SCENARIOS, ChaosConfig, fault_text
+from benchmarks.chaos.infra import missing_tools, private_infra
+from benchmarks.chaos.measure import ScenarioResult
+from benchmarks.chaos.run import run_scenario
+from benchmarks.chaos.stack import FULL, QUICK, SCENARIOS, ChaosConfig, fault_text
 from benchmarks.report import RESULTS, machine, now
 
 MARK_START, MARK_END = "<!-- section: chaos -->", "<!-- end chaos -->"

@@ -19,11 +19,11 @@ from typing import Any
 import httpx
 import psycopg
 
-from benchmarks import chaos_measure as measure
-from benchmarks.chaos_infra import Infra
-from benchmarks.chaos_measure import Sample, ScenarioResult
-from benchmarks.chaos_receiver import received
-from benchmarks.chaos_stack import FAULTS, ChaosConfig, Running, start_stack
+from benchmarks.chaos import measure
+from benchmarks.chaos.infra import Infra
+from benchmarks.chaos.measure import Sample, ScenarioResult
+from benchmarks.chaos.receiver import received
+from benchmarks.chaos.stack import FAULTS, ChaosConfig, Running, start_stack
 from benchmarks.scenarios import MODEL, document
 from benchmarks.stack import StackError, process_scope
 
