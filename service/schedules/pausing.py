@@ -75,6 +75,10 @@ def restart_after_enable(session: Session, *, tenant_id: str, now: datetime) -> 
     query = select(Schedule).where(Schedule.tenant_id == tenant_id, Schedule.enabled).order_by(Schedule.id)
     moved = 0
     for schedule in session.scalars(query.with_for_update()):
+        if schedule.buffered_due_at is not None:
+            # A run buffered behind an overlap before the tenant was disabled is a missed due time too.
+            schedule.buffered_due_at = None
+            schedule.updated_at = now
         if schedule.next_run_at is None or schedule.next_run_at > now:
             continue
         try:
