@@ -29,12 +29,13 @@ import httpx
 import psutil
 import psycopg
 
+from benchmarks import stack
 from benchmarks.stack import PG_ADMIN_DSN, PG_BASE, Procs, StackError, create_key, free_port, process_scope, wait_http
 from service.db import make_engine, make_session_factory, new_id
 from service.models import Job, Tenant
 
-DATABASE = "mmjobs_bench_intake"
-REDIS_URL = "redis://127.0.0.1:6379/11"
+DATABASE = stack.DB_PREFIX + "mmjobs_bench_intake"
+REDIS_URL = stack.REDIS_SERVER + "/11"
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 MARK_START, MARK_END = "<!-- section: intake -->", "<!-- end intake -->"
 

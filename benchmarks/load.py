@@ -35,6 +35,7 @@ import httpx
 import psutil
 import psycopg
 
+from benchmarks import stack
 from benchmarks.load_clients import (
     MODEL,
     ClientRun,
@@ -59,8 +60,8 @@ from benchmarks.stack import (
     start_simulator,
 )
 
-DATABASE = "mmjobs_load"
-REDIS_URL = "redis://127.0.0.1:6379/13"
+DATABASE = stack.DB_PREFIX + "mmjobs_load"
+REDIS_URL = stack.REDIS_SERVER + "/13"
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 MARK_START, MARK_END = "<!-- section: load -->", "<!-- end load -->"
 TENANTS = 4

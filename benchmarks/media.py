@@ -31,6 +31,7 @@ import httpx
 import psycopg
 import redis
 
+from benchmarks import stack
 from benchmarks.metrics import MIB, RssSampler
 from benchmarks.stack import (
     PG_ADMIN_DSN,
@@ -49,8 +50,8 @@ from benchmarks.stack import (
 )
 
 # A database and a Redis database of its own, so it can run beside `benchmarks.run`.
-DATABASE = "mmjobs_bench_media"
-REDIS_URL = "redis://127.0.0.1:6379/12"
+DATABASE = stack.DB_PREFIX + "mmjobs_bench_media"
+REDIS_URL = stack.REDIS_SERVER + "/12"
 VIDEO_BYTES = 50_000_000
 DOCUMENT_CHARS = 3_960_000
 WORKERS = 2

@@ -22,8 +22,12 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 PG_BASE = "postgresql://postgres@127.0.0.1:5432/"
-REDIS_URL = "redis://127.0.0.1:6379/11"
-DATABASE = "mmjobs_bench"
+# Two runs side by side (or a benchmark beside the test suite) keep apart with these: a Redis server of their own
+# and a prefix on every database name.
+REDIS_SERVER = os.environ.get("MMJOBS_BENCH_REDIS_SERVER", "redis://127.0.0.1:6379").rstrip("/")
+DB_PREFIX = os.environ.get("MMJOBS_BENCH_DB_PREFIX", "")
+REDIS_URL = REDIS_SERVER + "/11"
+DATABASE = DB_PREFIX + "mmjobs_bench"
 SIM_KEY = "sk-simulator"
 _PR_SET_PDEATHSIG = 1
 
