@@ -32,6 +32,7 @@ from service.observability import logging as obs_logging
 from service.observability import metrics, tracing
 from service.observability.requests import RequestLog
 from service.schedules.router import router as schedules_router
+from service.tenants.keycache import KeyCache
 from service.ui import router as ui
 from service.usage.router import router as usage_router
 from service.webhooks.router import router as webhooks_router
@@ -64,6 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.engine = engine
     app.state.session_factory = make_session_factory(engine)
     app.state.redis = redis.Redis.from_url(settings.redis_url, socket_timeout=1, socket_connect_timeout=1)
+    app.state.key_cache = KeyCache(app.state.redis)  # verified API keys, briefly (service/tenants/keycache.py)
     errors.install(app)
     # Innermost of our middlewares: a deadlock or serialization failure re-runs the whole request (issue 13).
     app.add_middleware(RetryConflicts)

@@ -60,12 +60,14 @@ def current_key(request: Request, session: SessionDep) -> ApiKey:
             "authentication_error",
             "missing API key: send `Authorization: Bearer KEY` or `x-api-key: KEY`",
         )
-    key = tenants.authenticate(session, secret=secret)
-    # End the lookup's transaction at once: its pooled connection goes back to the pool now, not when the route
-    # returns. Upload routes read their bodies (up to 256 MB, as slowly as the client sends) after this, and a
-    # connection held across every slow upload starved the pool for all other requests (issue 13 point 5). The
-    # session takes a connection again at its next query; the key stays loaded (expire_on_commit=False).
-    session.commit()
+    key = tenants.authenticate(session, secret=secret, cache=request.app.state.key_cache)
+    # End the lookup's transaction at once (when the key was not cached there is one): its pooled connection goes
+    # back to the pool now, not when the route returns. Upload routes read their bodies (up to 256 MB, as slowly
+    # as the client sends) after this, and a connection held across every slow upload starved the pool for all
+    # other requests (issue 13 point 5). The session takes a connection again at its next query; the key stays
+    # loaded (expire_on_commit=False).
+    if session.in_transaction():
+        session.commit()
     if key is None:
         raise APIError(401, "authentication_error", "invalid or revoked API key")
     request.state.tenant = key.tenant_id  # the request log names the tenant

@@ -60,6 +60,7 @@ def create(
         estimated_input_tokens=checked.estimated_input_tokens,
         max_tokens=checked.max_tokens,
         webhook_url=body.webhook_url,
+        result=None,  # set, so answering with the job does not load the deferred column back (a SELECT)
         traceparent=traceparent,  # the intake span: dispatch and the worker continue its trace
         max_attempts=body.max_attempts or settings.default_max_attempts,
         attempt_count=0,

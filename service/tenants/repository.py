@@ -54,6 +54,9 @@ def set_caps(session: Session, *, name: str, changes: dict[str, int | None]) -> 
     (service/limits/policy.NAMES); None removes a cap (an intake limit: back to the operator's default)."""
     if not changes:
         return get_tenant_by_name(session, name=name) is not None
+    from service.tenants import keycache
+
+    keycache.changed_after_commit(session)  # the API processes' cached tenants (service/tenants/keycache.py)
     result = session.execute(update(Tenant).where(Tenant.name == name).values(**changes))
     return bool(result.rowcount)  # type: ignore[attr-defined]
 

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from service.db import new_id, utcnow
 from service.models import ApiKey, Tenant
 from service.schedules import pausing
-from service.tenants import repository
+from service.tenants import keycache, repository
 
 KEY_PREFIX = "mmj_"
 
@@ -42,11 +42,17 @@ def create_key(session: Session, *, tenant_name: str, name: str = "") -> NewKey:
     return NewKey(key=key, secret=secret)
 
 
-def authenticate(session: Session, *, secret: str) -> ApiKey | None:
-    """The active key with this secret, or None (unknown or revoked)."""
+def authenticate(session: Session, *, secret: str, cache: keycache.KeyCache | None = None) -> ApiKey | None:
+    """The active key with this secret, or None (unknown or revoked). With `cache`, a key verified moments ago
+    is not looked up again (service/tenants/keycache.py says how soon a revocation is seen)."""
     if not secret.startswith(KEY_PREFIX):
         return None
-    return repository.get_active_key(session, key_hash=hash_key(secret))
+    key_hash = hash_key(secret)
+    if cache is None:
+        return repository.get_active_key(session, key_hash=key_hash)
+    return cache.authenticate(
+        session, key_hash=key_hash, load=lambda: repository.get_active_key(session, key_hash=key_hash)
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,6 +67,7 @@ def revoke_key(session: Session, *, key_id: str) -> Revoked | None:
     key = repository.revoke_key(session, key_id=key_id)
     if key is None:
         return None
+    keycache.changed_after_commit(session)  # every API process refuses it from the commit on
     assert key.revoked_at is not None
     paused = pausing.pause_for_revoked_key(session, key=key, now=key.revoked_at)
     return Revoked(key=key, paused_schedules=[s.id for s in paused])
@@ -69,11 +76,13 @@ def revoke_key(session: Session, *, key_id: str) -> Revoked | None:
 def disable(session: Session, *, name: str) -> Tenant | None:
     """Nothing of the tenant runs from now: its schedules do not fire, its waiting jobs are neither dispatched nor
     claimed (calls already running finish), and it creates nothing (403); it can still read and cancel."""
+    keycache.changed_after_commit(session)
     return repository.set_disabled(session, name=name, at=utcnow())
 
 
 def enable(session: Session, *, name: str) -> Tenant | None:
     """Its work runs again; its schedules go on from now (the due times missed meanwhile are not caught up)."""
+    keycache.changed_after_commit(session)
     tenant = repository.set_disabled(session, name=name, at=None)
     if tenant is not None:
         pausing.restart_after_enable(session, tenant_id=tenant.id, now=utcnow())
