@@ -34,7 +34,8 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
         session.close()
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
+    # async: a sync dependency costs a hop to the thread pool and back, on every request.
     settings: Settings = request.app.state.settings
     return settings
 
