@@ -115,6 +115,11 @@ def _cpu_seconds(process: psutil.Process, *, reaped: bool) -> float:
     return total
 
 
+def _own_cpu(process: psutil.Process) -> float:
+    t = process.cpu_times()
+    return float(t.user + t.system)
+
+
 # --- the load --------------------------------------------------------------------------------------------
 
 
@@ -174,6 +179,8 @@ def measure(
         if postgres is not None:
             with psycopg.connect(postgres.admin_dsn, autocommit=True) as conn:
                 conn.execute("SELECT pg_stat_statements_reset()")
+        me = psutil.Process()
+        clients_cpu0 = _own_cpu(me)
         api_cpu0 = sum(_cpu_seconds(p, reaped=False) for p in apis)
         pg_cpu0 = _cpu_seconds(pg, reaped=True) if pg is not None else 0.0
         measuring.set()
@@ -182,6 +189,7 @@ def measure(
         measuring.clear()
         elapsed = time.perf_counter() - started
         api_cpu = sum(_cpu_seconds(p, reaped=False) for p in apis) - api_cpu0
+        clients_cpu = _own_cpu(me) - clients_cpu0
         pg_cpu = (_cpu_seconds(pg, reaped=True) - pg_cpu0) if pg is not None else 0.0
         statements = nested = 0
         top: list[tuple[int, str]] = []
@@ -217,6 +225,7 @@ def measure(
         "api_cpu_ms": 1000 * api_cpu / per,
         "pg_cpu_ms": 1000 * pg_cpu / per,
         "cpu_ms": 1000 * (api_cpu + pg_cpu) / per,
+        "clients_cpu_ms": 1000 * clients_cpu / per,
         "statements": statements / per,
         "nested_statements": nested / per,
         "top_statements": [(calls / per, query) for calls, query in top],
@@ -334,6 +343,7 @@ def table(ours: dict[str, Any], base: dict[str, Any] | None) -> str:
         ("CPU ms per submission: API processes", "", "{api_cpu_ms:.2f}"),
         ("CPU ms per submission: Postgres", "", "{pg_cpu_ms:.2f}"),
         ("CPU ms per submission: total", "", "{cpu_ms:.2f}"),
+        ("CPU ms per submission: the clients (this process; not the service's)", "", "{clients_cpu_ms:.2f}"),
         ("SQL statements per submission (round trips: BEGIN, COMMIT included)", "", "{statements:.2f}"),
         ("  + statements run inside them (foreign-key checks)", "", "{nested_statements:.2f}"),
         ("other answers (not 202)", "0", "{errors}"),

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from decimal import Decimal
 
+from sqlalchemy import insert, inspect
 from sqlalchemy.orm import Session
 
 from service import dispatch, netguard
@@ -18,6 +20,8 @@ from service.limits import quotas
 from service.models import ApiKey, Job, JobAttempt, JobStatus
 from service.pricing import is_priority
 from service.usage import admission
+
+_JOB_COLUMNS = tuple(a.key for a in inspect(Job).column_attrs)
 
 
 def estimate(*, body: JobCreate, settings: Settings) -> Estimate:
@@ -60,7 +64,6 @@ def create(
         estimated_input_tokens=checked.estimated_input_tokens,
         max_tokens=checked.max_tokens,
         webhook_url=body.webhook_url,
-        result=None,  # set, so answering with the job does not load the deferred column back (a SELECT)
         traceparent=traceparent,  # the intake span: dispatch and the worker continue its trace
         max_attempts=body.max_attempts or settings.default_max_attempts,
         attempt_count=0,
@@ -73,8 +76,22 @@ def create(
         created_at=now,
         updated_at=now,
         expires_at=now + timedelta(seconds=settings.job_expiry_seconds),
+        # Every other column too: the row is written from these values, and the job answered from them.
+        batch_id=None,
+        custom_id=None,
+        counted_input_tokens=None,
+        dispatched_at=None,
+        lease_owner=None,
+        lease_expires_at=None,
+        started_at=None,
+        finished_at=None,
+        error=None,
+        result=None,
+        cost_usd=Decimal(0),
+        budget_reserved=False,
     )
-    repository.add(session, job)
+    # One INSERT, not a unit-of-work flush (issue 17.1): the job is not added to the session, nothing is read back.
+    session.execute(insert(Job), [{column: getattr(job, column) for column in _JOB_COLUMNS}])
     most = admission.estimate(
         settings.price_table(),
         model=checked.model,
