@@ -393,6 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         pg.stop()
         shutil.rmtree(pg.dir, ignore_errors=True)
         shutil.rmtree(rd.dir, ignore_errors=True)
+    shutil.rmtree(root, ignore_errors=True)  # the logs are kept only when a run failed
     print()  # noqa: T201 - the benchmark's output
     print(table(results["ours"], results.get("baseline")))  # noqa: T201 - the benchmark's output
     if args.statements:
