@@ -20,8 +20,8 @@
   a per-worker, per-task token bucket in the worker's consumer (not shared between workers, not aware of tokens,
   429s or other clients of the same key).
 - **Submission**: the same path as ours. Ours submits a batch (`POST /v1/batches`, chunks of 1,000); the baseline
-  publishes every task from one producer in one go (`group(...).apply_async()`, one connection, one pipeline of
-  LPUSHes). When ours submits one job per request (`--single-jobs`), the baseline publishes one `apply_async` per
+  publishes every task from one producer on one connection, in one loop (what `group(...).apply_async()` does,
+  without building a GroupResult). When ours submits one job per request (`--single-jobs`), the baseline publishes one `apply_async` per
   task, each on a producer taken from the pool, as separate calls would.
 
 Worker processes import this module (`celery -A benchmarks.baseline worker --pool threads`), configured by
@@ -41,7 +41,9 @@ from typing import Any
 
 import httpx
 import redis
-from celery import Celery, Task, group
+from celery import Celery, Task
+
+from benchmarks.stack import REDIS_URL
 
 QUEUE = "bench_baseline"
 TASK = "bench.baseline.call"
@@ -52,7 +54,9 @@ BACKOFF_BASE, BACKOFF_CAP = 1.0, 300.0
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504, 529})
 RETRY_BASE_RESP = frozenset({1002, 1039, 1041, 2045})  # MiniMax's rate-limit codes, in a 200 body
 
-BROKER_URL = os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6379/11")
+# The runner (which publishes) and the workers must agree: the workers get BENCH_BROKER_URL, the runner falls back
+# on the benchmarks' Redis (MMJOBS_BENCH_REDIS_SERVER, database 11), never on a fixed server.
+BROKER_URL = os.environ.get("BENCH_BROKER_URL") or REDIS_URL
 SIM_URL = os.environ.get("BENCH_SIM_URL", "http://127.0.0.1:8090")
 RATE_LIMIT = os.environ.get("BENCH_RATE_LIMIT") or None
 SIM_KEY = "sk-simulator"
@@ -165,12 +169,15 @@ def call(
 
 
 def submit(jobs: list[tuple[str, str, dict[str, Any]]], *, bulk: bool = True) -> float:
-    """Publish (id, tenant, params) tasks from the runner; returns the seconds it took. `bulk`: one group from one
-    producer (the counterpart of our batch); otherwise one `apply_async` per task."""
+    """Publish (id, tenant, params) tasks from the runner; returns the seconds it took. `bulk`: every task from one
+    producer on one connection (the counterpart of our batch; what `group(...).apply_async()` does, without
+    building a GroupResult); otherwise one `apply_async` per task, each taking a producer from the pool."""
     t0 = time.monotonic()
     if bulk:
         now = time.time()
-        group(call.s(job_id, tenant, now, params) for job_id, tenant, params in jobs).apply_async(queue=QUEUE)
+        with app.producer_or_acquire() as producer:
+            for job_id, tenant, params in jobs:
+                call.apply_async(args=(job_id, tenant, now, params), queue=QUEUE, producer=producer)
     else:
         for job_id, tenant, params in jobs:
             call.apply_async(args=(job_id, tenant, time.time(), params), queue=QUEUE)
