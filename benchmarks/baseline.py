@@ -21,8 +21,8 @@
   429s or other clients of the same key).
 - **Submission**: the same path as ours. Ours submits a batch (`POST /v1/batches`, chunks of 1,000); the baseline
   publishes every task from one producer on one connection, in one loop (what `group(...).apply_async()` does,
-  without building a GroupResult). When ours submits one job per request (`--single-jobs`), the baseline publishes one `apply_async` per
-  task, each on a producer taken from the pool, as separate calls would.
+  without building a GroupResult). When ours submits one job per request (`--single-jobs`), the baseline
+  publishes one `apply_async` per task, each on a producer taken from the pool, as separate calls would.
 
 Worker processes import this module (`celery -A benchmarks.baseline worker --pool threads`), configured by
 environment: `BENCH_BROKER_URL`, `BENCH_SIM_URL`, `BENCH_RATE_LIMIT` (e.g. `150/m`, empty for none). Every
