@@ -157,6 +157,7 @@ def header(
     outcomes: list[Outcome],
     *,
     quick: bool,
+    partial: bool,
     commit: str,
     subject: str,
     problems: list[str],
@@ -171,6 +172,8 @@ def header(
         lines += ["**NOT FROM ONE CLEAN COMMIT:** " + "; ".join(problems) + ".", ""]
     if quick:
         lines += ["**QUICK SIZES: indicative only; the targets are for the full sizes.**", ""]
+    if partial:
+        lines += ["**PARTIAL: only the benchmarks listed below ran.**", ""]
     lines += [
         f"Generated whole by `{command}` from commit `{commit}` ({subject}), started {when} UTC, "
         f"{(time.time() - started) / 60:.0f} minutes in all, on {machine().rsplit(', commit', 1)[0]}. Load "
@@ -266,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     text = header(
         outcomes,
         quick=args.quick,
+        partial=bool(args.only),
         commit=commit[:12],
         subject=subject,
         problems=problems,

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from benchmarks import report
-from benchmarks.all import sections_of
+from benchmarks.all import Bench, run_one, sections_of
 from benchmarks.metrics import steady_rate
+from benchmarks.report import DEFAULT_RESULTS
 
 
 def _sliding_window_client(rpm: int, seconds: float, latency: tuple[float, float], *, burst: bool) -> list[float]:
@@ -74,3 +75,21 @@ def test_sections_go_where_the_environment_says(tmp_path: Path, monkeypatch: pyt
     assert "replaced" in sections["alpha"]
     assert "first" not in sections["alpha"]
     assert report.results_path() == target
+
+
+def test_all_collects_a_benchmarks_section_from_the_scratch_file(tmp_path: Path) -> None:
+    real_before = DEFAULT_RESULTS.read_bytes()
+    bench = Bench("fake", "tests.benchmarks.fake_bench", "a stand-in", None, None)
+    outcome = run_one(bench, quick=True, log_dir=tmp_path, scratch=tmp_path / "sections.md")
+    assert outcome.status == "ok"
+    assert list(outcome.sections) == ["fake"]
+    assert "quick" in outcome.sections["fake"]
+    assert DEFAULT_RESULTS.read_bytes() == real_before
+    assert "fake ran" in (tmp_path / "fake" / "output.log").read_text()
+
+
+def test_all_skips_a_benchmark_not_in_the_checkout(tmp_path: Path) -> None:
+    bench = Bench("nope", "benchmarks.does_not_exist", "missing", None, None)
+    outcome = run_one(bench, quick=False, log_dir=tmp_path, scratch=tmp_path / "sections.md")
+    assert outcome.status.startswith("skipped")
+    assert outcome.sections == {}
