@@ -293,7 +293,7 @@ def run_baseline(s: Scenario, sim_url: str, log_dir: Path, *, batches: bool = Tr
         with MemorySampler(p.pid for p in workers) as memory:
             submit_started = time.time()
             submit_seconds = baseline.submit(jobs, bulk=batches)
-            how = "one group" if batches else "one apply_async per task"
+            how = "one producer, one loop" if batches else "one apply_async per task"
             print(f"  [baseline] published {s.jobs} tasks ({how}) in {submit_seconds:.1f}s")  # noqa: T201
             probe_at = time.monotonic() + (s.probe_after or 0)
             probe_pending = s.probe_after is not None
