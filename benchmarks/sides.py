@@ -277,7 +277,7 @@ def run_ours(s: Scenario, sim_url: str, log_dir: Path, *, api_workers: int, batc
 
 
 def run_baseline(s: Scenario, sim_url: str, log_dir: Path, *, batches: bool = True) -> Figures:
-    """The same workload through plain Celery (benchmarks/baseline.py): published in one group when ours submits
+    """The same workload through plain Celery (benchmarks/baseline.py): published from one producer when ours submits
     a batch (`batches`), one task at a time otherwise."""
     env = {
         "BENCH_BROKER_URL": REDIS_URL,
