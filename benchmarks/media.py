@@ -1,7 +1,8 @@
 """`python -m benchmarks.media [--quick]`: memory of the full stack under large payloads (issue 6).
 
 Two workloads, each submitted all at once through the REST API (`POST /v1/jobs`, one request per job, all in
-flight together) to MiniMax-M3 on the simulator, then run by the workers:
+flight together; an API process reads only a few large bodies at once and answers the rest 503 with Retry-After,
+which the client honours) to MiniMax-M3 on the simulator, then run by the workers:
 
 - **videos**: 20 jobs, each with a 50 MB video inline as base64 (66.7 MB of base64, under the 64 MiB body limit);
 - **documents**: 50 jobs, each a 4 MB text document (3.96 million characters, about 990,000 tokens: near M3's
@@ -93,8 +94,13 @@ def document_workload(jobs: int) -> Workload:
     return Workload("documents", jobs, len(document), json.dumps(body).encode())
 
 
+SUBMIT_ATTEMPTS = 60
+
+
 def submit(api_url: str, key: str, w: Workload) -> list[str]:
-    """Every job at once, one thread each; a body is streamed from its parts (the shared payload is not copied)."""
+    """Every job at once, one thread each; a body is streamed from its parts (the shared payload is not copied).
+    A 503 with Retry-After (an API process reads at most a few large bodies at once, service/api/large_bodies.py)
+    is retried after the time it asks for, as a client should."""
     head, _, tail = w.body.partition(b'"PROMPT"')
     headers = {"Authorization": f"Bearer {key}", "content-type": "application/json"}
 
@@ -102,7 +108,11 @@ def submit(api_url: str, key: str, w: Workload) -> list[str]:
         prompt = json.dumps(f"Summarize item {i}.").encode()
         headers_i = {**headers, "content-length": str(len(head) + len(prompt) + len(tail))}
         with httpx.Client(timeout=600) as client:
-            r = client.post(f"{api_url}/v1/jobs", content=iter([head, prompt, tail]), headers=headers_i)
+            for _ in range(SUBMIT_ATTEMPTS):
+                r = client.post(f"{api_url}/v1/jobs", content=iter([head, prompt, tail]), headers=headers_i)
+                if r.status_code != 503 or "retry-after" not in r.headers:
+                    break
+                time.sleep(float(r.headers["retry-after"]))
         if r.status_code != 202:
             raise RuntimeError(f"{w.name} job {i}: {r.status_code} {r.text[:300]}")
         return str(r.json()["id"])

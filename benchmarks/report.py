@@ -72,14 +72,14 @@ CODE_PATHS = (
 
 def git(*args: str) -> str:
     return subprocess.run(
-        ["git", *args], capture_output=True, text=True, check=True, timeout=30, cwd=DEFAULT_RESULTS.parent
-    ).stdout.strip()
+        ["git", *args], capture_output=True, text=True, check=True, timeout=30, cwd=DEFAULT_RESULTS.parent.parent
+    ).stdout.rstrip("\n")
 
 
 def dirty_paths() -> list[str]:
     """Files of the code the benchmarks run that differ from HEAD (modified, staged or untracked)."""
     out = git("status", "--porcelain", "--untracked-files=all", "--", *CODE_PATHS)
-    return [line[3:] for line in out.splitlines() if line.strip()]
+    return [line[3:] for line in out.splitlines() if line.strip()]  # "XY path": two status letters, a space
 
 
 def _commit() -> str:

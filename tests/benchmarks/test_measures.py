@@ -93,3 +93,14 @@ def test_all_skips_a_benchmark_not_in_the_checkout(tmp_path: Path) -> None:
     outcome = run_one(bench, quick=False, log_dir=tmp_path, scratch=tmp_path / "sections.md")
     assert outcome.status.startswith("skipped")
     assert outcome.sections == {}
+
+
+def test_a_file_not_committed_under_the_code_counts_as_dirty() -> None:
+    probe = DEFAULT_RESULTS.parent / "_dirty_probe_for_tests.py"
+    before = report.dirty_paths()
+    probe.write_text("# not committed\n")
+    try:
+        assert "benchmarks/_dirty_probe_for_tests.py" in report.dirty_paths()
+    finally:
+        probe.unlink()
+    assert report.dirty_paths() == before
