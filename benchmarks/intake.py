@@ -30,13 +30,13 @@ import psutil
 import psycopg
 
 from benchmarks import stack
+from benchmarks.report import results_path
 from benchmarks.stack import PG_ADMIN_DSN, PG_BASE, Procs, StackError, create_key, free_port, process_scope, wait_http
 from service.db import make_engine, make_session_factory, new_id
 from service.models import Job, Tenant
 
 DATABASE = stack.DB_PREFIX + "mmjobs_bench_intake"
 REDIS_URL = stack.REDIS_SERVER + "/11"
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 MARK_START, MARK_END = "<!-- section: intake -->", "<!-- end intake -->"
 
 
@@ -273,24 +273,31 @@ def _migrate(procs: Procs, env: dict[str, str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.intake", description=__doc__)
-    parser.add_argument("--requests", type=int, default=100_000)
-    parser.add_argument("--upload-mb", type=int, default=256)
+    parser.add_argument("--quick", action="store_true", help="20,000 requests and a 64 MB upload (indicative)")
+    parser.add_argument("--requests", type=int, help="small requests in one batch (default 100,000; --quick 20,000)")
+    parser.add_argument("--upload-mb", type=int, help="size of the large upload (default 256; --quick 64)")
+    parser.add_argument("--log-dir", type=Path, help="where process logs go (default: a temporary directory)")
     parser.add_argument("--database", default=DATABASE, help="Postgres database to (re)create for the run.")
     parser.add_argument("--redis-url", default=REDIS_URL)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="mmjobs-intake-") as logs:
-        table = run(args.requests, args.upload_mb, Path(logs), args.database, args.redis_url)
+    requests = args.requests or (20_000 if args.quick else 100_000)
+    upload_mb = args.upload_mb or (64 if args.quick else 256)
+    with tempfile.TemporaryDirectory(prefix="mmjobs-intake-") as tmp:
+        logs = args.log_dir or Path(tmp)
+        logs.mkdir(parents=True, exist_ok=True)
+        table = run(requests, upload_mb, logs, args.database, args.redis_url)
     print(table)  # noqa: T201 - the benchmark's output
     if not args.no_write:
-        text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+        results = results_path()
+        text = results.read_text() if results.exists() else "# Benchmark results\n"
         section = f"{MARK_START}\n## Batch intake\n\n{table}\n{MARK_END}"
         if MARK_START in text:
             head, rest = text.split(MARK_START, 1)
             text = head + section + rest.split(MARK_END, 1)[1]
         else:
             text = text.rstrip() + "\n\n" + section + "\n"
-        RESULTS.write_text(text)
+        results.write_text(text)
     return 0
 
 

@@ -7,7 +7,7 @@ busy (2,000 requests in all, at a rate limit that makes them last longer than th
 (load_clients.py), each with its own connection, loop for the run's duration: submit a job, poll it, list jobs,
 get their tenant's batch, and now and then download the batch's results. Printed: per endpoint, requests,
 p50 / p99 / max as the clients saw them and p50 / p99 as the API logged them, 5xx and other non-2xx answers and
-requests that got no answer; requests/s; the API's RSS, CPU per request and connections; where the machine's CPU
+requests that got no answer; requests/s; the API's PSS, CPU per request and connections; where the machine's CPU
 went; and, when there were errors, what the API's logs say about them. Written to benchmarks/RESULTS.md as its
 own section (`--no-write` to print only).
 """
@@ -47,7 +47,7 @@ from benchmarks.load_clients import (
     table,
 )
 from benchmarks.metrics import MIB
-from benchmarks.report import machine
+from benchmarks.report import machine, write_section
 from benchmarks.stack import (
     PG_BASE,
     Proc,
@@ -62,8 +62,6 @@ from benchmarks.stack import (
 
 DATABASE = stack.DB_PREFIX + "mmjobs_load"
 REDIS_URL = stack.REDIS_SERVER + "/13"
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
-MARK_START, MARK_END = "<!-- section: load -->", "<!-- end load -->"
 TENANTS = 4
 WORKERS, CONCURRENCY = 2, 50
 # The upstream limit (simulator and our limiter alike): 20 calls/s, so the background batches outlast the run.
@@ -116,15 +114,17 @@ def job_counts(db: psycopg.Connection[tuple[Any, ...]]) -> Counter[str]:
 
 
 class ApiSampler:
-    """Every `interval` seconds: the summed RSS of the API's processes (the uvicorn supervisor and its workers),
-    the largest single one, and the most client connections any one of them held."""
+    """Every `interval` seconds: the summed PSS of the API's processes (the uvicorn supervisor and its workers,
+    forked from it: PSS shares their common pages out instead of counting them once per process), the summed RSS
+    for reference, the largest single process (PSS), and the most client connections any one of them held."""
 
     def __init__(self, pid: int, port: int, interval: float = 0.5) -> None:
         self.root = psutil.Process(pid)
         self.port = port
         self.interval = interval
-        self.peak_total = 0
-        self.peak_single = 0
+        self.peak_total = 0  # PSS, summed
+        self.peak_total_rss = 0
+        self.peak_single = 0  # PSS of one process
         self.peak_connections = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="api-sampler", daemon=True)
@@ -134,10 +134,11 @@ class ApiSampler:
             family = [self.root, *self.root.children(recursive=True)]
         except psutil.Error:
             return
-        total = 0
+        total = total_rss = 0
         for proc in family:
             try:
-                rss = int(proc.memory_info().rss)
+                info = proc.memory_full_info()
+                pss, rss = int(getattr(info, "pss", info.rss)), int(info.rss)
                 if connections:
                     held = sum(
                         1
@@ -147,9 +148,11 @@ class ApiSampler:
                     self.peak_connections = max(self.peak_connections, held)
             except psutil.Error:
                 continue
-            total += rss
-            self.peak_single = max(self.peak_single, rss)
+            total += pss
+            total_rss += rss
+            self.peak_single = max(self.peak_single, pss)
         self.peak_total = max(self.peak_total, total)
+        self.peak_total_rss = max(self.peak_total_rss, total_rss)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
@@ -244,9 +247,10 @@ class Outcome:
     clients: int
     seconds: float
     batch_requests: int
-    api_idle_rss: int
+    api_idle_pss: int
+    api_peak_pss: int
     api_peak_rss: int
-    api_peak_single_rss: int
+    api_peak_single_pss: int
     api_peak_connections: int
     jobs_before: Counter[str]
     jobs_after: Counter[str]
@@ -281,8 +285,9 @@ class Outcome:
                 [
                     f"- requests/s: {total.requests / run.elapsed:,.0f} ({total.requests:,} in {run.elapsed:.1f} s)",
                     f"- 5xx: {total.server_errors:,} (target 0) {target}",
-                    f"- API RSS: {self.api_idle_rss / MIB:,.0f} MiB idle, peak {self.api_peak_rss / MIB:,.0f} MiB "
-                    f"(every API process summed; the largest single one {self.api_peak_single_rss / MIB:,.0f} MiB); "
+                    f"- API PSS: {self.api_idle_pss / MIB:,.0f} MiB idle, peak {self.api_peak_pss / MIB:,.0f} MiB "
+                    f"(every API process summed; the largest single one {self.api_peak_single_pss / MIB:,.0f} MiB; "
+                    f"peak RSS summed, for reference: {self.api_peak_rss / MIB:,.0f} MiB); "
                     f"most client connections held by one API process: {self.api_peak_connections}",
                     f"- API CPU: {1000 * self.cpu.get('api', 0) / max(1, total.requests):.1f} ms per request",
                     f"- workers busy meanwhile: {finished:,} jobs finished during the run, {waiting:,} still "
@@ -333,9 +338,10 @@ def run(*, clients: int, seconds: float, batch_requests: int, api_workers: int, 
         clients=clients,
         seconds=seconds,
         batch_requests=batch_requests,
-        api_idle_rss=idle,
-        api_peak_rss=sampler.peak_total,
-        api_peak_single_rss=sampler.peak_single,
+        api_idle_pss=idle,
+        api_peak_pss=sampler.peak_total,
+        api_peak_rss=sampler.peak_total_rss,
+        api_peak_single_pss=sampler.peak_single,
         api_peak_connections=sampler.peak_connections,
         jobs_before=jobs_before,
         jobs_after=jobs_after,
@@ -344,19 +350,6 @@ def run(*, clients: int, seconds: float, batch_requests: int, api_workers: int, 
         server=server,
         causes=causes,
     )
-
-
-def write_section(text: str) -> Path:
-    """Replace (or append) our section of RESULTS.md, read right before writing: other benchmarks write theirs."""
-    current = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    section = f"{MARK_START}\n## API under load (issue 8)\n\n{text}\n{MARK_END}"
-    if MARK_START in current and MARK_END in current.split(MARK_START, 1)[1]:
-        head, rest = current.split(MARK_START, 1)
-        current = head + section + rest.split(MARK_END, 1)[1]
-    else:
-        current = current.rstrip("\n") + "\n\n" + section + "\n"
-    RESULTS.write_text(current)
-    return RESULTS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -382,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     text = outcome.report(command.strip())
     print("\n" + text + f"\n\nProcess logs: {log_dir}")  # noqa: T201
     if not args.no_write:
-        print(f"written to {write_section(text)}")  # noqa: T201
+        print(f"written to {write_section('load', 'API under load (issue 8)', text)}")  # noqa: T201
     return 0
 
 

@@ -1,16 +1,18 @@
 """`python -m benchmarks.media [--quick]`: memory of the full stack under large payloads (issue 6).
 
 Two workloads, each submitted all at once through the REST API (`POST /v1/jobs`, one request per job, all in
-flight together) to MiniMax-M3 on the simulator, then run by the workers:
+flight together; an API process reads only a few large bodies at once and answers the rest 503 with Retry-After,
+which the client honours) to MiniMax-M3 on the simulator, then run by the workers:
 
 - **videos**: 20 jobs, each with a 50 MB video inline as base64 (66.7 MB of base64, under the 64 MiB body limit);
 - **documents**: 50 jobs, each a 4 MB text document (3.96 million characters, about 990,000 tokens: near M3's
   window, so every one is counted with count_tokens before its call).
 
-Printed per workload: completion time, job statuses, the idle and peak RSS of the API process and of the worker
-processes (sampled every 0.2 s with psutil, children included), the growth over the payload bytes in flight, and
-the Celery messages published (read from Redis' MONITOR stream): their count and the largest, job ids only.
-`--quick` runs 5 videos and 10 documents.
+Printed per workload: completion time, job statuses, the idle and peak PSS of the API process and of the worker
+processes (sampled every 0.2 s with psutil, children included, summed; peak RSS beside it for reference), the
+growth over the payload bytes in flight, and the Celery messages published (read from Redis' MONITOR stream):
+their count and the largest, job ids only. `--quick` runs 5 videos and 10 documents. Written to RESULTS.md as the
+section `media` (`--no-write` to print only).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import os
 import sys
 import tempfile
 import threading
@@ -32,7 +35,8 @@ import psycopg
 import redis
 
 from benchmarks import stack
-from benchmarks.metrics import MIB, RssSampler
+from benchmarks.metrics import MIB, MemorySampler
+from benchmarks.report import machine, now, write_section
 from benchmarks.stack import (
     PG_ADMIN_DSN,
     PG_BASE,
@@ -90,8 +94,13 @@ def document_workload(jobs: int) -> Workload:
     return Workload("documents", jobs, len(document), json.dumps(body).encode())
 
 
+SUBMIT_ATTEMPTS = 60
+
+
 def submit(api_url: str, key: str, w: Workload) -> list[str]:
-    """Every job at once, one thread each; a body is streamed from its parts (the shared payload is not copied)."""
+    """Every job at once, one thread each; a body is streamed from its parts (the shared payload is not copied).
+    A 503 with Retry-After (an API process reads at most a few large bodies at once, service/api/large_bodies.py)
+    is retried after the time it asks for, as a client should."""
     head, _, tail = w.body.partition(b'"PROMPT"')
     headers = {"Authorization": f"Bearer {key}", "content-type": "application/json"}
 
@@ -99,7 +108,11 @@ def submit(api_url: str, key: str, w: Workload) -> list[str]:
         prompt = json.dumps(f"Summarize item {i}.").encode()
         headers_i = {**headers, "content-length": str(len(head) + len(prompt) + len(tail))}
         with httpx.Client(timeout=600) as client:
-            r = client.post(f"{api_url}/v1/jobs", content=iter([head, prompt, tail]), headers=headers_i)
+            for _ in range(SUBMIT_ATTEMPTS):
+                r = client.post(f"{api_url}/v1/jobs", content=iter([head, prompt, tail]), headers=headers_i)
+                if r.status_code != 503 or "retry-after" not in r.headers:
+                    break
+                time.sleep(float(r.headers["retry-after"]))
         if r.status_code != 202:
             raise RuntimeError(f"{w.name} job {i}: {r.status_code} {r.text[:300]}")
         return str(r.json()["id"])
@@ -192,11 +205,12 @@ def run(quick: bool, log_dir: Path, names: list[str]) -> list[dict[str, Any]]:
         api = [p for p in procs.procs if p.name.startswith("api")]
         for w in workloads:
             print(f"- {w.name}: {w.jobs} jobs x {w.payload_bytes / 1e6:.1f} MB", flush=True)  # noqa: T201
-            api_rss, worker_rss = RssSampler([p.pid for p in api], 0.2), RssSampler([p.pid for p in stack.workers], 0.2)
-            api_rss.sample()
-            worker_rss.sample()
-            api_idle, workers_idle = api_rss.peak_bytes, worker_rss.peak_bytes
-            with api_rss, worker_rss, CelerySampler() as celery:
+            api_mem = MemorySampler([p.pid for p in api], 0.2)
+            worker_mem = MemorySampler([p.pid for p in stack.workers], 0.2)
+            api_mem.sample()
+            worker_mem.sample()
+            api_idle, workers_idle = api_mem.peak_pss, worker_mem.peak_pss
+            with api_mem, worker_mem, CelerySampler() as celery:
                 started = time.monotonic()
                 ids = submit(stack.api_url, key, w)
                 submitted = time.monotonic() - started
@@ -211,10 +225,12 @@ def run(quick: bool, log_dir: Path, names: list[str]) -> list[dict[str, Any]]:
                     "submit s": round(submitted, 1),
                     "done s": round(elapsed, 1),
                     "statuses": statuses,
-                    "API idle / peak RSS MiB": f"{api_idle / MIB:.0f} / {api_rss.peak_bytes / MIB:.0f}",
-                    "API growth / payloads": round((api_rss.peak_bytes - api_idle) / in_flight, 2),
-                    "workers idle / peak RSS MiB": f"{workers_idle / MIB:.0f} / {worker_rss.peak_bytes / MIB:.0f}",
-                    "workers growth / payloads": round((worker_rss.peak_bytes - workers_idle) / in_flight, 2),
+                    "API idle / peak PSS MiB (peak RSS)": f"{api_idle / MIB:.0f} / {api_mem.peak_pss / MIB:.0f} "
+                    f"({api_mem.peak_rss / MIB:.0f})",
+                    "API PSS growth / payloads": round((api_mem.peak_pss - api_idle) / in_flight, 2),
+                    "workers idle / peak PSS MiB (peak RSS)": f"{workers_idle / MIB:.0f} / "
+                    f"{worker_mem.peak_pss / MIB:.0f} ({worker_mem.peak_rss / MIB:.0f})",
+                    "workers PSS growth / payloads": round((worker_mem.peak_pss - workers_idle) / in_flight, 2),
                     "Celery messages": celery.seen,
                     "largest message B": celery.largest,
                 }
@@ -239,12 +255,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="5 videos and 10 documents")
     p.add_argument("--workload", choices=("videos", "documents"), action="append", help="run only this one")
     p.add_argument("--log-dir", type=Path, help="where process logs go (default: a new directory in /tmp)")
+    p.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = p.parse_args(argv)
     log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="mmjobs-bench-media-"))
     log_dir.mkdir(parents=True, exist_ok=True)
     print(f"process logs: {log_dir}", flush=True)  # noqa: T201
+    when, load_before = now(), os.getloadavg()[0]
     rows = run(args.quick, log_dir, args.workload or ["videos", "documents"])
-    print("\n" + table(rows))  # noqa: T201
+    body = "\n\n".join(
+        [
+            f"Measured {when:%Y-%m-%d %H:%M} UTC on {machine()}; 1-minute load average {load_before:.1f} before, "
+            f"{os.getloadavg()[0]:.1f} after. Command: `python -m benchmarks.media"
+            + (" --quick" if args.quick else "")
+            + "`. One API process, the scheduler and 2 workers (threads pool, 50 each), simulator latency 1-2 s; "
+            "memory is PSS summed over each part's processes (peak RSS in brackets, for reference).",
+            table(rows),
+        ]
+    )
+    print("\n" + body)  # noqa: T201
+    if not args.no_write:
+        print(f"written to {write_section('media', 'Memory under large payloads (issue 6)', body)}")  # noqa: T201
     return 0
 
 

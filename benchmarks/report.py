@@ -13,10 +13,22 @@ from pathlib import Path
 
 import psutil
 
-from benchmarks.metrics import MIB, Figures
+from benchmarks.metrics import MIB, MIN_WINDOWS, Figures
 from benchmarks.scenarios import NAMES, Scenario
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+DEFAULT_RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+# Where every benchmark writes its section. `python -m benchmarks.all` points this at a file of its own (the
+# environment variable MMJOBS_BENCH_RESULTS) and assembles RESULTS.md whole from it; a benchmark run on its own
+# writes benchmarks/RESULTS.md. Read at import (for modules that import RESULTS) and again by `results_path()`.
+RESULTS_ENV = "MMJOBS_BENCH_RESULTS"
+
+
+def results_path() -> Path:
+    """The RESULTS.md to write: $MMJOBS_BENCH_RESULTS if set, else benchmarks/RESULTS.md."""
+    return Path(os.environ.get(RESULTS_ENV) or DEFAULT_RESULTS)
+
+
+RESULTS = results_path()
 PASS, MISS = "✓", "✗"
 
 
@@ -46,18 +58,34 @@ def machine() -> str:
     return f"nproc {os.cpu_count()} ({cpu}), {mem:.1f} GiB RAM, Python {platform.python_version()}, {_commit()}"
 
 
+# What a benchmark's figures depend on: a change here not committed makes the commit named a lie.
+CODE_PATHS = (
+    "service",
+    "workers",
+    "simulator",
+    "migrations",
+    "benchmarks",
+    "pyproject.toml",
+    ":!benchmarks/RESULTS.md",
+)
+
+
+def git(*args: str) -> str:
+    return subprocess.run(
+        ["git", *args], capture_output=True, text=True, check=True, timeout=30, cwd=DEFAULT_RESULTS.parent.parent
+    ).stdout.rstrip("\n")
+
+
+def dirty_paths() -> list[str]:
+    """Files of the code the benchmarks run that differ from HEAD (modified, staged or untracked)."""
+    out = git("status", "--porcelain", "--untracked-files=all", "--", *CODE_PATHS)
+    return [line[3:] for line in out.splitlines() if line.strip()]  # "XY path": two status letters, a space
+
+
 def _commit() -> str:
     try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True, timeout=10
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "service", "workers", "simulator", "migrations"],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=10,
-        ).stdout.strip()
+        head = git("rev-parse", "--short", "HEAD")
+        dirty = dirty_paths()
     except (OSError, subprocess.SubprocessError):
         return "commit unknown"
     return f"commit {head}" + (" + uncommitted changes" if dirty else "")
@@ -74,10 +102,17 @@ def _rows(s: Scenario) -> list[tuple[str, str | None, Value, Check | None]]:
     def ratio(f: Figures) -> float | None:
         return None if f.completion_seconds is None else f.completion_seconds / f.ideal_seconds
 
-    def pct(x: float | None, limit: int | None) -> str:
+    def pct(f: Figures, x: float | None, limit: int | None) -> str:
         if x is None:
-            return "n/a"
-        return f"{x:,.0f}" + (f" ({100 * x / limit:.1f} %)" if limit else " (no limit)")
+            return "n/a (calls spanned less than one limiter window)" if s.limited else "n/a"
+        if not limit:
+            return f"{x:,.0f} (no limit)"
+        text = f"{x:,.0f} ({100 * x / limit:.1f} %"
+        if f.rate_windows is not None:
+            text += f", {f.rate_windows} windows"
+            if f.rate_windows < MIN_WINDOWS:
+                text += ": indicative only"
+        return text + ")"
 
     rows: list[tuple[str, str | None, Value, Check | None]] = [
         ("jobs submitted (refused)", None, lambda f: f"{f.jobs:,} ({f.submit_errors})", None),
@@ -91,13 +126,13 @@ def _rows(s: Scenario) -> list[tuple[str, str | None, Value, Check | None]]:
         (
             "achieved RPM (% of limit)",
             "rpm_pct",
-            lambda f: pct(f.achieved_rpm, rpm),
+            lambda f: pct(f, f.achieved_rpm, rpm),
             lambda f: bool(rpm) and f.achieved_rpm is not None and f.achieved_rpm >= 0.97 * (rpm or 0),
         ),
         (
             "achieved TPM (% of limit)",
             "tpm_pct",
-            lambda f: pct(f.achieved_tpm, tpm),
+            lambda f: pct(f, f.achieved_tpm, tpm),
             lambda f: bool(tpm) and f.achieved_tpm is not None and f.achieved_tpm >= 0.95 * (tpm or 0),
         ),
         ("upstream 429s", "upstream_429", lambda f: f"{f.upstream_429:,}", lambda f: f.upstream_429 == 0),
@@ -108,10 +143,13 @@ def _rows(s: Scenario) -> list[tuple[str, str | None, Value, Check | None]]:
             None,
         ),
         (
-            "peak RSS, all worker processes",
-            "peak_rss",
-            lambda f: f"{f.peak_rss_bytes / MIB:,.0f} MiB ({f.rss_processes} processes)",
-            lambda f: 0 < f.peak_rss_bytes < 1024 * MIB,
+            "peak PSS, all worker processes (peak RSS summed, for reference)",
+            "peak_pss",
+            lambda f: (
+                f"{f.peak_pss_bytes / MIB:,.0f} MiB ({f.memory_processes} processes; RSS "
+                f"{f.peak_rss_bytes / MIB:,.0f} MiB)"
+            ),
+            lambda f: 0 < f.peak_pss_bytes < 1024 * MIB,
         ),
         (
             "peak calls in flight",
@@ -192,6 +230,7 @@ _HEADER = """# Benchmark results
 
 The latest tables of `python -m benchmarks.run` (what each figure means: README.md). Targets are issue 3's, for
 the full sizes; ✓ / ✗ say whether a side meets the target. Each section says when and where it was measured.
+`python -m benchmarks.all` rewrites this file whole, from one commit, with one header saying which.
 """
 
 
@@ -201,8 +240,9 @@ def write_results(sections: dict[str, str], *, replace_all: bool) -> Path:
     order = [f"{n}/{m}" for m in ("full", "quick") for n in NAMES]
     ours: dict[str, str] = {}
     foreign: list[str] = []
-    if RESULTS.exists():
-        for m in _BLOCK.finditer(RESULTS.read_text()):
+    path = results_path()
+    if path.exists():
+        for m in _BLOCK.finditer(path.read_text()):
             if m.group(1) in order:
                 if not replace_all:
                     ours[m.group(1)] = m.group(2).rstrip("\n")
@@ -212,8 +252,27 @@ def write_results(sections: dict[str, str], *, replace_all: bool) -> Path:
     keys = sorted(ours, key=order.index)
     body = "".join(f"\n<!-- section: {k} -->\n{ours[k]}\n<!-- end -->\n" for k in keys)
     body += "".join(f"\n{block}\n" for block in foreign)
-    RESULTS.write_text(_HEADER + body)
-    return RESULTS
+    path.write_text(_HEADER + body)
+    return path
+
+
+def write_section(name: str, title: str, body: str) -> Path:
+    """Replace (or append) the section of RESULTS.md (the one `results_path()` names) that runs from the line
+    `<!-- section: NAME -->` to the line `<!-- end NAME -->`, holding `## TITLE` and BODY. The file is re-read
+    just before writing; nothing else in it changes. Every benchmark module follows this pattern; benchmarks.all
+    collects the sections by these markers."""
+    path = results_path()
+    start, end = f"<!-- section: {name} -->", f"<!-- end {name} -->"
+    section = f"{start}\n## {title}\n\n{body.strip()}\n{end}"
+    text = path.read_text() if path.exists() else "# Benchmark results\n"
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
+    if pattern.search(text):
+        text = pattern.sub(lambda _m: section, text, count=1)
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
 
 
 def now() -> datetime:

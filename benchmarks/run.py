@@ -1,8 +1,9 @@
 """`python -m benchmarks.run [--scenario NAME ...] [--quick]`: the full-stack benchmark of issue 3.
 
 Per scenario: a simulator with the scenario's latency, limits and faults; then our stack (fresh database, API,
-scheduler, N workers) runs the workload; the simulator is reset; then the baseline (plain Celery, prefork,
-rate_limit) runs the same workload. One table per scenario is printed and written to benchmarks/RESULTS.md.
+scheduler, N workers) runs the workload; the simulator is reset; then the baseline (plain Celery, threads pool,
+rate_limit, retries with backoff) runs the same workload. One table per scenario is printed and written to
+benchmarks/RESULTS.md.
 Every process started is stopped at the end, also on Ctrl-C, SIGTERM or an error.
 """
 
@@ -75,7 +76,11 @@ def run_scenario(s: Scenario, *, side: str, api_workers: int, batches: bool, log
             lambda: run_ours(s, sim_url, scenario_logs, api_workers=api_workers, batches=batches),
         )
         reset_simulator(sim_url)
-        base = _side("baseline", side in ("both", "baseline"), lambda: run_baseline(s, sim_url, scenario_logs))
+        base = _side(
+            "baseline",
+            side in ("both", "baseline"),
+            lambda: run_baseline(s, sim_url, scenario_logs, batches=batches),
+        )
     text = section(s, ours, base, when, load=(load_before, os.getloadavg()[0]))
     print("\n" + text + "\n", flush=True)  # noqa: T201
     return text

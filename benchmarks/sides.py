@@ -1,5 +1,6 @@
 """Running one scenario against each side: minimax-jobs (REST intake -> Postgres -> scheduler -> Celery threads
-workers) and the baseline (plain Celery, prefork, rate_limit), both against the same simulator."""
+workers) and the baseline (plain Celery, threads pool, rate_limit, retries with backoff), both against the same
+simulator."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import psycopg
 import redis
 
 from benchmarks import baseline
-from benchmarks.metrics import TERMINAL, Figures, JobTiming, RssSampler, compute, sim_figures
+from benchmarks.metrics import TERMINAL, Figures, JobTiming, MemorySampler, compute, sim_figures
 from benchmarks.scenarios import MODEL, Scenario
 from benchmarks.stack import (
     REDIS_URL,
@@ -29,7 +30,6 @@ from benchmarks.stack import (
 )
 
 RETRYABLE_CLASSES = ("retryable", "rate_limited", "lease_expired")
-RETRYABLE_HTTP = (408, 429, 500, 502, 503, 504, 529)
 STALL_SECONDS = 150.0  # no job ended and no attempt started for this long: the rest count as stuck
 SUBMIT_CLIENTS = 8
 SUBMIT_CONCURRENCY = 48
@@ -208,7 +208,7 @@ def run_ours(s: Scenario, sim_url: str, log_dir: Path, *, api_workers: int, batc
         reset_simulator(sim_url)
         with (
             psycopg.connect(stack.dsn, autocommit=True) as db,
-            RssSampler(p.pid for p in stack.workers) as rss,
+            MemorySampler(p.pid for p in stack.workers) as memory,
         ):
             submit_started = time.time()
             failures, first_failure, how = submit_jobs(stack.api_url, key_a, bodies, batches=batches)
@@ -238,7 +238,7 @@ def run_ours(s: Scenario, sim_url: str, log_dir: Path, *, api_workers: int, batc
                 return Progress(done=int(row[0]), total=int(row[1]), signature=(int(row[0]), int(row[2])))
 
             wait_done(expected - failures, poll, timeout=s.wait_timeout, on_tick=probe, label="ours")
-            rss.sample()
+            memory.sample()
             rows = db.execute(_TIMINGS_SQL).fetchall()
             attempts_row = db.execute("SELECT count(*) FROM job_attempts").fetchone()
             _dump_attempts(db, log_dir)
@@ -263,9 +263,11 @@ def run_ours(s: Scenario, sim_url: str, log_dir: Path, *, api_workers: int, batc
             ideal_seconds=s.ideal_seconds(),
             mean_latency=s.latency_mean,
             sim=sim,
-            rss=rss,
+            memory=memory,
             attempts=int(attempts_row[0]) if attempts_row else 0,
             submit_errors=failures,
+            limited=s.limited,
+            latency_spread=s.latency_spread,
         )
         figures.extra["submitted_via"] = how
         return figures
@@ -274,7 +276,9 @@ def run_ours(s: Scenario, sim_url: str, log_dir: Path, *, api_workers: int, batc
 # --- baseline ----------------------------------------------------------------------------------------------
 
 
-def run_baseline(s: Scenario, sim_url: str, log_dir: Path) -> Figures:
+def run_baseline(s: Scenario, sim_url: str, log_dir: Path, *, batches: bool = True) -> Figures:
+    """The same workload through plain Celery (benchmarks/baseline.py): published from one producer when ours submits
+    a batch (`batches`), one task at a time otherwise."""
     env = {
         "BENCH_BROKER_URL": REDIS_URL,
         "BENCH_SIM_URL": sim_url,
@@ -286,10 +290,11 @@ def run_baseline(s: Scenario, sim_url: str, log_dir: Path) -> Figures:
         jobs = [(f"a{i}", "a", s.params(i)) for i in range(s.jobs)]
         expected = s.jobs + (1 if s.probe_after is not None else 0)
         reset_simulator(sim_url)
-        with RssSampler(p.pid for p in workers) as rss:
+        with MemorySampler(p.pid for p in workers) as memory:
             submit_started = time.time()
-            submit_seconds = baseline.submit(jobs)
-            print(f"  [baseline] published {s.jobs} tasks in {submit_seconds:.1f}s")  # noqa: T201
+            submit_seconds = baseline.submit(jobs, bulk=batches)
+            how = "one producer, one loop" if batches else "one apply_async per task"
+            print(f"  [baseline] published {s.jobs} tasks ({how}) in {submit_seconds:.1f}s")  # noqa: T201
             probe_at = time.monotonic() + (s.probe_after or 0)
             probe_pending = s.probe_after is not None
 
@@ -302,11 +307,15 @@ def run_baseline(s: Scenario, sim_url: str, log_dir: Path) -> Figures:
 
             def poll() -> Progress:
                 n = baseline.record_count(r)
-                return Progress(done=n, total=expected, signature=(n,))
+                return Progress(done=n, total=expected, signature=(n, baseline.attempt_count(r)))
 
             wait_done(expected, poll, timeout=s.wait_timeout, on_tick=probe, label="baseline")
-            rss.sample()
+            memory.sample()
         records = baseline.records(r)
+        attempts = baseline.attempts(r)
+        with (log_dir / "baseline-attempts.jsonl").open("w") as f:
+            for a in attempts:
+                f.write(json.dumps(a) + "\n")
         seen = {rec["id"] for rec in records}
         timings = [
             JobTiming(
@@ -315,7 +324,8 @@ def run_baseline(s: Scenario, sim_url: str, log_dir: Path) -> Figures:
                 created=float(rec["submitted"]),
                 started=float(rec["started"]),
                 ended=float(rec["ended"]),
-                retryable_failure=rec.get("http_status") is None or rec.get("http_status") in RETRYABLE_HTTP,
+                attempts=int(rec.get("attempts", 1)),
+                retryable_failure=rec["status"] == "failed" and bool(rec.get("retryable")),
             )
             for rec in records
         ]
@@ -327,13 +337,17 @@ def run_baseline(s: Scenario, sim_url: str, log_dir: Path) -> Figures:
         ]
         dump(log_dir, "baseline", timings, sim_url)
         sim = sim_figures(sim_url)
-        return compute(
+        figures = compute(
             timings,
             submit_started=submit_started,
             submit_seconds=submit_seconds,
             ideal_seconds=s.ideal_seconds(),
             mean_latency=s.latency_mean,
             sim=sim,
-            rss=rss,
-            attempts=len(records),
+            memory=memory,
+            attempts=len(attempts),
+            limited=s.limited,
+            latency_spread=s.latency_spread,
         )
+        figures.extra["submitted_via"] = how
+        return figures

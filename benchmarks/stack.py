@@ -271,13 +271,14 @@ def create_key(procs: Procs, env: dict[str, str], tenant: str) -> str:
 
 
 def start_baseline_workers(procs: Procs, env: dict[str, str], *, workers: int, concurrency: int) -> list[Proc]:
+    """`workers` Celery worker processes of the baseline app, threads pool with `concurrency` threads each."""
     flush_redis()
     started = []
     for i in range(workers):
-        argv = ["-m", "celery", "-A", "benchmarks.baseline", "worker", "--pool", "prefork"]
+        argv = ["-m", "celery", "-A", "benchmarks.baseline", "worker", "--pool", "threads"]
         argv += ["--concurrency", str(concurrency), "--queues", "bench_baseline", "-n", f"baseline{i}@%h"]
         argv += ["--without-gossip", "--without-mingle", "--without-heartbeat", "--loglevel", "INFO"]
-        started.append(procs.start("baseline-worker", argv, env))
+        started.append(procs.start("baseline-worker", argv, {**env, "BENCH_THREADS": str(concurrency)}))
     for proc in started:
         wait_log(proc, b" ready.", timeout=120)
     return started

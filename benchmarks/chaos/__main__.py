@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import signal
 import tempfile
 import time
@@ -25,9 +24,8 @@ from benchmarks.chaos.infra import missing_tools, private_infra
 from benchmarks.chaos.measure import ScenarioResult
 from benchmarks.chaos.run import run_scenario
 from benchmarks.chaos.stack import FULL, QUICK, SCENARIOS, ChaosConfig, fault_text
-from benchmarks.report import RESULTS, machine, now
+from benchmarks.report import RESULTS_ENV, machine, now, write_section
 
-MARK_START, MARK_END = "<!-- section: chaos -->", "<!-- end chaos -->"
 PASS, MISS = "✓", "✗"
 
 DEFINITIONS = """\
@@ -130,15 +128,7 @@ def report(results: Sequence[ScenarioResult], cfg: ChaosConfig, *, command: str,
 
 def write_results(body: str) -> Path:
     """Replace (or append) the `chaos` section of RESULTS.md, re-read just before writing; nothing else changes."""
-    section = f"{MARK_START}\n## Chaos (issue 8)\n\n{body}\n{MARK_END}"
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    pattern = re.compile(re.escape(MARK_START) + r".*?" + re.escape(MARK_END), re.S)
-    if pattern.search(text):
-        text = pattern.sub(lambda _m: section, text, count=1)
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    RESULTS.write_text(text)
-    return RESULTS
+    return write_section("chaos", "Chaos (issue 8)", body)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -168,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
             print(table([result]).splitlines()[-1], flush=True)  # noqa: T201
     body = report(results, cfg, command=command, started=started)
     print("\n" + body)  # noqa: T201
-    if not args.quick and not args.no_write:
+    # A quick run is written only into a file benchmarks.all assembles (which labels it quick), never alone.
+    if not args.no_write and (not args.quick or os.environ.get(RESULTS_ENV)):
         print(f"\nwritten to {write_results(body)}")  # noqa: T201
     return 0 if all(r.meets_targets for r in results) else 1
 
