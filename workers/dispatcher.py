@@ -34,6 +34,7 @@ from service.status import group_key
 from service.tenants import repository as tenants_repo
 from service.usage import admission, budgets
 from workers.limiter import Limits, RateLimiter
+from workers.limiter.accounts import AccountPool
 
 CANDIDATES_PER_GROUP = 200
 # `_reserve_budget`'s answer for a job that stopped waiting since the pass read it.
@@ -98,6 +99,7 @@ class Dispatcher:
         limiter: RateLimiter,
         publish: Callable[[str], None],
         batch: Callable[[], AbstractContextManager[Any]] = nullcontext,
+        pool: AccountPool | None = None,
     ) -> None:
         """`publish` sends one job id to the broker; `batch` opens the pipeline a pass publishes through (the
         scheduler's kombu `Producer.batch`), flushed when it closes."""
@@ -105,7 +107,9 @@ class Dispatcher:
         self.limiter = limiter
         self.publish = publish
         self.batch = batch
-        self.limits = settings.model_limits()
+        # The upstream accounts (workers/limiter/accounts.py): permits are taken on one of them, paced to their sum.
+        self.pool = pool or AccountPool(settings, limiter.client, limiter=limiter)
+        self.limits = self.pool.total_limits()
         self.prices = settings.price_table()
         self.paces: dict[str, Pace] = {}
         self._rotation = 0
@@ -297,13 +301,11 @@ class Dispatcher:
         return run_in_transaction(factory, reserve)
 
     def _acquire(self, c: Candidate, cap: tuple[int | None, int | None, int | None] | None) -> tuple[str, float] | None:
-        rpm, tpm = self.limits.get(c.model, (None, None))
         tenant_limits = Limits(rpm=cap[0], tpm=cap[1], concurrency=cap[2]) if cap and any(cap) else None
-        decision = self.limiter.acquire(
+        _, decision = self.pool.acquire(
             model=c.model,
             tenant=c.tenant_id,
             tokens=self._tokens(c),
-            model_limits=Limits(rpm=rpm, tpm=tpm),
             tenant_limits=tenant_limits,
             permit_id=permit_id(c.job_id, c.attempt_count + 1),
             hold_seconds=self.settings.lease_seconds * 2,

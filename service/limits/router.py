@@ -60,9 +60,43 @@ class IntakeLimits(BaseModel):
     max_stored_file_bytes: IntakeLimit = Field(description="Bytes of uploaded files kept (POST /v1/files, drop-ins).")
 
 
+class Headroom(BaseModel):
+    requests: int | None = Field(description="Requests the account may still send in this window (null: no limit).")
+    tokens: int | None
+
+
+class AccountModel(BaseModel):
+    model: str
+    configured: Rate
+    used: Used | None
+    headroom: Headroom | None
+
+
+class AccountError(BaseModel):
+    code: int | None = Field(description="MiniMax's code: 1004 not authorized, 2049 invalid key, 1008 no balance.")
+    message: str | None
+
+
+class AccountView(BaseModel):
+    name: str
+    base_url: str
+    weight: float
+    in_rotation: bool = Field(
+        description="false: MiniMax refused the account (1004, 2049, 1008); probed until it answers."
+    )
+    since: float | None = Field(description="When it left or came back (epoch seconds); null: never changed.")
+    last_error: AccountError | None
+    models: list[AccountModel]
+
+
 class LimitsView(BaseModel):
     object: str = "limits"
     account: str
+    accounts: list[AccountView] = Field(
+        default_factory=list,
+        description="The shared upstream accounts (MMJOBS_UPSTREAM_ACCOUNTS): rotation state, limits and headroom "
+        "per model in the current window. Keys are never shown.",
+    )
     window_seconds: int = 60
     as_of: str | None
     models: list[ModelLimits]
@@ -96,6 +130,7 @@ def get_limits(request: Request, key: CurrentKey, settings: SettingsDep, session
         )
     tenant = key.tenant
     return LimitsView(
+        accounts=_accounts(settings, doc),
         intake=_intake(session, key, settings),
         account=settings.upstream_account,
         as_of=doc.get("at"),
@@ -106,6 +141,39 @@ def get_limits(request: Request, key: CurrentKey, settings: SettingsDep, session
             used=doc.get("tenants", {}).get(tenant.id),
         ),
     )
+
+
+def _accounts(settings: SettingsDep, doc: dict[str, Any]) -> list[AccountView]:
+    """Per shared account its state and, from the scheduler's last snapshot, use and headroom per model."""
+    live = {a.get("name"): a for a in doc.get("accounts") or [] if isinstance(a, dict)}
+    single_models = doc.get("models", {}) if not settings.upstream_accounts else {}
+    views = []
+    for account in settings.accounts():
+        snap = live.get(account.name) or {}
+        snap_models = snap.get("models") or single_models
+        models = []
+        for name, (rpm, tpm) in account.model_limits().items():
+            m = snap_models.get(name) or {}
+            used = Used.model_validate(m["used"]) if "used" in m else None
+            headroom = None
+            if used is not None:
+                eff = m.get("effective") or {}
+                cap_r, cap_t = eff.get("rpm") or rpm, eff.get("tpm") or tpm
+                headroom = Headroom(requests=max(0, cap_r - used.requests), tokens=max(0, cap_t - used.tokens))
+            models.append(AccountModel(model=name, configured=Rate(rpm=rpm, tpm=tpm), used=used, headroom=headroom))
+        error = snap.get("last_error")
+        views.append(
+            AccountView(
+                name=account.name,
+                base_url=account.base_url,
+                weight=account.weight,
+                in_rotation=bool(snap.get("in_rotation", True)),
+                since=snap.get("since"),
+                last_error=AccountError.model_validate(error) if isinstance(error, dict) else None,
+                models=models,
+            )
+        )
+    return views
 
 
 def _intake(session: SessionDep, key: CurrentKey, settings: SettingsDep) -> IntakeLimits:
