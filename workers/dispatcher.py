@@ -134,6 +134,7 @@ class Dispatcher:
         if plan is None:
             return report
         groups, caps, budgeted, budget, queues = plan
+        self.pool.out_of_rotation(fresh=True)  # accounts that left the rotation since the last pass get nothing
         if budget <= 0:
             for tenant_id, model in groups:
                 report.waits[group_key(tenant_id, model)] = {"reason": "worker_capacity"}
