@@ -174,6 +174,9 @@ class Settings(BaseSettings):
         default_factory=list
     )
     account_probe_seconds: float = Field(30.0, gt=0)
+    # Encrypts tenants' own MiniMax keys at rest (Fernet): a Fernet key (`mmjobs tenants key generate-secret`),
+    # or a file holding one. Unset: tenants' own keys cannot be stored (and stored ones cannot be used).
+    secret_key: str | None = Field(default=None, repr=False)
     # Share of max_tokens reserved against TPM before a call (settled to the real usage after).
     output_reserve_share: float = Field(0.5, ge=0, le=1)
     # The limiter's window, a second longer than MiniMax's minute: a call admitted here reaches MiniMax a little

@@ -108,10 +108,11 @@ class Dispatcher:
         self.publish = publish
         self.batch = batch
         # The upstream accounts (workers/limiter/accounts.py): permits are taken on one of them, paced to their sum.
-        self.pool = pool or AccountPool(settings, limiter.client, limiter=limiter)
+        self.pool = pool or AccountPool(settings, limiter.client, limiter=limiter, sessions=lambda: self._factory)
         self.limits = self.pool.total_limits()
         self.prices = settings.price_table()
         self.paces: dict[str, Pace] = {}
+        self._factory: sessionmaker[Session] | None = None
         self._rotation = 0
 
     def _pace(self, model: str) -> Pace:
@@ -129,12 +130,14 @@ class Dispatcher:
     def run(self, factory: sessionmaker[Session], *, now: datetime) -> DispatchReport:
         """One pass. `now` is the database's clock (the scheduler reads it once per pass)."""
         report = DispatchReport()
+        self._factory = factory
         redispatch_before = now - timedelta(seconds=self.settings.redispatch_after_seconds)
         plan = run_in_transaction(factory, lambda s: self._plan(s, now=now, redispatch_before=redispatch_before))
         if plan is None:
             return report
         groups, caps, budgeted, budget, queues = plan
         self.pool.out_of_rotation(fresh=True)  # accounts that left the rotation since the last pass get nothing
+        self.pool.refresh_tenants()  # tenants' own keys (service/accounts/tenant_keys.py)
         if budget <= 0:
             for tenant_id, model in groups:
                 report.waits[group_key(tenant_id, model)] = {"reason": "worker_capacity"}

@@ -219,21 +219,23 @@ def persist(what: str, fn: Callable[[], T], *, give_up_after: float) -> T:
 
 def _upstream(claim: Claim, rt: Runtime) -> tuple[str, str]:
     """The base URL and key of the account the attempt's permit is on (service/accounts/)."""
-    if not rt.account_pool.multi:
+    if claim.account is None:
         return rt.settings.minimax_base_url, rt.api_key
     account = rt.account_pool.get(claim.account).account
     return account.base_url, account.api_key
 
 
 def _limiter(claim: Claim, rt: Runtime) -> RateLimiter:
-    return rt.account_pool.get(claim.account).limiter if rt.account_pool.multi else rt.limiter
+    return rt.limiter if claim.account is None else rt.account_pool.get(claim.account).limiter
 
 
 def _account_at_fault(outcome: Outcome, error: UpstreamError, claim: Claim, rt: Runtime) -> Outcome | None:
     """MiniMax refused the account (1004, 2049, 1008), not the request: with several accounts, that account leaves
     the rotation and the job is tried again at once on another, without using up an attempt."""
-    if not rt.account_pool.multi or error.minimax_code not in accounts.ACCOUNT_CODES or claim.account is None:
+    if not rt.account_pool.multi or error.minimax_code not in accounts.ACCOUNT_CODES:
         return None
+    if claim.account is None or claim.account not in rt.account_pool.by_name:
+        return None  # a tenant's own key has nowhere else to go: the job fails as with a single account
     rt.account_pool.take_out(claim.account, code=error.minimax_code, error=error.message or "")
     return replace(
         outcome,
@@ -298,7 +300,7 @@ def run_job(job_id: str, *, rt: Runtime) -> None:
         log.debug("job %s not claimable (taken, finished or not due)", job_id)
         _return_unused_permit(job_id, rt)
         return
-    claim = replace(claim, account=rt.account_pool.for_permit(permit_id(job_id, claim.number)).name)
+    claim = replace(claim, account=rt.account_pool.chosen_name(permit_id(job_id, claim.number)))
     obs_logging.bind(batch_id=claim.batch_id, tenant=claim.tenant_id, attempt=claim.number)
     started = time.monotonic()
     # Registered until the outcome is written: the lease keeper renews the lease while a slow write is retried.

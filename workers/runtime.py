@@ -72,7 +72,9 @@ class Runtime:
             self.redis, account=settings.upstream_account, window_seconds=settings.limiter_window_seconds
         )
         # The upstream accounts (MMJOBS_UPSTREAM_ACCOUNTS): which key, base URL and limiter an attempt uses.
-        self.account_pool = AccountPool(settings, self.redis, limiter=self.limiter)
+        self.account_pool = AccountPool(
+            settings, self.redis, limiter=self.limiter, sessions=lambda: self.session_factory
+        )
         self.prices = settings.price_table()
         self.retry_policy = RetryPolicy(
             base_seconds=settings.retry_base_seconds, cap_seconds=settings.retry_cap_seconds

@@ -196,6 +196,8 @@ class Scheduler:
         document = {"at": utcnow().isoformat(), "waits": waits, "models": models, "tenants": tenants}
         if self.dispatcher.pool.multi:
             document["accounts"] = self.dispatcher.pool.snapshots()
+        if self.dispatcher.pool.tenants:
+            document["tenant_accounts"] = self.dispatcher.pool.tenant_snapshots()
         status.publish(self.redis, document)
 
     def run_forever(self, stop: threading.Event | None = None) -> None:

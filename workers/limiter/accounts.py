@@ -16,11 +16,13 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import redis
+from sqlalchemy.orm import Session, sessionmaker
 
 from service import accounts
 from service.config import Settings, UpstreamAccount
@@ -33,6 +35,9 @@ STATE_CACHE_SECONDS = 1.0
 # How long the dispatcher waits before trying again when no account is in the rotation.
 NO_ACCOUNT_RETRY_SECONDS = 5.0
 PROBE_MODEL = "MiniMax-M2.7"
+# How often the dispatcher reads tenants' own keys again (a new or changed key is used after at most this long).
+TENANT_KEYS_SECONDS = 10.0
+TENANT_PREFIX = "tenant."
 PROBE_TOKENS = 16
 
 
@@ -53,8 +58,16 @@ class Pooled:
 
 
 class AccountPool:
-    def __init__(self, settings: Settings, client: redis.Redis, *, limiter: RateLimiter | None = None) -> None:
-        """`limiter`: an existing limiter to reuse for the account of the same name (the single-account case)."""
+    def __init__(
+        self,
+        settings: Settings,
+        client: redis.Redis,
+        *,
+        limiter: RateLimiter | None = None,
+        sessions: Callable[[], sessionmaker[Session]] | None = None,
+    ) -> None:
+        """`limiter`: an existing limiter to reuse for the account of the same name (the single-account case).
+        `sessions`: where tenants' own keys are read (service/accounts/tenant_keys.py); None: no own keys."""
         self.settings = settings
         self.client = client
         self.multi = bool(settings.upstream_accounts)
@@ -67,6 +80,33 @@ class AccountPool:
         self._lock = threading.Lock()
         self._out: set[str] = set()
         self._out_read = -math.inf
+        self._sessions = sessions
+        self.tenants: dict[str, Pooled] = {}  # tenant id -> its own account
+        self._tenants_read = -math.inf
+
+    def refresh_tenants(self, *, force: bool = False) -> None:
+        """Read the tenants' own keys again (every TENANT_KEYS_SECONDS, or now)."""
+        if self._sessions is None or (not force and time.monotonic() - self._tenants_read < TENANT_KEYS_SECONDS):
+            return
+        from service.accounts import tenant_keys
+
+        try:
+            with self._sessions()() as session:
+                found = tenant_keys.load_accounts(session, self.settings)
+        except Exception as exc:
+            log.warning("could not read tenants' own keys (%s); keeping the last known", exc)
+            return
+        self._tenants_read = time.monotonic()
+        tenants = {}
+        for tenant_id, account in found.items():
+            old = self.tenants.get(tenant_id)
+            own = (
+                old.limiter
+                if old
+                else RateLimiter(self.client, account=account.name, window_seconds=self.settings.limiter_window_seconds)
+            )
+            tenants[tenant_id] = Pooled(account=account, limiter=own, limits=account.model_limits())
+        self.tenants = tenants
 
     @property
     def default(self) -> Pooled:
@@ -76,17 +116,34 @@ class AccountPool:
         """The account of that name; the first (the single account) for None or a name no longer configured."""
         if name is not None and name in self.by_name:
             return self.by_name[name]
+        if name is not None and name.startswith(TENANT_PREFIX):
+            tenant_id = name[len(TENANT_PREFIX) :]
+            if tenant_id not in self.tenants:
+                self.refresh_tenants(force=True)
+            if tenant_id in self.tenants:
+                return self.tenants[tenant_id]
+            # Removed since the dispatch: no key at all (MiniMax answers 1004), never another account's.
+            gone = UpstreamAccount.model_construct(
+                name=name, api_key="", base_url=self.default.account.base_url, weight=1.0, rate_limits={}
+            )
+            return Pooled(account=gone, limiter=RateLimiter(self.client, account=name), limits={})
         return self.default
 
     def for_permit(self, permit: str) -> Pooled:
         """The account the dispatcher acquired this permit on (read back by the worker)."""
-        if not self.multi:
-            return self.default
+        return self.get(self.chosen_name(permit))
+
+    def chosen_name(self, permit: str) -> str | None:
+        """The recorded account of a permit; None when nothing was recorded and there is one shared account (then
+        the worker calls exactly as it always did: MINIMAX_API_KEY, MINIMAX_BASE_URL)."""
         try:
-            return self.get(accounts.chosen(self.client, permit))
+            name = accounts.chosen(self.client, permit)
         except redis.RedisError as exc:
             log.warning("could not read the account of permit %s (%s); using %s", permit, exc, self.default.name)
-            return self.default
+            name = None
+        if name is None and self.multi:
+            return self.default.name
+        return name
 
     def total_limits(self) -> dict[str, tuple[int, int]]:
         """Per model, the sum over the accounts: what the dispatcher paces the whole pool to."""
@@ -121,6 +178,26 @@ class AccountPool:
     ) -> tuple[Pooled | None, Decision]:
         """A permit on the first account in weighted order whose limiter grants it, recorded under the permit's
         id. Refused: the soonest any account could admit it (math.inf: none ever can, the request is too large)."""
+        own = self.tenants.get(tenant)
+        if own is not None:
+            # A tenant's own key serves its jobs alone, and nothing else.
+            if not own.account.api_key:
+                return None, Decision(
+                    granted=False, permit_id=permit_id, retry_after=NO_ACCOUNT_RETRY_SECONDS, reason="no_account"
+                )
+            decision = own.limiter.acquire(
+                model=model,
+                tenant=tenant,
+                tokens=tokens,
+                model_limits=own.model_limits(model),
+                tenant_limits=tenant_limits,
+                permit_id=permit_id,
+                hold_seconds=hold_seconds,
+            )
+            if decision.granted:
+                accounts.record_choice(self.client, permit_id, own.name)
+                return own, decision
+            return None, decision
         out = self.out_of_rotation()
         with self._lock:
             candidates = [m for m in self.members if m.name not in out]
@@ -202,6 +279,13 @@ class AccountPool:
             results[name] = back
         self._out_read = -math.inf
         return results
+
+    def tenant_snapshots(self) -> dict[str, dict[str, Any]]:
+        """Per tenant with its own key: its account's use per model (shown to that tenant only)."""
+        return {
+            tenant_id: {model: m.limiter.snapshot(model, model_limits=m.model_limits(model)) for model in m.limits}
+            for tenant_id, m in self.tenants.items()
+        }
 
     def snapshots(self) -> list[dict[str, Any]]:
         """Per account: its rotation state, weight, host, and per model its limits and use in the window."""
