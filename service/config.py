@@ -34,8 +34,8 @@ _PRICE_TABLES: dict[str, PriceTable] = {}
 class ModelRateLimit(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    rpm: int | None = Field(None, gt=0)
-    tpm: int | None = Field(None, gt=0)
+    rpm: int | None = Field(None, gt=0, le=10**12)
+    tpm: int | None = Field(None, gt=0, le=10**12)
 
 
 class UpstreamAccount(BaseModel):

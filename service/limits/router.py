@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from fastapi import APIRouter, Request
-from pydantic import BaseModel, Field
+from fastapi import APIRouter, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
 
 from service import status
 from service.api.deps import CurrentKey, SessionDep, SettingsDep
+from service.api.errors import APIError
 from service.limits import policy, repository
 
 router = APIRouter(prefix="/v1", tags=["limits"])
@@ -89,9 +90,39 @@ class AccountView(BaseModel):
     models: list[AccountModel]
 
 
+class OwnAccount(BaseModel):
+    account: str
+    fingerprint: str = Field(description="The key's last four characters; the key itself is never shown.")
+    base_url: str
+    models: list[AccountModel]
+
+
+class UpstreamKeyBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    api_key: str = Field(description="Your MiniMax key; stored encrypted, never shown back.")
+    base_url: str = Field(
+        "https://api.minimax.io", description="https://api.minimaxi.com for a mainland-China account."
+    )
+    rate_limits: dict[str, Any] | None = Field(
+        None, description='Your account\'s limits per model, e.g. {"MiniMax-M2.7": {"rpm": 60}}; unset: published.'
+    )
+
+
+class UpstreamKeyView(BaseModel):
+    object: str = "upstream_key"
+    account: str
+    fingerprint: str
+    base_url: str
+    rate_limits: dict[str, Any]
+
+
 class LimitsView(BaseModel):
     object: str = "limits"
     account: str
+    own_account: OwnAccount | None = Field(
+        None, description="Your own MiniMax key's account (PUT /v1/limits/upstream-key): all your jobs run on it."
+    )
     accounts: list[AccountView] = Field(
         default_factory=list,
         description="The shared upstream accounts (MMJOBS_UPSTREAM_ACCOUNTS): rotation state, limits and headroom "
@@ -130,6 +161,7 @@ def get_limits(request: Request, key: CurrentKey, settings: SettingsDep, session
         )
     tenant = key.tenant
     return LimitsView(
+        own_account=_own_account(session, key.tenant_id, doc),
         accounts=_accounts(settings, doc),
         intake=_intake(session, key, settings),
         account=settings.upstream_account,
@@ -143,6 +175,83 @@ def get_limits(request: Request, key: CurrentKey, settings: SettingsDep, session
     )
 
 
+@router.put(
+    "/limits/upstream-key",
+    response_model=UpstreamKeyView,
+    summary="Bring your own MiniMax key",
+    description="Stored encrypted; from then on all of your tenant's jobs run on it (and only yours), under the "
+    "limits you declare, billed in your usage as before. The key is never shown back, only its fingerprint.",
+)
+def put_upstream_key(
+    body: UpstreamKeyBody, key: CurrentKey, settings: SettingsDep, session: SessionDep
+) -> UpstreamKeyView:
+    from service.accounts import tenant_keys
+
+    if not settings.secret_key:
+        raise APIError(
+            403,
+            "permission_error",
+            "this service does not store tenants' own MiniMax keys (its operator has not set MMJOBS_SECRET_KEY)",
+        )
+    try:
+        tenant_keys.set_key(
+            session,
+            tenant_id=key.tenant_id,
+            api_key=body.api_key,
+            base_url=body.base_url,
+            rate_limits=body.rate_limits,
+            settings=settings,
+        )
+    except tenant_keys.TenantKeyError as exc:
+        message = str(exc)
+        field = message.split(":", 1)[0] if message.startswith(("api_key", "base_url", "rate_limits")) else None
+        raise APIError(400 if field else 403, "invalid_request_error", message, field=field) from None
+    session.commit()
+    shown = tenant_keys.describe(session, tenant_id=key.tenant_id)
+    assert shown is not None
+    return UpstreamKeyView(**shown)
+
+
+@router.delete("/limits/upstream-key", status_code=204, summary="Stop using your own MiniMax key")
+def delete_upstream_key(key: CurrentKey, session: SessionDep) -> Response:
+    from service.accounts import tenant_keys
+
+    if not tenant_keys.remove_key(session, tenant_id=key.tenant_id):
+        raise APIError(404, "not_found", "your tenant has no own MiniMax key")
+    session.commit()
+    return Response(status_code=204)
+
+
+def _own_account(session: SessionDep, tenant_id: str, doc: dict[str, Any]) -> OwnAccount | None:
+    from service.accounts import tenant_keys
+
+    shown = tenant_keys.describe(session, tenant_id=tenant_id)
+    if shown is None:
+        return None
+    from service.config import ModelRateLimit, UpstreamAccount
+
+    limits = UpstreamAccount.model_construct(
+        rate_limits={m: ModelRateLimit.model_validate(v) for m, v in shown["rate_limits"].items()}
+    ).model_limits()
+    live = (doc.get("tenant_accounts") or {}).get(tenant_id) or {}
+    return OwnAccount(
+        account=shown["account"],
+        fingerprint=shown["fingerprint"],
+        base_url=shown["base_url"],
+        models=[_model_view(name, rpm, tpm, live.get(name) or {}) for name, (rpm, tpm) in limits.items()],
+    )
+
+
+def _model_view(name: str, rpm: int, tpm: int, m: dict[str, Any]) -> AccountModel:
+    used = Used.model_validate(m["used"]) if "used" in m else None
+    headroom = None
+    if used is not None:
+        eff = m.get("effective") or {}
+        cap_r, cap_t = eff.get("rpm") or rpm, eff.get("tpm") or tpm
+        headroom = Headroom(requests=max(0, cap_r - used.requests), tokens=max(0, cap_t - used.tokens))
+    return AccountModel(model=name, configured=Rate(rpm=rpm, tpm=tpm), used=used, headroom=headroom)
+
+
 def _accounts(settings: SettingsDep, doc: dict[str, Any]) -> list[AccountView]:
     """Per shared account its state and, from the scheduler's last snapshot, use and headroom per model."""
     live = {a.get("name"): a for a in doc.get("accounts") or [] if isinstance(a, dict)}
@@ -151,16 +260,10 @@ def _accounts(settings: SettingsDep, doc: dict[str, Any]) -> list[AccountView]:
     for account in settings.accounts():
         snap = live.get(account.name) or {}
         snap_models = snap.get("models") or single_models
-        models = []
-        for name, (rpm, tpm) in account.model_limits().items():
-            m = snap_models.get(name) or {}
-            used = Used.model_validate(m["used"]) if "used" in m else None
-            headroom = None
-            if used is not None:
-                eff = m.get("effective") or {}
-                cap_r, cap_t = eff.get("rpm") or rpm, eff.get("tpm") or tpm
-                headroom = Headroom(requests=max(0, cap_r - used.requests), tokens=max(0, cap_t - used.tokens))
-            models.append(AccountModel(model=name, configured=Rate(rpm=rpm, tpm=tpm), used=used, headroom=headroom))
+        models = [
+            _model_view(name, rpm, tpm, snap_models.get(name) or {})
+            for name, (rpm, tpm) in account.model_limits().items()
+        ]
         error = snap.get("last_error")
         views.append(
             AccountView(
