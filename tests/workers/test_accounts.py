@@ -251,3 +251,21 @@ def test_limits_show_each_account_state_and_headroom_but_never_a_key(
     assert m["configured"]["rpm"] == 300
     assert m["used"]["requests"] == 2
     assert m["headroom"]["requests"] == 298
+
+
+def _race_take_out(url: str, barrier: Any) -> bool:
+    client = redis.Redis.from_url(url)
+    barrier.wait()
+    return accounts.take_out(client, "raced", code=2049, error="invalid api key")
+
+
+def test_processes_racing_to_take_an_account_out_count_one_departure(settings: Settings, r: redis.Redis) -> None:
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Manager() as manager:
+        barrier = manager.Barrier(6)
+        with ctx.Pool(6) as pool:
+            results = pool.starmap(_race_take_out, [(settings.redis_url, barrier)] * 6)
+    assert results.count(True) == 1
+    assert accounts.states(r, ["raced"])["raced"].left == 1
