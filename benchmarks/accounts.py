@@ -190,7 +190,7 @@ def _wait_first_call(urls: list[str], timeout: float = 120) -> None:
 
 def _baseline_workers(procs: Procs, urls: list[str]) -> None:
     flush_redis()
-    baseline.app.conf.broker_url = REDIS_URL  # the runner publishes where the workers consume
+    baseline.app.conf.update(broker_url=REDIS_URL)  # the runner publishes where the workers consume
     started = []
     for i, url in enumerate(urls):
         env = {"BENCH_BROKER_URL": REDIS_URL, "BENCH_SIM_URL": url, "BENCH_RATE_LIMIT": f"{RPM}/m"}

@@ -147,7 +147,7 @@ class Scheduler:
         if report.saturated or self._more:
             self.next_wake = SATURATED_RECHECK
         if self.dispatcher.pool.multi:
-            self._step("probe accounts", lambda: self.dispatcher.pool.probe(self._probe_http()), {})
+            self._step("probe accounts", self._probe_accounts, None)
         self._step("status", lambda: self._publish_status(report.waits), None)
         if recovered or expired or report.published or report.failed:
             log.info(
@@ -162,6 +162,9 @@ class Scheduler:
             "published": len(report.published),
             "failed": len(report.failed),
         }
+
+    def _probe_accounts(self) -> None:
+        self.dispatcher.pool.probe(self._probe_http())
 
     def _probe_http(self) -> httpx.Client:
         """The client the account probes use (service/accounts/: an account out of the rotation, every while)."""
@@ -193,7 +196,7 @@ class Scheduler:
             )
             for t in capped
         }
-        document = {"at": utcnow().isoformat(), "waits": waits, "models": models, "tenants": tenants}
+        document: dict[str, Any] = {"at": utcnow().isoformat(), "waits": waits, "models": models, "tenants": tenants}
         if self.dispatcher.pool.multi:
             document["accounts"] = self.dispatcher.pool.snapshots()
         if self.dispatcher.pool.tenants:

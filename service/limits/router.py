@@ -228,11 +228,9 @@ def _own_account(session: SessionDep, tenant_id: str, doc: dict[str, Any]) -> Ow
     shown = tenant_keys.describe(session, tenant_id=tenant_id)
     if shown is None:
         return None
-    from service.config import ModelRateLimit, UpstreamAccount
+    from service.catalog import configured_limits
 
-    limits = UpstreamAccount.model_construct(
-        rate_limits={m: ModelRateLimit.model_validate(v) for m, v in shown["rate_limits"].items()}
-    ).model_limits()
+    limits = configured_limits({m: (v.get("rpm"), v.get("tpm")) for m, v in shown["rate_limits"].items()})
     live = (doc.get("tenant_accounts") or {}).get(tenant_id) or {}
     return OwnAccount(
         account=shown["account"],

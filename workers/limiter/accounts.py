@@ -64,7 +64,7 @@ class AccountPool:
         client: redis.Redis,
         *,
         limiter: RateLimiter | None = None,
-        sessions: Callable[[], sessionmaker[Session]] | None = None,
+        sessions: Callable[[], sessionmaker[Session] | None] | None = None,
     ) -> None:
         """`limiter`: an existing limiter to reuse for the account of the same name (the single-account case).
         `sessions`: where tenants' own keys are read (service/accounts/tenant_keys.py); None: no own keys."""
@@ -90,8 +90,11 @@ class AccountPool:
             return
         from service.accounts import tenant_keys
 
+        factory = self._sessions()
+        if factory is None:
+            return
         try:
-            with self._sessions()() as session:
+            with factory() as session:
                 found = tenant_keys.load_accounts(session, self.settings)
         except Exception as exc:
             log.warning("could not read tenants' own keys (%s); keeping the last known", exc)
