@@ -5,10 +5,19 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 if TYPE_CHECKING:
     from service.pricing import PriceTable
@@ -25,8 +34,65 @@ _PRICE_TABLES: dict[str, PriceTable] = {}
 class ModelRateLimit(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    rpm: int | None = Field(None, gt=0)
-    tpm: int | None = Field(None, gt=0)
+    rpm: int | None = Field(None, gt=0, le=10**12)
+    tpm: int | None = Field(None, gt=0, le=10**12)
+
+
+class UpstreamAccount(BaseModel):
+    """One MiniMax account of MMJOBS_UPSTREAM_ACCOUNTS (service/accounts/): its own key, host and limits."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    api_key: str = Field(min_length=1, repr=False)
+    base_url: str = "https://api.minimax.io"
+    # Share of the jobs this account gets while every account has headroom (a full account passes its turn on).
+    weight: float = Field(1.0, gt=0, le=1000)
+    rate_limits: dict[str, ModelRateLimit] = Field(default_factory=dict)
+
+    @field_validator("base_url")
+    @classmethod
+    def _root(cls, value: str) -> str:
+        from service.minimax_url import normalize_base_url
+
+        return normalize_base_url(value)
+
+    @field_validator("rate_limits")
+    @classmethod
+    def _models(cls, value: dict[str, ModelRateLimit]) -> dict[str, ModelRateLimit]:
+        return _known_models(value)
+
+    def model_limits(self) -> dict[str, tuple[int, int]]:
+        from service.catalog import configured_limits
+
+        return configured_limits({m: (v.rpm, v.tpm) for m, v in self.rate_limits.items()})
+
+
+def _known_models(value: dict[str, ModelRateLimit]) -> dict[str, ModelRateLimit]:
+    from service.catalog import MODELS
+
+    unknown = sorted(set(value) - set(MODELS))
+    if unknown:
+        raise ValueError(f"unknown model {unknown[0]!r}; known models: {', '.join(MODELS)}")
+    return value
+
+
+def _accounts_source(value: Any) -> Any:
+    """MMJOBS_UPSTREAM_ACCOUNTS: a JSON list, or the path of a file holding one (keys stay out of the environment)."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if not text:
+        return []
+    if not text.startswith("["):
+        try:
+            text = Path(text).read_text()
+        except OSError as exc:
+            raise ValueError(f"not a JSON list and not a readable file: {exc}") from None
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"not valid JSON: {exc}") from None
 
 
 class Settings(BaseSettings):
@@ -100,6 +166,17 @@ class Settings(BaseSettings):
     rate_limits: dict[str, ModelRateLimit] = Field(default_factory=dict)
     # Limiter keys are per upstream account: give each MiniMax account its own name.
     upstream_account: str = "default"
+    # Several MiniMax accounts (README "Upstream accounts"): a JSON list, or a file path, of
+    # {"name", "api_key", "base_url", "weight", "rate_limits"}. Unset: the one account of MINIMAX_API_KEY /
+    # MINIMAX_BASE_URL / MMJOBS_RATE_LIMITS named `upstream_account`. An account answering 1004, 2049 or 1008 leaves
+    # the rotation and is probed every `account_probe_seconds` until it answers again.
+    upstream_accounts: Annotated[list[UpstreamAccount], NoDecode, BeforeValidator(_accounts_source)] = Field(
+        default_factory=list
+    )
+    account_probe_seconds: float = Field(30.0, gt=0)
+    # Encrypts tenants' own MiniMax keys at rest (Fernet): a Fernet key (`mmjobs tenants key generate-secret`),
+    # or a file holding one. Unset: tenants' own keys cannot be stored (and stored ones cannot be used).
+    secret_key: str | None = Field(default=None, repr=False)
     # Share of max_tokens reserved against TPM before a call (settled to the real usage after).
     output_reserve_share: float = Field(0.5, ge=0, le=1)
     # The limiter's window, a second longer than MiniMax's minute: a call admitted here reaches MiniMax a little
@@ -205,12 +282,30 @@ class Settings(BaseSettings):
     @field_validator("rate_limits")
     @classmethod
     def _known_models(cls, value: dict[str, ModelRateLimit]) -> dict[str, ModelRateLimit]:
-        from service.catalog import MODELS
+        return _known_models(value)
 
-        unknown = sorted(set(value) - set(MODELS))
-        if unknown:
-            raise ValueError(f"unknown model {unknown[0]!r}; known models: {', '.join(MODELS)}")
+    @field_validator("upstream_accounts")
+    @classmethod
+    def _distinct_accounts(cls, value: list[UpstreamAccount]) -> list[UpstreamAccount]:
+        names = [a.name for a in value]
+        duplicate = next((n for n in names if names.count(n) > 1), None)
+        if duplicate is not None:
+            raise ValueError(f"account name {duplicate!r} is given twice; each account needs its own name")
         return value
+
+    def accounts(self) -> list[UpstreamAccount]:
+        """The upstream accounts jobs run on: MMJOBS_UPSTREAM_ACCOUNTS, else the single configured one."""
+        if self.upstream_accounts:
+            return list(self.upstream_accounts)
+        return [
+            UpstreamAccount.model_construct(
+                name=self.upstream_account,
+                api_key=self.minimax_api_key or "",
+                base_url=self.minimax_base_url,
+                weight=1.0,
+                rate_limits=self.rate_limits,
+            )
+        ]
 
     @field_validator("public_base_url")
     @classmethod

@@ -34,6 +34,7 @@ from service.status import group_key
 from service.tenants import repository as tenants_repo
 from service.usage import admission, budgets
 from workers.limiter import Limits, RateLimiter
+from workers.limiter.accounts import AccountPool
 
 CANDIDATES_PER_GROUP = 200
 # `_reserve_budget`'s answer for a job that stopped waiting since the pass read it.
@@ -98,6 +99,7 @@ class Dispatcher:
         limiter: RateLimiter,
         publish: Callable[[str], None],
         batch: Callable[[], AbstractContextManager[Any]] = nullcontext,
+        pool: AccountPool | None = None,
     ) -> None:
         """`publish` sends one job id to the broker; `batch` opens the pipeline a pass publishes through (the
         scheduler's kombu `Producer.batch`), flushed when it closes."""
@@ -105,9 +107,12 @@ class Dispatcher:
         self.limiter = limiter
         self.publish = publish
         self.batch = batch
-        self.limits = settings.model_limits()
+        # The upstream accounts (workers/limiter/accounts.py): permits are taken on one of them, paced to their sum.
+        self.pool = pool or AccountPool(settings, limiter.client, limiter=limiter, sessions=lambda: self._factory)
+        self.limits = self.pool.total_limits()
         self.prices = settings.price_table()
         self.paces: dict[str, Pace] = {}
+        self._factory: sessionmaker[Session] | None = None
         self._rotation = 0
 
     def _pace(self, model: str) -> Pace:
@@ -125,11 +130,14 @@ class Dispatcher:
     def run(self, factory: sessionmaker[Session], *, now: datetime) -> DispatchReport:
         """One pass. `now` is the database's clock (the scheduler reads it once per pass)."""
         report = DispatchReport()
+        self._factory = factory
         redispatch_before = now - timedelta(seconds=self.settings.redispatch_after_seconds)
         plan = run_in_transaction(factory, lambda s: self._plan(s, now=now, redispatch_before=redispatch_before))
         if plan is None:
             return report
         groups, caps, budgeted, budget, queues = plan
+        self.pool.out_of_rotation(fresh=True)  # accounts that left the rotation since the last pass get nothing
+        self.pool.refresh_tenants()  # tenants' own keys (service/accounts/tenant_keys.py)
         if budget <= 0:
             for tenant_id, model in groups:
                 report.waits[group_key(tenant_id, model)] = {"reason": "worker_capacity"}
@@ -297,13 +305,11 @@ class Dispatcher:
         return run_in_transaction(factory, reserve)
 
     def _acquire(self, c: Candidate, cap: tuple[int | None, int | None, int | None] | None) -> tuple[str, float] | None:
-        rpm, tpm = self.limits.get(c.model, (None, None))
         tenant_limits = Limits(rpm=cap[0], tpm=cap[1], concurrency=cap[2]) if cap and any(cap) else None
-        decision = self.limiter.acquire(
+        _, decision = self.pool.acquire(
             model=c.model,
             tenant=c.tenant_id,
             tokens=self._tokens(c),
-            model_limits=Limits(rpm=rpm, tpm=tpm),
             tenant_limits=tenant_limits,
             permit_id=permit_id(c.job_id, c.attempt_count + 1),
             hold_seconds=self.settings.lease_seconds * 2,

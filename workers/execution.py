@@ -12,6 +12,7 @@ from typing import TypeVar
 import redis
 from sqlalchemy import exc as sa_exc
 
+from service import accounts
 from service.db import transaction, utcnow
 from service.jobs import repository as jobs_repository
 from service.jobs import transitions
@@ -21,6 +22,7 @@ from service.observability import tracing
 from service.observability import worker as worker_metrics
 from workers import media, preflight, stopping
 from workers.dispatcher import permit_id
+from workers.limiter import RateLimiter
 from workers.providers import Completion, UpstreamError, Usage, get_provider
 from workers.retry import slows_the_limiter
 from workers.runtime import InFlight, JobAborted, Runtime
@@ -159,10 +161,11 @@ def call_upstream(claim: Claim, rt: Runtime, handle: InFlight) -> tuple[Outcome,
             _mark_sent(claim, rt)
             sent = True
             with tracing.span("upstream.call", attributes={"gen_ai.request.model": claim.model}) as span:
+                base_url, api_key = _upstream(claim, rt)
                 completion = get_provider(claim.format).call(
                     client=rt.http,
-                    base_url=rt.settings.minimax_base_url,
-                    api_key=rt.api_key,
+                    base_url=base_url,
+                    api_key=api_key,
                     model=claim.model,
                     params=claim.params,
                     stream=rt.settings.stream,
@@ -214,9 +217,39 @@ def persist(what: str, fn: Callable[[], T], *, give_up_after: float) -> T:
             delay = min(delay * 2, 5.0)
 
 
+def _upstream(claim: Claim, rt: Runtime) -> tuple[str, str]:
+    """The base URL and key of the account the attempt's permit is on (service/accounts/)."""
+    if claim.account is None:
+        return rt.settings.minimax_base_url, rt.api_key
+    account = rt.account_pool.get(claim.account).account
+    return account.base_url, account.api_key
+
+
+def _limiter(claim: Claim, rt: Runtime) -> RateLimiter:
+    return rt.limiter if claim.account is None else rt.account_pool.get(claim.account).limiter
+
+
+def _account_at_fault(outcome: Outcome, error: UpstreamError, claim: Claim, rt: Runtime) -> Outcome | None:
+    """MiniMax refused the account (1004, 2049, 1008), not the request: with several accounts, that account leaves
+    the rotation and the job is tried again at once on another, without using up an attempt."""
+    if not rt.account_pool.multi or error.minimax_code not in accounts.ACCOUNT_CODES:
+        return None
+    if claim.account is None or claim.account not in rt.account_pool.by_name:
+        return None  # a tenant's own key has nowhere else to go: the job fails as with a single account
+    rt.account_pool.take_out(claim.account, code=error.minimax_code, error=error.message or "")
+    return replace(
+        outcome,
+        classification="retryable",
+        retry_at=utcnow(),
+        retry_note=f"upstream account {claim.account} was refused (MiniMax {error.minimax_code}); "
+        "tried again on another account (not counted)",
+        free_retry=True,
+    )
+
+
 def _mark_sent(claim: Claim, rt: Runtime) -> None:
     try:
-        rt.limiter.mark_sent(permit_id(claim.job_id, claim.number), model=claim.model, tenant=claim.tenant_id)
+        _limiter(claim, rt).mark_sent(permit_id(claim.job_id, claim.number), model=claim.model, tenant=claim.tenant_id)
     except redis.RedisError as exc:
         log.warning("could not stamp the send time of %s: %s", claim.job_id, exc)
 
@@ -238,17 +271,18 @@ def _settle(claim: Claim, outcome: Outcome, error: UpstreamError | None, rt: Run
     # never received the request.
     unsent = error is not None and error.unsent
     input_tokens = billed_input or (0 if outcome.succeeded or unsent else claim.estimated_input_tokens)
+    limiter = _limiter(claim, rt)
     try:
-        rt.limiter.settle(
+        limiter.settle(
             permit,
             model=claim.model,
             tenant=claim.tenant_id,
             input_tokens=input_tokens,
             output_tokens=outcome.usage.get("output_tokens", 0),
         )
-        rt.limiter.release(permit, tenant=claim.tenant_id)
+        limiter.release(permit, tenant=claim.tenant_id)
         if error is not None and slows_the_limiter(error):
-            rt.limiter.penalize(claim.model)
+            limiter.penalize(claim.model)
     except redis.RedisError as exc:
         log.warning("could not settle permit %s: %s", permit, exc)
 
@@ -266,6 +300,7 @@ def run_job(job_id: str, *, rt: Runtime) -> None:
         log.debug("job %s not claimable (taken, finished or not due)", job_id)
         _return_unused_permit(job_id, rt)
         return
+    claim = replace(claim, account=rt.account_pool.chosen_name(permit_id(job_id, claim.number)))
     obs_logging.bind(batch_id=claim.batch_id, tenant=claim.tenant_id, attempt=claim.number)
     started = time.monotonic()
     # Registered until the outcome is written: the lease keeper renews the lease while a slow write is retried.
@@ -282,7 +317,7 @@ def run_job(job_id: str, *, rt: Runtime) -> None:
             claim.model, claim.format, outcome.classification, seconds=time.monotonic() - started
         )
         if error is not None:
-            outcome = _with_retry_decision(outcome, error, claim, rt)
+            outcome = _account_at_fault(outcome, error, claim, rt) or _with_retry_decision(outcome, error, claim, rt)
 
         def record() -> bool:
             with transaction(rt.session_factory) as session:
@@ -317,6 +352,6 @@ def _return_unused_permit(job_id: str, rt: Runtime) -> None:
         return
     permit = permit_id(job_id, ended.attempt_count + 1)
     try:
-        rt.limiter.forfeit(permit, model=ended.model, tenant=ended.tenant_id)
+        rt.account_pool.for_permit(permit).limiter.forfeit(permit, model=ended.model, tenant=ended.tenant_id)
     except redis.RedisError as exc:
         log.warning("could not return permit %s: %s", permit, exc)

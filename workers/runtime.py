@@ -21,6 +21,7 @@ from service.jobs import transitions
 from service.observability import tracing
 from service.observability import worker as worker_metrics
 from workers.limiter import RateLimiter
+from workers.limiter.accounts import AccountPool
 from workers.retry import RetryPolicy
 from workers.stopping import CANCELED, LEASE_LOST, StopSignal, stoppable_transport
 
@@ -47,14 +48,14 @@ class InFlight:
 
 class Runtime:
     def __init__(self, settings: Settings) -> None:
-        if not settings.minimax_api_key:
+        if not settings.minimax_api_key and not settings.upstream_accounts:
             raise RuntimeError(
                 "MINIMAX_API_KEY is not set: set it to your MiniMax key (or run `mmjobs up`, which starts "
                 "the bundled simulator and points the worker at it)"
             )
         self.settings = settings
         tracing.configure(settings, role="worker")  # no-op unless MMJOBS_OTEL_ENABLED
-        self.api_key = settings.minimax_api_key
+        self.api_key = settings.minimax_api_key or ""
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
         self.session_factory: sessionmaker[Session] = make_session_factory(engine_for(settings))
         limits = httpx.Limits(
@@ -69,6 +70,10 @@ class Runtime:
         self.redis = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
         self.limiter = RateLimiter(
             self.redis, account=settings.upstream_account, window_seconds=settings.limiter_window_seconds
+        )
+        # The upstream accounts (MMJOBS_UPSTREAM_ACCOUNTS): which key, base URL and limiter an attempt uses.
+        self.account_pool = AccountPool(
+            settings, self.redis, limiter=self.limiter, sessions=lambda: self.session_factory
         )
         self.prices = settings.price_table()
         self.retry_policy = RetryPolicy(

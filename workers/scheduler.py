@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+import httpx
 import redis
 from sqlalchemy import exc as sa_exc
 
@@ -61,6 +62,7 @@ class Scheduler:
         self.dispatcher = Dispatcher(settings, self.limiter, self._publish, batch=self._publish_batch)
         self.publish_webhook = webhooks.publisher(self.celery)
         self._last_snapshot = 0.0
+        self._http: httpx.Client | None = None
         self._producer: Any = None
         self._failures: list[Exception] = []
         self._more = False
@@ -144,6 +146,8 @@ class Scheduler:
         self.next_wake = min(self.settings.scheduler_interval, max(0.01, report.next_wake))
         if report.saturated or self._more:
             self.next_wake = SATURATED_RECHECK
+        if self.dispatcher.pool.multi:
+            self._step("probe accounts", self._probe_accounts, None)
         self._step("status", lambda: self._publish_status(report.waits), None)
         if recovered or expired or report.published or report.failed:
             log.info(
@@ -158,6 +162,15 @@ class Scheduler:
             "published": len(report.published),
             "failed": len(report.failed),
         }
+
+    def _probe_accounts(self) -> None:
+        self.dispatcher.pool.probe(self._probe_http())
+
+    def _probe_http(self) -> httpx.Client:
+        """The client the account probes use (service/accounts/: an account out of the rotation, every while)."""
+        if self._http is None:
+            self._http = httpx.Client(timeout=httpx.Timeout(30.0, connect=self.settings.upstream_connect_timeout))
+        return self._http
 
     def _may_recover(self) -> bool:
         """Leases may be judged only once workers have had the database long enough to renew theirs: after an
@@ -183,7 +196,12 @@ class Scheduler:
             )
             for t in capped
         }
-        status.publish(self.redis, {"at": utcnow().isoformat(), "waits": waits, "models": models, "tenants": tenants})
+        document: dict[str, Any] = {"at": utcnow().isoformat(), "waits": waits, "models": models, "tenants": tenants}
+        if self.dispatcher.pool.multi:
+            document["accounts"] = self.dispatcher.pool.snapshots()
+        if self.dispatcher.pool.tenants:
+            document["tenant_accounts"] = self.dispatcher.pool.tenant_snapshots()
+        status.publish(self.redis, document)
 
     def run_forever(self, stop: threading.Event | None = None) -> None:
         stop = stop or threading.Event()

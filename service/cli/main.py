@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy.orm import Session
 
+from service.cli.accounts import tenant_key_app
 from service.cli.batch import batch_app, whole_ids
 from service.cli.jobs import job_app, limits_app, webhooks_app
 from service.cli.media import video_app
@@ -34,6 +35,7 @@ tenants_app = typer.Typer(help="Tenant settings.", no_args_is_help=True)
 budgets_app = typer.Typer(help="USD budgets per tenant or API key.", no_args_is_help=True)
 app.add_typer(budgets_app, name="budgets")
 app.add_typer(tenants_app, name="tenants")
+tenants_app.add_typer(tenant_key_app, name="key")
 app.add_typer(batch_app, name="batch")
 app.add_typer(video_app, name="video")
 app.add_typer(schedules_app, name="schedules")

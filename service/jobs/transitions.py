@@ -41,6 +41,7 @@ class Claim:
     api_key_id: str | None = None
     batch_id: str | None = None
     traceparent: str | None = None  # the trace the worker's spans continue (service/observability/tracing.py)
+    account: str | None = None  # the upstream account the attempt's permit is on (service/accounts/), set by the worker
 
 
 @dataclass(frozen=True, kw_only=True)

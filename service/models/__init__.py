@@ -7,6 +7,7 @@ from service.models.idempotency import IdempotencyKey
 from service.models.job import ACTIVE, TERMINAL, WAITING, Job, JobAttempt, JobStatus
 from service.models.schedule import Catchup, Overlap, RunStatus, Schedule, ScheduleRun
 from service.models.tenant import ApiKey, Tenant
+from service.models.upstream_key import TenantUpstreamKey
 from service.models.usage import Budget, BudgetReservation, UsageEntry
 from service.models.webhook import (
     DeliveryStatus,
@@ -41,6 +42,7 @@ __all__ = [
     "Schedule",
     "ScheduleRun",
     "Tenant",
+    "TenantUpstreamKey",
     "TenantWebhookSecret",
     "UsageEntry",
     "WebhookAttempt",

@@ -39,7 +39,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import status
+from service import accounts, status
 from service.api.errors import APIError
 from service.config import Settings
 from service.db import utcnow
@@ -90,6 +90,7 @@ class ServiceCollector(Collector):
             up.add_metric(["postgres"], 0)
         try:
             families += redis_families(self.state.redis, now=utcnow())
+            families += accounts.metric_families(self.state.redis, [a.name for a in self.settings.accounts()])
             up.add_metric(["redis"], 1)
         except redis.RedisError as exc:
             log.warning("metrics: cannot read Redis: %s", exc)

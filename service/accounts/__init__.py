@@ -1,0 +1,162 @@
+"""Several upstream MiniMax accounts (issue 17 part 2): which account each attempt runs on, and which accounts are
+in the rotation.
+
+The accounts themselves are configured (`Settings.accounts()`, MMJOBS_UPSTREAM_ACCOUNTS); what changes at run time
+lives in Redis, shared by every scheduler and worker process:
+
+- `mmjobs:acct:state:<name>`: a hash, `state` (`in` or `out`), `since` (epoch seconds), `code` and `error` (the
+  answer that took it out), `transitions` (how many times it left or came back). No hash: in rotation.
+- `mmjobs:acct:permit:<job>:<attempt>`: the account the dispatcher acquired that attempt's permit on; the worker
+  calls with that account's key and base URL and settles that account's limiter. Kept a day (an attempt is
+  claimed within seconds of its dispatch, or re-dispatched under a new permit of the same id).
+
+An account leaves the rotation when MiniMax answers it 1004 (not authorized), 2049 (invalid key) or 1008
+(insufficient balance): the account is at fault, not the request, so the job is tried again on another account.
+The scheduler probes an account out of the rotation every `account_probe_seconds` with a one-token call; the
+first answer that is not one of those codes brings it back.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+log = logging.getLogger("mmjobs.accounts")
+
+# The codes by which MiniMax says the account (not the request) is at fault (reference/minimax-api.md, "Errors").
+ACCOUNT_CODES = frozenset({1004, 2049, 1008})
+IN, OUT = "in", "out"
+PERMIT_MEMORY_SECONDS = 24 * 3600
+_STATE = "mmjobs:acct:state:"
+_PERMIT = "mmjobs:acct:permit:"
+_PROBED = "mmjobs:acct:probed:"
+
+# Set the state only if it changes, and count the change: KEYS[1] the hash; ARGV: state, now, code, error.
+_TRANSITION = """
+local current = redis.call('HGET', KEYS[1], 'state')
+if (current or 'in') == ARGV[1] then
+  if ARGV[1] == 'out' then redis.call('HSET', KEYS[1], 'last_code', ARGV[3], 'last_error', ARGV[4]) end
+  return 0
+end
+redis.call('HSET', KEYS[1], 'state', ARGV[1], 'since', ARGV[2])
+if ARGV[1] == 'out' then
+  redis.call('HSET', KEYS[1], 'code', ARGV[3], 'error', ARGV[4], 'last_code', ARGV[3], 'last_error', ARGV[4])
+end
+redis.call('HINCRBY', KEYS[1], 'transitions_' .. ARGV[1], 1)
+return 1
+"""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class AccountState:
+    name: str
+    in_rotation: bool
+    since: float | None
+    code: int | None
+    error: str | None
+    left: int  # times it left the rotation
+    returned: int  # times it came back
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def permit_key(permit: str) -> str:
+    return _PERMIT + permit
+
+
+def record_choice(client: redis.Redis, permit: str, account: str) -> None:
+    client.set(permit_key(permit), account, ex=PERMIT_MEMORY_SECONDS)
+
+
+def chosen(client: redis.Redis, permit: str) -> str | None:
+    """The account an attempt's permit was acquired on, or None (not recorded: the single account)."""
+    value = client.get(permit_key(permit))
+    return None if value is None else _text(value)
+
+
+def _transition(client: redis.Redis, name: str, state: str, *, code: int | None = None, error: str = "") -> bool:
+    changed = client.eval(_TRANSITION, 1, _STATE + name, state, repr(time.time()), str(code or ""), error[:500])
+    return bool(int(changed))
+
+
+def take_out(client: redis.Redis, name: str, *, code: int | None, error: str) -> bool:
+    """The account answered 1004/2049/1008: out of the rotation. True if this call took it out (logged once)."""
+    changed = _transition(client, name, OUT, code=code, error=error)
+    if changed:
+        log.warning(
+            "upstream account %s left the rotation: MiniMax answered %s (%s); probing it every while",
+            name,
+            code,
+            error[:200],
+            extra={"event": "upstream_account.out", "account": name, "minimax_code": code},
+        )
+    return changed
+
+
+def bring_back(client: redis.Redis, name: str) -> bool:
+    """The account answered again: back in the rotation. True if it was out."""
+    changed = _transition(client, name, IN)
+    if changed:
+        log.warning(
+            "upstream account %s is back in the rotation: it answered again",
+            name,
+            extra={"event": "upstream_account.in", "account": name},
+        )
+    return changed
+
+
+def states(client: redis.Redis, names: list[str]) -> dict[str, AccountState]:
+    pipe = client.pipeline(transaction=False)
+    for name in names:
+        pipe.hgetall(_STATE + name)
+    result: dict[str, AccountState] = {}
+    for name, raw in zip(names, pipe.execute(), strict=True):
+        fields = {_text(k): _text(v) for k, v in (raw or {}).items()}
+        out = fields.get("state") == OUT
+        result[name] = AccountState(
+            name=name,
+            in_rotation=not out,
+            since=float(fields["since"]) if fields.get("since") else None,
+            code=int(fields["code"]) if out and fields.get("code") else None,
+            error=fields.get("error") if out else None,
+            left=int(fields.get("transitions_out", 0)),
+            returned=int(fields.get("transitions_in", 0)),
+        )
+    return result
+
+
+def out_of_rotation(client: redis.Redis, names: list[str]) -> set[str]:
+    return {name for name, state in states(client, names).items() if not state.in_rotation}
+
+
+def probe_due(client: redis.Redis, name: str, every: float) -> bool:
+    """True for one process once per `every` seconds per account (the scheduler may run several times)."""
+    return bool(client.set(_PROBED + name, "1", nx=True, px=max(1, int(every * 1000))))
+
+
+def metric_families(client: redis.Redis, names: list[str]) -> list[Any]:
+    """`mmjobs_upstream_account_in_rotation{account}` (1/0) and
+    `mmjobs_upstream_account_transitions_total{account,to}` (to: out, in), for GET /metrics."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    gauge = GaugeMetricFamily(
+        "mmjobs_upstream_account_in_rotation",
+        "1 while the upstream account is in the rotation, 0 while MiniMax refuses it (1004, 2049, 1008)",
+        labels=["account"],
+    )
+    counter = CounterMetricFamily(
+        "mmjobs_upstream_account_transitions",
+        "Times an upstream account left (to=out) or came back into (to=in) the rotation",
+        labels=["account", "to"],
+    )
+    for name, state in states(client, names).items():
+        gauge.add_metric([name], 1 if state.in_rotation else 0)
+        counter.add_metric([name, OUT], state.left)
+        counter.add_metric([name, IN], state.returned)
+    return [gauge, counter]

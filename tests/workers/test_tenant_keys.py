@@ -1,0 +1,146 @@
+"""A tenant's own MiniMax key (issue 17 part 2) on the real Postgres, Redis and simulator: stored encrypted (the raw
+column read back), never shown, refused without MMJOBS_SECRET_KEY or with bad fields (400 naming the field), used
+only for that tenant's jobs, and its account shown to that tenant alone in /v1/limits."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import redis
+from cryptography.fernet import Fernet
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from sqlalchemy import text
+from sqlalchemy.orm import Session, sessionmaker
+
+from service import status
+from service.api.app import create_app
+from service.config import Settings
+from service.db import db_now
+from simulator.config import SimulatorConfig
+from simulator.server import running_simulator
+from tests.conftest import make_key
+from workers.dispatcher import Dispatcher
+from workers.execution import run_job
+from workers.limiter import RateLimiter
+from workers.runtime import Runtime
+
+MODEL = "MiniMax-M2.7"
+REQ: dict[str, Any] = {"model": MODEL, "params": {"max_tokens": 20, "messages": [{"role": "user", "content": "hi"}]}}
+OWN_KEY = "sk-own-acme-7f3q"
+SHARED_KEY = "sk-shared-1111"
+SECRET = Fernet.generate_key().decode()
+
+
+@pytest.fixture(scope="module")
+def sim() -> Iterator[str]:
+    with running_simulator(SimulatorConfig(latency=0, api_keys=(SHARED_KEY, OWN_KEY))) as url:
+        yield url
+
+
+@pytest.fixture
+def keyed(settings: Settings, sim: str) -> Settings:
+    return settings.model_copy(update={"secret_key": SECRET, "minimax_api_key": SHARED_KEY, "minimax_base_url": sim})
+
+
+def app_for(settings: Settings, session_factory: sessionmaker[Session]) -> FastAPI:
+    app = create_app(settings)
+    app.state.session_factory = session_factory
+    return app
+
+
+def test_without_a_secret_no_key_is_stored(
+    settings: Settings, session_factory: sessionmaker[Session], auth: dict[str, str]
+) -> None:
+    with TestClient(app_for(settings, session_factory)) as c:
+        r = c.put("/v1/limits/upstream-key", json={"api_key": OWN_KEY}, headers=auth)
+    assert r.status_code == 403
+    assert "MMJOBS_SECRET_KEY" in r.json()["error"]["message"]
+    with session_factory() as s:
+        assert s.execute(text("SELECT count(*) FROM tenant_upstream_keys")).scalar() == 0
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"api_key": ""}, "api_key"),
+        ({"api_key": "has spaces in it"}, "api_key"),
+        ({"api_key": 12345678}, "api_key"),
+        ({"api_key": OWN_KEY, "base_url": "https://evil.example.com"}, "base_url"),
+        ({"api_key": OWN_KEY, "base_url": "not a url"}, "base_url"),
+        ({"api_key": OWN_KEY, "rate_limits": {"nope": {"rpm": 1}}}, "rate_limits"),
+        ({"api_key": OWN_KEY, "rate_limits": {MODEL: {"rpm": -1}}}, "rate_limits"),
+        ({"api_key": OWN_KEY, "rate_limits": {MODEL: {"rpm": 10**30}}}, "rate_limits"),
+        ({"api_key": OWN_KEY, "extra": 1}, "extra"),
+    ],
+)
+def test_bad_fields_get_a_4xx_naming_them(
+    keyed: Settings, session_factory: sessionmaker[Session], auth: dict[str, str], body: dict[str, Any], field: str
+) -> None:
+    with TestClient(app_for(keyed, session_factory)) as c:
+        r = c.put("/v1/limits/upstream-key", json=body, headers=auth)
+    assert 400 <= r.status_code < 500, r.text
+    assert field in (r.json()["error"].get("field") or "") + r.json()["error"]["message"]
+
+
+def test_the_key_is_stored_encrypted_and_used_only_for_its_tenants_jobs(
+    keyed: Settings, session_factory: sessionmaker[Session], session: Session, sim: str
+) -> None:
+    r_client = redis.Redis.from_url(keyed.redis_url)
+    r_client.flushdb()
+    acme = {"Authorization": f"Bearer {make_key(session, 'acme-own')}"}
+    beta = {"Authorization": f"Bearer {make_key(session, 'beta-shared')}"}
+    app = app_for(keyed, session_factory)
+    with TestClient(app) as c:
+        body = {"api_key": OWN_KEY, "base_url": sim, "rate_limits": {MODEL: {"rpm": 60}}}
+        r = c.put("/v1/limits/upstream-key", json=body, headers=acme)
+        assert r.status_code == 200, r.text
+        assert OWN_KEY not in r.text
+        assert r.json()["fingerprint"] == "..." + OWN_KEY[-4:]
+        # At rest: ciphertext only, which the secret opens.
+        with session_factory() as s:
+            raw = s.execute(text("SELECT encrypted_key FROM tenant_upstream_keys")).scalar_one()
+        assert OWN_KEY.encode() not in bytes(raw)
+        assert Fernet(SECRET.encode()).decrypt(bytes(raw)).decode() == OWN_KEY
+
+        jobs = {
+            "acme": c.post("/v1/jobs", json=REQ, headers=acme).json()["id"],
+            "beta": c.post("/v1/jobs", json=REQ, headers=beta).json()["id"],
+        }
+        rt = Runtime(keyed)
+        rt.session_factory = session_factory
+        try:
+            published: list[str] = []
+            dispatcher = Dispatcher(keyed, RateLimiter(r_client, window_seconds=61), published.append)
+            with session_factory() as s:
+                now = db_now(s)
+            dispatcher.run(session_factory, now=now)
+            assert sorted(published) == sorted(jobs.values())
+            for job_id in published:
+                run_job(job_id, rt=rt)
+            status.publish(
+                r_client,
+                {"at": "now", "models": {}, "tenants": {}, "tenant_accounts": dispatcher.pool.tenant_snapshots()},
+            )
+        finally:
+            rt.http.close()
+        for who, job_id in jobs.items():
+            job = c.get(f"/v1/jobs/{job_id}", headers=acme if who == "acme" else beta).json()
+            assert job["status"] == "succeeded", job
+        ledger = c.get("/v1/limits", headers=acme)
+        mine, theirs = ledger.json(), c.get("/v1/limits", headers=beta).json()
+    entries = httpx.get(sim + "/_sim/ledger").json()["entries"]
+    by_key = sorted(e["api_key_suffix"] for e in entries[-2:])
+    assert by_key == sorted([OWN_KEY[-4:], SHARED_KEY[-4:]])  # one call on each key: acme's on its own
+    own = mine["own_account"]
+    assert own["fingerprint"] == "..." + OWN_KEY[-4:]
+    m = {x["model"]: x for x in own["models"]}[MODEL]
+    assert m["configured"]["rpm"] == 60
+    assert m["used"]["requests"] == 1
+    assert theirs["own_account"] is None
+    assert "acme" not in str(theirs)
+    assert OWN_KEY[-4:] not in str(theirs)
+    r_client.flushdb()
