@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, select, update
+from sqlalchemy import ColumnElement, func, select, text, update
 from sqlalchemy.orm import Session
 
 from service.db import db_now, id_in, utcnow
@@ -88,7 +88,13 @@ def claim(session: Session, *, job_id: str, owner: str, lease_seconds: float) ->
     """Take a waiting job whose time has come, or None if someone else has it or it is not runnable.
 
     Lock order (service/db.py): the job row (this UPDATE), its new attempt, then its batch's `started_at`.
-    Due and deadline are judged by the database's clock, so a worker whose own clock lags still claims."""
+    Due and deadline are judged by the database's clock, so a worker whose own clock lags still claims.
+
+    On Postgres this is one statement (one round trip, issue 17.1): the job's UPDATE, its attempt's INSERT and
+    the batch's `started_at` are data-modifying CTEs; the attempt and the batch hang off the claimed row, so they
+    run after it (and not at all when nothing was claimed)."""
+    if session.get_bind().dialect.name == "postgresql":
+        return _claim_one_statement(session, job_id=job_id, owner=owner, lease_seconds=lease_seconds)
     now = db_now(session)
     row = session.execute(
         update(Job)
@@ -147,6 +153,64 @@ def claim(session: Session, *, job_id: str, owner: str, lease_seconds: float) ->
     )
 
 
+_CLAIM_SQL = text(
+    """
+    WITH now AS (SELECT statement_timestamp() AS at),
+    claimed AS (
+        UPDATE jobs SET
+            status = 'running',
+            attempt_count = jobs.attempt_count + 1,
+            lease_owner = :owner,
+            lease_expires_at = (SELECT at FROM now) + make_interval(secs => :lease_seconds),
+            started_at = coalesce(jobs.started_at, (SELECT at FROM now)),
+            output_tokens_so_far = 0,
+            updated_at = (SELECT at FROM now)
+        WHERE jobs.id = :job_id
+          AND jobs.status IN ('queued', 'retrying')
+          AND jobs.next_attempt_at <= (SELECT at FROM now)
+          AND jobs.expires_at > (SELECT at FROM now)
+          AND jobs.tenant_id NOT IN (SELECT tenants.id FROM tenants WHERE tenants.disabled_at IS NOT NULL)
+          AND (jobs.batch_id IS NULL OR NOT EXISTS (
+                SELECT 1 FROM batches WHERE batches.id = jobs.batch_id AND batches.status = 'canceling'))
+        RETURNING jobs.attempt_count, jobs.tenant_id, jobs.model, jobs.format, jobs.params, jobs.max_attempts,
+                  jobs.expires_at, jobs.estimated_input_tokens, jobs.api_key_id, jobs.batch_id, jobs.traceparent
+    ),
+    attempt AS (
+        INSERT INTO job_attempts (job_id, number, worker, started_at, input_tokens, output_tokens,
+                                  cache_read_tokens, cache_write_tokens)
+        SELECT :job_id, claimed.attempt_count, :owner, (SELECT at FROM now), 0, 0, 0, 0 FROM claimed
+    ),
+    started AS (
+        UPDATE batches SET started_at = (SELECT at FROM now), updated_at = (SELECT at FROM now)
+        WHERE batches.id = (SELECT claimed.batch_id FROM claimed) AND batches.started_at IS NULL
+    )
+    SELECT * FROM claimed
+    """
+).columns(params=Job.params.type, expires_at=Job.expires_at.type)
+
+
+def _claim_one_statement(session: Session, *, job_id: str, owner: str, lease_seconds: float) -> Claim | None:
+    row = session.execute(
+        _CLAIM_SQL, {"job_id": job_id, "owner": owner, "lease_seconds": float(lease_seconds)}
+    ).one_or_none()
+    if row is None:
+        return None
+    return Claim(
+        job_id=job_id,
+        number=row.attempt_count,
+        tenant_id=row.tenant_id,
+        model=row.model,
+        format=row.format,
+        params=row.params,
+        max_attempts=row.max_attempts,
+        expires_at=row.expires_at,
+        estimated_input_tokens=row.estimated_input_tokens,
+        api_key_id=row.api_key_id,
+        batch_id=row.batch_id,
+        traceparent=row.traceparent,
+    )
+
+
 def extend_leases(
     session: Session, *, owner: str, held: Mapping[str, tuple[int, int]], lease_seconds: float
 ) -> set[str]:
@@ -183,9 +247,18 @@ def finish(session: Session, *, claim: Claim, outcome: Outcome, prices: PriceTab
     """
     now = utcnow()
     usage = {k: int(outcome.usage.get(k, 0)) for k in USAGE_FIELDS}
+    final = _final_values(outcome, now)
     # Lock order (service/db.py): the job row before its attempt (then batch, then budgets), the order lease
-    # recovery and hand_back take them in.
-    session.execute(select(Job.id).where(Job.id == claim.job_id).with_for_update())
+    # recovery and hand_back take them in. The job's own final UPDATE takes its lock (one round trip fewer,
+    # issue 17.1); when the job is no longer ours that UPDATE matches nothing, and the row is locked explicitly.
+    moved = session.execute(
+        update(Job)
+        .where(Job.id == claim.job_id, Job.status == JobStatus.RUNNING, Job.attempt_count == claim.number)
+        .values(final)
+        .returning(*LANDED)
+    ).all()
+    if not moved:
+        session.execute(select(Job.id).where(Job.id == claim.job_id).with_for_update())
     session.execute(
         update(JobAttempt)
         .where(JobAttempt.job_id == claim.job_id, JobAttempt.number == claim.number)
@@ -234,6 +307,12 @@ def finish(session: Session, *, claim: Claim, outcome: Outcome, prices: PriceTab
                     "spent_usd": str(budget.spent_usd),
                 },
             )
+    on_terminal(session, moved, now=now)
+    return bool(moved)
+
+
+def _final_values(outcome: Outcome, now: datetime) -> dict[str, Any]:
+    """The job's columns once this attempt ended: final, or waiting for its retry."""
     final: dict[str, Any] = {
         "finished_at": now,
         "updated_at": now,
@@ -268,14 +347,7 @@ def finish(session: Session, *, claim: Claim, outcome: Outcome, prices: PriceTab
             # A call stopped at the job's expires_at ends the job as `expired`, like a job that never started in time.
             status = JobStatus.EXPIRED if outcome.classification == "expired" else JobStatus.FAILED
             final |= {"status": status, "error": error}
-    moved = session.execute(
-        update(Job)
-        .where(Job.id == claim.job_id, Job.status == JobStatus.RUNNING, Job.attempt_count == claim.number)
-        .values(final)
-        .returning(*LANDED)
-    ).all()
-    on_terminal(session, moved, now=now)
-    return bool(moved)
+    return final
 
 
 LEASE_LOST_MESSAGE = "the worker stopped renewing its lease (crashed, killed or cut off); the job was handed back"
