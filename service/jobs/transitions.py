@@ -93,50 +93,11 @@ def claim(session: Session, *, job_id: str, owner: str, lease_seconds: float) ->
     On Postgres this is one statement (one round trip, issue 17.1): the job's UPDATE, its attempt's INSERT and
     the batch's `started_at` are data-modifying CTEs; the attempt and the batch hang off the claimed row, so they
     run after it (and not at all when nothing was claimed)."""
-    if session.get_bind().dialect.name == "postgresql":
-        return _claim_one_statement(session, job_id=job_id, owner=owner, lease_seconds=lease_seconds)
-    now = db_now(session)
     row = session.execute(
-        update(Job)
-        .where(
-            Job.id == job_id,
-            Job.status.in_(WAITING),
-            Job.next_attempt_at <= now,
-            Job.expires_at > now,
-            Job.tenant_id.not_in(DISABLED_TENANTS),  # published before its tenant was disabled: not run (14.4)
-            _not_canceling(),
-        )
-        .values(
-            status=JobStatus.RUNNING,
-            attempt_count=Job.attempt_count + 1,
-            lease_owner=owner,
-            lease_expires_at=now + timedelta(seconds=lease_seconds),
-            started_at=func.coalesce(Job.started_at, now),
-            output_tokens_so_far=0,
-            updated_at=now,
-        )
-        .returning(
-            Job.attempt_count,
-            Job.tenant_id,
-            Job.model,
-            Job.format,
-            Job.params,
-            Job.max_attempts,
-            Job.expires_at,
-            Job.estimated_input_tokens,
-            Job.api_key_id,
-            Job.batch_id,
-            Job.traceparent,
-        )
+        _CLAIM_SQL, {"job_id": job_id, "owner": owner, "lease_seconds": float(lease_seconds)}
     ).one_or_none()
     if row is None:
         return None
-    session.add(JobAttempt(job_id=job_id, number=row.attempt_count, worker=owner, started_at=now))
-    if row.batch_id is not None:
-        session.execute(
-            update(Batch).where(Batch.id == row.batch_id, Batch.started_at.is_(None)).values(started_at=now)
-        )
-    session.flush()
     return Claim(
         job_id=job_id,
         number=row.attempt_count,
@@ -166,7 +127,7 @@ _CLAIM_SQL = text(
             output_tokens_so_far = 0,
             updated_at = (SELECT at FROM now)
         WHERE jobs.id = :job_id
-          AND jobs.status IN ('queued', 'retrying')
+          AND jobs.status IN ({waiting})
           AND jobs.next_attempt_at <= (SELECT at FROM now)
           AND jobs.expires_at > (SELECT at FROM now)
           AND jobs.tenant_id NOT IN (SELECT tenants.id FROM tenants WHERE tenants.disabled_at IS NOT NULL)
@@ -185,30 +146,8 @@ _CLAIM_SQL = text(
         WHERE batches.id = (SELECT claimed.batch_id FROM claimed) AND batches.started_at IS NULL
     )
     SELECT * FROM claimed
-    """
+    """.format(waiting=", ".join(f"'{status.value}'" for status in sorted(WAITING)))
 ).columns(params=Job.params.type, expires_at=Job.expires_at.type)
-
-
-def _claim_one_statement(session: Session, *, job_id: str, owner: str, lease_seconds: float) -> Claim | None:
-    row = session.execute(
-        _CLAIM_SQL, {"job_id": job_id, "owner": owner, "lease_seconds": float(lease_seconds)}
-    ).one_or_none()
-    if row is None:
-        return None
-    return Claim(
-        job_id=job_id,
-        number=row.attempt_count,
-        tenant_id=row.tenant_id,
-        model=row.model,
-        format=row.format,
-        params=row.params,
-        max_attempts=row.max_attempts,
-        expires_at=row.expires_at,
-        estimated_input_tokens=row.estimated_input_tokens,
-        api_key_id=row.api_key_id,
-        batch_id=row.batch_id,
-        traceparent=row.traceparent,
-    )
 
 
 def extend_leases(

@@ -99,6 +99,10 @@ def _settings(world: World, *, pool: int, **overrides: Any) -> Settings:
         "db_max_overflow": 0,
         "log_level": "ERROR",
         "worker_shutdown_grace_seconds": 0,
+        # The API clients drive one key as fast as they can, far past the per-key request rate (issue 14.3), which
+        # is not what this test races: with intake faster (issue 17.1) they reached it and most answers were 429.
+        "requests_per_minute": 0,
+        "key_requests_per_minute": 0,
     }
     values.update(overrides)
     return Settings(**values)
