@@ -133,6 +133,9 @@ class Settings(BaseSettings):
     # 0 keeps the system default. The threads share one bounded Redis pool (they wait for a free connection).
     worker_thread_stack_kib: int = Field(1024, ge=0)
     worker_redis_max_connections: int = Field(64, ge=4)
+    # How many of a process's call threads may run at once outside their upstream wait (claiming, recording,
+    # parsing an answer); the others sleep until a slot frees (workers/stopping.py Gate).
+    worker_active_threads: int = Field(16, ge=1)
 
     # Webhooks: let deliveries reach loopback addresses (local development and tests only, never production).
     webhook_allow_loopback: bool = False

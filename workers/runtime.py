@@ -15,14 +15,14 @@ import redis
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.config import Settings, get_settings
-from service.db import engine_for, make_session_factory, transaction
+from service.db import engine_for, make_engine, make_session_factory, transaction
 from service.dispatch import STOP_CHANNEL
 from service.jobs import transitions
 from service.observability import tracing
 from service.observability import worker as worker_metrics
 from workers.limiter import RateLimiter
 from workers.retry import RetryPolicy
-from workers.stopping import CANCELED, LEASE_LOST, StopSignal, stoppable_transport
+from workers.stopping import CANCELED, LEASE_LOST, Gate, StopSignal, stoppable_transport
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,12 @@ class Runtime:
         self.api_key = settings.minimax_api_key
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
         self.session_factory: sessionmaker[Session] = make_session_factory(engine_for(settings))
+        # The lease keeper's own connection: behind thousands of call threads queueing for the pool, renewals
+        # came too late and leases of healthy calls lapsed (issue 17.3).
+        self._keeper_sessions: sessionmaker[Session] = make_session_factory(
+            make_engine(settings.database_url, pool_size=1, max_overflow=0)
+        )
+        self.gate = Gate(settings.worker_active_threads)
         limits = httpx.Limits(
             max_connections=settings.upstream_max_connections,
             max_keepalive_connections=settings.upstream_max_connections,
@@ -111,8 +117,8 @@ class Runtime:
 
     def hand_back_all(self) -> list[str]:
         """Shutting down: give every job still in flight back to the queue and free its permit. Their calls are
-        stopped (their sockets shut down at once, workers/stopping.py) and, if their threads get to write before the process
-        exits, billed for what they used."""
+        stopped (their sockets shut down at once, workers/stopping.py) and, if their threads get to write before
+        the process exits, billed for what they used."""
         with self._lock:
             snapshot = dict(self._inflight)
         if not snapshot:
@@ -151,7 +157,7 @@ class Runtime:
                 continue
             held = {job_id: (h.number, h.output_tokens) for job_id, h in snapshot.items()}
             try:
-                with transaction(self.session_factory) as session:
+                with transaction(self._keeper_sessions) as session:
                     alive = transitions.extend_leases(
                         session, owner=self.owner, held=held, lease_seconds=self.settings.lease_seconds
                     )

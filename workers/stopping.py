@@ -94,6 +94,51 @@ class StopSignal:
 _local = threading.local()
 
 
+class Gate:
+    """At most `size` call threads of a process run at a time; a thread waiting for its upstream lets another in.
+
+    A worker process runs thousands of calls, each in its own thread (one per Celery pool slot). While they wait
+    on MiniMax they cost nothing, but in a burst (a wave of claims, or thousands of answers arriving in the same
+    second) they would all be runnable at once: each holds the GIL for a few microseconds and then queues for it
+    again behind thousands of others, and any lock taken meanwhile (the database pool's, a logging handler's) is
+    held across those waits, so the whole process crawls (measured: 2,500 threads, 860 waiting on the pool, 510
+    on a log handler, leases lapsing). Through the gate the burst runs `size` at a time, the rest asleep."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._slots = threading.Semaphore(size)
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        """Run the block holding a slot, except while a watched read waits for the upstream (see `read`)."""
+        self._slots.acquire()
+        previous = getattr(_local, "gate", None)
+        _local.gate = self
+        try:
+            yield
+        finally:
+            _local.gate = previous
+            self._slots.release()
+
+    @contextmanager
+    def _open(self) -> Iterator[None]:
+        self._slots.release()
+        try:
+            yield
+        finally:
+            self._slots.acquire()
+
+
+@contextmanager
+def _waiting_outside_the_gate() -> Iterator[None]:
+    gate: Gate | None = getattr(_local, "gate", None)
+    if gate is None:
+        yield
+        return
+    with gate._open():
+        yield
+
+
 @contextmanager
 def watching(signal: StopSignal) -> Iterator[StopSignal]:
     """Reads this thread makes inside the block stop as soon as `signal` stops (or its deadline passes)."""
@@ -138,7 +183,7 @@ class _StoppableStream(httpcore.NetworkStream):
             left = min(ends) - now if ends else None
             if end is not None and end - now <= 0:
                 raise httpcore.ReadTimeout("timed out")
-            with signal.waiting_on(self._socket):
+            with _waiting_outside_the_gate(), signal.waiting_on(self._socket):
                 try:
                     _check()  # stopped before the socket was registered: nobody will shut it down
                     data = self._inner.read(max_bytes, None if left is None else max(left, 0.001))
