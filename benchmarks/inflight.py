@@ -246,7 +246,7 @@ def run_ours(procs: Procs, sim_url: str, sim_pid: int, args: argparse.Namespace,
         workers=args.workers,
         concurrency=args.concurrency,
         api_workers=1,
-        extra_env=our_env(args.concurrency),
+        extra_env={**our_env(args.concurrency), **dict(kv.split("=", 1) for kv in args.env)},
     )
     key = create_key(procs, stack.env, "bench-inflight")
     bodies = [{"model": MODEL, "params": PARAMS} for _ in range(args.jobs)]
@@ -339,7 +339,7 @@ def table(ours: Side, base: Side | None, args: argparse.Namespace) -> str:
         row("jobs stuck (never terminal)", "0", lambda s: f"{s.stuck:,}"),
         row("calls made (simulator requests)", f"{args.jobs:,}", lambda s: f"{s.sim_requests:,}"),
         row(f"peak PSS, {args.workers} worker processes summed", "< 4 GiB", lambda s: _mib(s.peak_pss)),
-        row("peak PSS per call thread slot", "", lambda s: f"{s.peak_pss / max(1, s.peak_in_flight) / 1024:,.0f} KiB"),
+        row("peak PSS per worker thread", "", lambda s: f"{s.peak_pss / max(1, s.peak_threads) / 1024:,.0f} KiB"),
         row("peak threads, worker processes", "", lambda s: f"{s.peak_threads:,}"),
         row("peak PSS, simulator (apart)", "", lambda s: _mib(s.peak_sim_pss)),
         row("CPU of the worker processes (user + system)", "", lambda s: f"{s.worker_cpu:,.0f} s"),
@@ -369,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=4, help="worker processes per side")
     p.add_argument("--concurrency", type=int, help="call threads per worker process (default jobs / workers)")
     p.add_argument("--no-baseline", action="store_true", help="measure our side only")
+    p.add_argument("--env", action="append", default=[], metavar="MMJOBS_X=V", help="extra setting for our side")
     p.add_argument("--log-dir", type=Path, help="where process logs go (default: a new directory in /tmp)")
     p.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = p.parse_args(argv)
@@ -399,6 +400,8 @@ def main(argv: list[str] | None = None) -> int:
         "size, acks_late, retries with backoff). PSS sampled every second, summed over each side's worker "
         "processes and their children; the simulator's apart."
     )
+    if args.env:
+        note += f" Settings changed on our side: {', '.join(args.env)}."
     notes = [f"- {s.name}: {n}" for s in (ours, base) if s is not None for n in s.notes]
     out = "\n".join([text, "", note, *notes])
     print(out)  # noqa: T201
