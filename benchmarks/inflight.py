@@ -283,7 +283,7 @@ def run_baseline(procs: Procs, sim_url: str, sim_pid: int, args: argparse.Namesp
     side = Side("baseline", args.jobs)
     env = {"BENCH_BROKER_URL": REDIS_URL, "BENCH_SIM_URL": sim_url, "BENCH_HTTP_CONNECTIONS": str(args.concurrency)}
     flush_redis()
-    inflight_baseline.app.conf.broker_url = REDIS_URL  # this process publishes; the workers read BENCH_BROKER_URL
+    inflight_baseline.app.conf.update(broker_url=REDIS_URL)  # this process publishes; workers read BENCH_BROKER_URL
     workers = []
     for i in range(args.workers):
         argv = ["-m", "celery", "-A", "benchmarks.inflight_baseline", "worker", "--pool", "threads"]
