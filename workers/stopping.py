@@ -130,7 +130,9 @@ class Gate:
 
 
 @contextmanager
-def _waiting_outside_the_gate() -> Iterator[None]:
+def outside_the_gate() -> Iterator[None]:
+    """Give this thread's gate slot (if it holds one) to another thread for the block: for waits that are not
+    upstream reads (waiting for another worker's upload), which must not keep the slot while asleep."""
     gate: Gate | None = getattr(_local, "gate", None)
     if gate is None:
         yield
@@ -183,7 +185,7 @@ class _StoppableStream(httpcore.NetworkStream):
             left = min(ends) - now if ends else None
             if end is not None and end - now <= 0:
                 raise httpcore.ReadTimeout("timed out")
-            with _waiting_outside_the_gate(), signal.waiting_on(self._socket):
+            with outside_the_gate(), signal.waiting_on(self._socket):
                 try:
                     _check()  # stopped before the socket was registered: nobody will shut it down
                     data = self._inner.read(max_bytes, None if left is None else max(left, 0.001))
