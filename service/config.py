@@ -205,6 +205,14 @@ class Settings(BaseSettings):
     upstream_connect_timeout: float = 10.0
     upstream_read_timeout: float = 300.0
     upstream_max_connections: int = 1000
+    # Many calls in flight per worker process (issue 17.3; benchmarks/inflight.py): each call is a thread, so
+    # its stack is reserved address space (glibc's default is 8 MiB, of which a call touches a few dozen KiB);
+    # 0 keeps the system default. The threads share one bounded Redis pool (they wait for a free connection).
+    worker_thread_stack_kib: int = Field(1024, ge=0)
+    worker_redis_max_connections: int = Field(64, ge=4)
+    # How many of a process's call threads may run at once outside their upstream wait (claiming, recording,
+    # parsing an answer); the others sleep until a slot frees (workers/stopping.py Gate).
+    worker_active_threads: int = Field(16, ge=1)
 
     # Webhooks: let deliveries reach loopback addresses (local development and tests only, never production).
     webhook_allow_loopback: bool = False

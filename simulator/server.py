@@ -16,6 +16,8 @@ from simulator.app import create_app
 from simulator.config import SimulatorConfig
 from simulator.errors import SimulatedDisconnect
 
+BACKLOG = 16384
+
 
 def _is_expected(exc: BaseException | None) -> bool:
     # Dropped on purpose by the midstream fault, or cut off when the server stops with calls still open.
@@ -45,6 +47,10 @@ def _server(
         access_log=log_level == "debug",
         # Hung and long streamed calls would otherwise hold shutdown open for as long as they last.
         timeout_graceful_shutdown=int(graceful_seconds),
+        # Thousands of clients connecting at once (issue 17.3: 10,000 slow calls open at a time): uvicorn's
+        # default listen backlog of 2048 would drop SYNs in such a burst (the kernel caps it at somaxconn).
+        # No limit_concurrency: every open call is one asyncio task, cheap enough to hold 10,000.
+        backlog=BACKLOG,
     )
     # Added after uvicorn.Config, which (re)configures uvicorn's loggers when it is built.
     logger = logging.getLogger("uvicorn.error")

@@ -6,7 +6,10 @@ hands the job back. That avoids the redelivery duplicates of `acks_late` and the
 
 from __future__ import annotations
 
-from celery import Celery
+import threading
+from typing import Any
+
+from celery import Celery, signals
 
 from service.config import Settings, get_settings
 
@@ -45,3 +48,11 @@ def make_celery(settings: Settings) -> Celery:
 
 
 app = make_celery(get_settings())
+
+
+@signals.worker_init.connect
+def _small_thread_stacks(**_: Any) -> None:
+    """Before the pool starts its threads: one per call in flight, thousands per process (issue 17.3)."""
+    kib = get_settings().worker_thread_stack_kib
+    if kib:
+        threading.stack_size(kib * 1024)

@@ -154,7 +154,7 @@ def call_upstream(claim: Claim, rt: Runtime, handle: InFlight) -> tuple[Outcome,
     sent = False
     try:
         # Every read of the call honours the handle's stop signal: a cancel, a lost lease or the deadline closes
-        # the connection within stopping.POLL_SECONDS, in every mode (streamed, plain, a silent stream).
+        # the connection at once (workers/stopping.py), in every mode (streamed, plain, a silent stream).
         with stopping.watching(handle.aborted):
             claim = media.prepare(claim, rt)  # mmjobs_file:// -> mm_file:// (uploaded once) or inline (issue 6)
             preflight.check(claim, rt)  # near M3's window: count_tokens first, fail early with the figure (issue 6)

@@ -31,6 +31,7 @@ from service.jobs.transitions import Claim
 from service.media import formats
 from service.media.parts import MM_FILE, MMJOBS_FILE
 from service.models import File
+from workers import stopping
 from workers.providers.base import Classification, UpstreamError
 from workers.providers.errors import transport_error
 from workers.providers.transport import checked_json, endpoint
@@ -157,7 +158,8 @@ def ensure_uploaded(file: File, store: storage.Storage, rt: Runtime) -> str:
         if won:
             break
         wait = (held_until - now).total_seconds() if held_until is not None else POLL_SECONDS
-        time.sleep(min(max(wait, 0.05), POLL_SECONDS))
+        with stopping.outside_the_gate():  # asleep: another call may run meanwhile (workers/stopping.py Gate)
+            time.sleep(min(max(wait, 0.05), POLL_SECONDS))
     try:
         minimax_id = upload(file, store, rt)
     except BaseException:

@@ -15,7 +15,7 @@ import redis
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.config import Settings, get_settings
-from service.db import engine_for, make_session_factory, transaction
+from service.db import engine_for, make_engine, make_session_factory, transaction
 from service.dispatch import STOP_CHANNEL
 from service.jobs import transitions
 from service.observability import tracing
@@ -23,7 +23,7 @@ from service.observability import worker as worker_metrics
 from workers.limiter import RateLimiter
 from workers.limiter.accounts import AccountPool
 from workers.retry import RetryPolicy
-from workers.stopping import CANCELED, LEASE_LOST, StopSignal, stoppable_transport
+from workers.stopping import CANCELED, LEASE_LOST, Gate, StopSignal, stoppable_transport
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,12 @@ class Runtime:
         self.api_key = settings.minimax_api_key or ""
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
         self.session_factory: sessionmaker[Session] = make_session_factory(engine_for(settings))
+        # The lease keeper's own connection: behind thousands of call threads queueing for the pool, renewals
+        # came too late and leases of healthy calls lapsed (issue 17.3).
+        self._keeper_sessions: sessionmaker[Session] = make_session_factory(
+            make_engine(settings.database_url, pool_size=1, max_overflow=0)
+        )
+        self.gate = Gate(settings.worker_active_threads)
         limits = httpx.Limits(
             max_connections=settings.upstream_max_connections,
             max_keepalive_connections=settings.upstream_max_connections,
@@ -67,7 +73,17 @@ class Runtime:
             limits=limits,
             transport=stoppable_transport(limits=limits),  # a canceled call is closed from outside its thread
         )
-        self.redis = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
+        # A bounded pool: thousands of call threads would otherwise open one Redis connection each at a burst of
+        # finishes (Redis allows 10,000 clients in all). A thread waits up to `timeout` for a free connection.
+        self.redis = redis.Redis(
+            connection_pool=redis.BlockingConnectionPool.from_url(
+                settings.redis_url,
+                max_connections=settings.worker_redis_max_connections,
+                timeout=20,
+                socket_timeout=5,
+                socket_connect_timeout=2,
+            )
+        )
         self.limiter = RateLimiter(
             self.redis, account=settings.upstream_account, window_seconds=settings.limiter_window_seconds
         )
@@ -106,8 +122,8 @@ class Runtime:
 
     def hand_back_all(self) -> list[str]:
         """Shutting down: give every job still in flight back to the queue and free its permit. Their calls are
-        stopped (closed within stopping.POLL_SECONDS) and, if their threads get to write before the process
-        exits, billed for what they used."""
+        stopped (their sockets shut down at once, workers/stopping.py) and, if their threads get to write before
+        the process exits, billed for what they used."""
         with self._lock:
             snapshot = dict(self._inflight)
         if not snapshot:
@@ -146,7 +162,7 @@ class Runtime:
                 continue
             held = {job_id: (h.number, h.output_tokens) for job_id, h in snapshot.items()}
             try:
-                with transaction(self.session_factory) as session:
+                with transaction(self._keeper_sessions) as session:
                     alive = transitions.extend_leases(
                         session, owner=self.owner, held=held, lease_seconds=self.settings.lease_seconds
                     )
@@ -192,13 +208,13 @@ class Runtime:
                 backoff = min(backoff * 2, 10.0)
 
     def _extend_permits(self, snapshot: dict[str, InFlight]) -> None:
+        """Every held tenant concurrency slot, in pipelined round trips (not one per call: 2,500 calls in flight
+        were 2,500 round trips every renewal)."""
         try:
-            for job_id, handle in snapshot.items():
-                self.limiter.extend(
-                    f"{job_id}:{handle.number}",
-                    tenant=handle.tenant_id,
-                    hold_seconds=self.settings.lease_seconds * 2,
-                )
+            self.limiter.extend_many(
+                [(f"{job_id}:{handle.number}", handle.tenant_id) for job_id, handle in snapshot.items()],
+                hold_seconds=self.settings.lease_seconds * 2,
+            )
         except redis.RedisError as exc:
             log.warning("could not extend tenant concurrency permits: %s", exc)
 

@@ -10,4 +10,6 @@ from workers.runtime import get_runtime
 
 @app.task(name=RUN_JOB, ignore_result=True)
 def run_job_task(job_id: str) -> None:
-    run_job(job_id, rt=get_runtime())
+    rt = get_runtime()
+    with rt.gate.held():  # released while the call waits on MiniMax (workers/stopping.py Gate)
+        run_job(job_id, rt=rt)

@@ -156,14 +156,18 @@ def extend_leases(
     """Extend the leases of the jobs this process still holds; returns the ids still ours.
 
     `held` maps job id -> (attempt number, output tokens so far). A job missing from the answer was
-    canceled or recovered by the sweeper: its call should stop.
+    canceled or recovered by the sweeper: its call should stop. Rows another transaction holds are skipped,
+    never waited for: a renewal queued behind thousands of finishes let every other lease of the process lapse
+    (issue 17.3). A held row is being finished by this worker (its call is over: stopping it changes nothing),
+    canceled, or recovered, so it is reported not ours, like the rows that are gone.
     """
     if not held:
         return set()
     now = db_now(session)
     # Lock order (service/db.py): the rows in id order first, so this never crosses lease recovery or a finish.
     ours = (id_in(session, Job.id, sorted(held)), Job.status == JobStatus.RUNNING, Job.lease_owner == owner)
-    locked = list(session.scalars(select(Job.id).where(*ours).order_by(Job.id).with_for_update()))
+    query = select(Job.id).where(*ours).order_by(Job.id).with_for_update(skip_locked=True)
+    locked = list(session.scalars(query))
     if not locked:
         return set()
     rows = session.execute(

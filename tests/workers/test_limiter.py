@@ -537,3 +537,34 @@ def test_mark_sent_moves_a_grant_later_in_the_window(client: redis.Redis) -> Non
     # A stamp never moves an entry earlier.
     rl.mark_sent("p3", model="m", tenant="t", now=1001.0)
     assert not rl.acquire(model="m", tenant="t", tokens=1, model_limits=limits, permit_id="p4", now=1100.0).granted
+
+
+def test_extend_many_keeps_every_slot_a_long_call_holds(limiter: RateLimiter) -> None:
+    """The lease keeper extends all of a process's permits in a few pipelined round trips (issue 17.3): each slot is
+    kept as `extend` keeps it, across tenants and more permits than one pipeline chunk, and none is revived."""
+    tenant_limits = Limits(concurrency=3)
+    held: list[tuple[str, str]] = []
+    for tenant in ("a", "b"):
+        for _ in range(3):
+            d = limiter.acquire(
+                model="m", tenant=tenant, tokens=1, model_limits=Limits(), tenant_limits=tenant_limits,
+                hold_seconds=30, now=0,
+            )  # fmt: skip
+            assert d.granted
+            held.append((d.permit_id, tenant))
+    released = held.pop()
+    limiter.release(released[0], tenant=released[1])
+
+    limiter.extend_many([*held, released], hold_seconds=30, now=20, chunk=2)
+
+    def full(tenant: str, now: float) -> bool:
+        d = limiter.acquire(
+            model="m", tenant=tenant, tokens=1, model_limits=Limits(), tenant_limits=tenant_limits, now=now
+        )
+        if d.granted:
+            limiter.release(d.permit_id, tenant=tenant)
+        return d.reason == "tenant_concurrency"
+
+    assert full("a", 40)  # past the first lease (30): the extended slots still hold
+    assert not full("b", 40)  # b's released permit was not revived: one slot free
+    assert not full("a", 50.5)  # the extension (20 + 30) lapsed

@@ -5,6 +5,7 @@ stopped, and the server seeing the connection close is what MiniMax would see.""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import socket
@@ -19,7 +20,7 @@ import httpx
 import pytest
 
 from workers.providers import AnthropicProvider, OpenAIProvider, UpstreamError
-from workers.stopping import CANCELED, TOO_LONG, StopSignal, stoppable_transport, watching
+from workers.stopping import CANCELED, EXPIRED, TOO_LONG, Gate, StopSignal, stoppable_transport, watching
 
 MODES = ("silent-headers", "silent-stream", "pings", "ok")
 BOUND = 15.0  # a safety net so a broken build fails instead of hanging; no speed is asserted
@@ -129,13 +130,13 @@ def client() -> Iterator[httpx.Client]:
 
 
 def _start(
-    client: httpx.Client, base_url: str, signal: StopSignal, *, fmt: str, stream: bool
+    client: httpx.Client, base_url: str, signal: StopSignal, *, fmt: str, stream: bool, gate: Gate | None = None
 ) -> tuple[threading.Thread, dict[str, Any]]:
     outcome: dict[str, Any] = {"progress": threading.Event()}
     provider = AnthropicProvider() if fmt == "anthropic" else OpenAIProvider()
 
     def run() -> None:
-        with watching(signal):
+        with gate.held() if gate is not None else contextlib.nullcontext(), watching(signal):
             try:
                 outcome["result"] = provider.call(
                     client=client,
@@ -192,6 +193,50 @@ def test_a_stream_that_only_pings_stops_at_its_deadline(upstream: tuple[str, Ups
     assert state.closed["pings"].wait(BOUND)
     assert signal.reason == TOO_LONG
     assert outcome["error"].error_type == "stream_broken"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_call_whose_answer_never_begins_stops_at_its_deadline(
+    upstream: tuple[str, Upstream], client: httpx.Client, stream: bool
+) -> None:
+    """No byte ever arrives, and the read timeout is 300 s: only the deadline can end the call."""
+    base, state = upstream
+    signal = StopSignal(deadline=time.monotonic() + 0.5, deadline_reason=EXPIRED)
+    thread, outcome = _start(client, f"{base}/silent-headers", signal, fmt="anthropic", stream=stream)
+
+    thread.join(BOUND)
+    assert not thread.is_alive(), "the call outlived its deadline"
+    assert state.closed["silent-headers"].wait(BOUND), "the upstream never saw the connection close"
+    assert signal.reason == EXPIRED
+    assert "stopped (expired)" in outcome["error"].message
+
+
+def test_a_call_waiting_on_its_upstream_lets_another_thread_through_the_gate(
+    upstream: tuple[str, Upstream], client: httpx.Client
+) -> None:
+    """One slot: the call holds it, except while it waits for MiniMax; then another thread runs, and the call
+    takes its slot back to finish (here: to handle its cancel)."""
+    base, state = upstream
+    gate = Gate(1)
+    signal = StopSignal()
+    thread, outcome = _start(client, f"{base}/silent-headers", signal, fmt="anthropic", stream=False, gate=gate)
+    assert state.seen["silent-headers"].wait(BOUND), "the request never reached the upstream"
+    passed = threading.Event()
+
+    def other() -> None:
+        with gate.held():
+            passed.set()
+
+    other_thread = threading.Thread(target=other, daemon=True)
+    other_thread.start()
+    assert passed.wait(BOUND), "a call waiting on its upstream kept its slot"
+    assert thread.is_alive()  # still waiting: nothing has answered or stopped it
+
+    signal.stop(CANCELED)
+    thread.join(BOUND)
+    assert not thread.is_alive()
+    assert "stopped (canceled)" in outcome["error"].message
+    assert gate._slots.acquire(timeout=BOUND), "the call kept its slot after it ended"
 
 
 def test_a_watched_call_nobody_stops_reads_its_answer_whole(

@@ -210,6 +210,20 @@ class RateLimiter:
         result = self._extend(keys=[self._tenant_keys(tenant)[3]], args=[_arg(now), permit_id, _arg(hold_seconds)])
         return bool(int(result))
 
+    def extend_many(
+        self, permits: list[tuple[str, str]], *, hold_seconds: float, now: float | None = None, chunk: int = 500
+    ) -> None:
+        """`extend` for many (permit_id, tenant) pairs, pipelined `chunk` at a time (one round trip each)."""
+        if hold_seconds <= 0:
+            raise ValueError("hold_seconds must be positive")
+        for start in range(0, len(permits), chunk):
+            pipe = self.client.pipeline(transaction=False)
+            for permit_id, tenant in permits[start : start + chunk]:
+                self._extend(
+                    keys=[self._tenant_keys(tenant)[3]], args=[_arg(now), permit_id, _arg(hold_seconds)], client=pipe
+                )
+            pipe.execute()
+
     def penalize(self, model: str, *, now: float | None = None) -> None:
         """The upstream still said "too fast" (429, 1002, 1039, 1041, 2045): lower this key's effective rate.
 
