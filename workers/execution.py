@@ -300,7 +300,8 @@ def run_job(job_id: str, *, rt: Runtime) -> None:
         log.debug("job %s not claimable (taken, finished or not due)", job_id)
         _return_unused_permit(job_id, rt)
         return
-    claim = replace(claim, account=rt.account_pool.chosen_name(permit_id(job_id, claim.number)))
+    account = rt.account_pool.chosen_name(permit_id(job_id, claim.number), tenant_id=claim.tenant_id)
+    claim = replace(claim, account=account)
     obs_logging.bind(batch_id=claim.batch_id, tenant=claim.tenant_id, attempt=claim.number)
     started = time.monotonic()
     # Registered until the outcome is written: the lease keeper renews the lease while a slow write is retried.

@@ -144,3 +144,34 @@ def test_the_key_is_stored_encrypted_and_used_only_for_its_tenants_jobs(
     assert "acme" not in str(theirs)
     assert OWN_KEY[-4:] not in str(theirs)
     r_client.flushdb()
+
+
+def test_a_lost_account_record_still_runs_the_tenants_job_on_its_own_key(
+    keyed: Settings, session_factory: sessionmaker[Session], session: Session, sim: str
+) -> None:
+    """Redis restarted empty between dispatch and claim: the permit's record of the account is gone. The tenant's
+    job must still go out on the tenant's own key, never on the operator's shared one."""
+    r_client = redis.Redis.from_url(keyed.redis_url)
+    r_client.flushdb()
+    acme = {"Authorization": f"Bearer {make_key(session, 'acme-lost')}"}
+    with TestClient(app_for(keyed, session_factory)) as c:
+        body = {"api_key": OWN_KEY, "base_url": sim, "rate_limits": {MODEL: {"rpm": 60}}}
+        assert c.put("/v1/limits/upstream-key", json=body, headers=acme).status_code == 200
+        job_id = c.post("/v1/jobs", json=REQ, headers=acme).json()["id"]
+        published: list[str] = []
+        dispatcher = Dispatcher(keyed, RateLimiter(r_client, window_seconds=61), published.append)
+        with session_factory() as s:
+            now = db_now(s)
+        dispatcher.run(session_factory, now=now)
+        assert published == [job_id]
+        r_client.flushdb()  # the records of which account each permit is on are lost
+        rt = Runtime(keyed)
+        rt.session_factory = session_factory
+        try:
+            run_job(job_id, rt=rt)
+        finally:
+            rt.http.close()
+        assert c.get(f"/v1/jobs/{job_id}", headers=acme).json()["status"] == "succeeded"
+    last = httpx.get(sim + "/_sim/ledger").json()["entries"][-1]
+    assert last["api_key_suffix"] == OWN_KEY[-4:]
+    r_client.flushdb()

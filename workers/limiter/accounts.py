@@ -136,14 +136,21 @@ class AccountPool:
         """The account the dispatcher acquired this permit on (read back by the worker)."""
         return self.get(self.chosen_name(permit))
 
-    def chosen_name(self, permit: str) -> str | None:
+    def chosen_name(self, permit: str, *, tenant_id: str | None = None) -> str | None:
         """The recorded account of a permit; None when nothing was recorded and there is one shared account (then
-        the worker calls exactly as it always did: MINIMAX_API_KEY, MINIMAX_BASE_URL)."""
+        the worker calls exactly as it always did: MINIMAX_API_KEY, MINIMAX_BASE_URL).
+
+        With `tenant_id`, a permit whose record is gone (Redis restarted empty, or unreachable) falls back to that
+        tenant's own key when it has one: its jobs never run on a shared account's key."""
         try:
             name = accounts.chosen(self.client, permit)
         except redis.RedisError as exc:
-            log.warning("could not read the account of permit %s (%s); using %s", permit, exc, self.default.name)
+            log.warning("could not read the account of permit %s (%s); using the default", permit, exc)
             name = None
+        if name is None and tenant_id is not None:
+            self.refresh_tenants()
+            if tenant_id in self.tenants:
+                return TENANT_PREFIX + tenant_id
         if name is None and self.multi:
             return self.default.name
         return name
