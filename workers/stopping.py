@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -244,11 +245,11 @@ class StoppableBackend(httpcore.NetworkBackend):
         self._inner.sleep(seconds)
 
 
-def stoppable_transport(*, limits: httpx.Limits) -> httpx.HTTPTransport:
+def stoppable_transport(*, limits: httpx.Limits, verify: ssl.SSLContext | bool = True) -> httpx.HTTPTransport:
     """An httpx transport whose connections honour `watching`. httpx does not take a network backend, so the
     one its connection pool was built with is swapped (httpcore's pool reads it only when it opens a connection);
     tests/workers/test_stopping.py fails if an httpx upgrade moves it."""
-    transport = httpx.HTTPTransport(limits=limits)
+    transport = httpx.HTTPTransport(limits=limits, verify=verify)
     pool = getattr(transport, "_pool", None)
     if isinstance(pool, httpcore.ConnectionPool) and hasattr(pool, "_network_backend"):
         pool._network_backend = StoppableBackend()

@@ -10,10 +10,12 @@ import json
 import re
 import socket
 import socketserver
+import ssl
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -83,9 +85,13 @@ def _answer() -> bytes:
     return b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(body) + body
 
 
-@pytest.fixture
-def upstream() -> Iterator[tuple[str, Upstream]]:
+@pytest.fixture(params=["http", "https"])
+def upstream(
+    request: pytest.FixtureRequest, tls: tuple[ssl.SSLContext, ssl.SSLContext]
+) -> Iterator[tuple[str, Upstream]]:
+    """The upstream over plain HTTP and over TLS (MiniMax is HTTPS: stopping shuts down an SSL socket there)."""
     state = Upstream()
+    scheme = request.param
 
     class Handler(socketserver.BaseRequestHandler):
         def handle(self) -> None:
@@ -109,23 +115,64 @@ def upstream() -> Iterator[tuple[str, Upstream]]:
             _until_closed(sock)
             state.closed[mode].set()
 
-    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
+    class Server(socketserver.ThreadingTCPServer):
+        daemon_threads = True
+
+        def finish_request(self, request: Any, client_address: Any) -> None:
+            if scheme == "https":
+                request = tls[0].wrap_socket(request, server_side=True)
+            super().finish_request(request, client_address)
+
+    server = Server(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", state
+        yield f"{scheme}://localhost:{server.server_address[1]}", state
     finally:
         server.shutdown()
         server.server_close()
 
 
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """(server, client) TLS contexts for a self-signed certificate of `localhost`."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    folder = tmp_path_factory.mktemp("tls")
+    cert_file, key_file = folder / "cert.pem", folder / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(cert_file, key_file)
+    client = ssl.create_default_context(cafile=str(cert_file))
+    return server, client
+
+
 @pytest.fixture
-def client() -> Iterator[httpx.Client]:
+def client(tls: tuple[ssl.SSLContext, ssl.SSLContext]) -> Iterator[httpx.Client]:
     limits = httpx.Limits(max_connections=10)
-    with httpx.Client(
-        timeout=httpx.Timeout(300, connect=5), limits=limits, transport=stoppable_transport(limits=limits)
-    ) as c:
+    transport = stoppable_transport(limits=limits, verify=tls[1])
+    with httpx.Client(timeout=httpx.Timeout(300, connect=5), limits=limits, transport=transport) as c:
         yield c
 
 
