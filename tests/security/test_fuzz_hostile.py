@@ -219,6 +219,10 @@ ENDPOINT_BODIES = [
     f'{{"url": "https://example.com/hook", "description": {HOLE}}}',
 ]
 ENDPOINT_PATCHES = [f'{{"{name}": {HOLE}}}' for name in ("url", "event_types", "description", "enabled")]
+UPSTREAM_KEY_BODIES = holes(
+    f'{{"api_key": "sk-fuzz-key", "base_url": "https://api.minimax.io", "rate_limits": {{"{MODEL}": {{"rpm": 60}}}}}}',
+    {'"sk-fuzz-key"': HOLE, '"https://api.minimax.io"': HOLE, '{"rpm": 60}': HOLE, "60": HOLE},
+)
 ANTHROPIC_PARAMS = (
     f'{{"model": "{MODEL}", "max_tokens": 16, "messages": [{{"role": "user", "content": "hi"}}], "x": 1}}'
 )
@@ -314,6 +318,7 @@ BODY_ROUTES = [
     ("PATCH", "/v1/schedules/{schedule_id}", SCHEDULE_PATCHES, "ours"),
     ("POST", "/v1/webhook-endpoints", ENDPOINT_BODIES, "ours"),
     ("PATCH", "/v1/webhook-endpoints/{endpoint_id}", ENDPOINT_PATCHES, "ours"),
+    ("PUT", "/v1/limits/upstream-key", UPSTREAM_KEY_BODIES, "ours"),
     ("POST", "/anthropic/v1/messages/batches", ANTHROPIC_BODIES, "anthropic"),
     ("POST", "/openai/v1/batches", OPENAI_CREATE, "openai"),
 ]
