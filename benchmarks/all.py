@@ -59,7 +59,6 @@ BENCHES = (
     Bench("chaos", "benchmarks.chaos.__main__", "issue 8: chaos", 1100, 600),
     Bench("intake", "benchmarks.intake", "batch intake", 300, 120),
     Bench("overhead", "benchmarks.overhead", "issue 17: overhead per job", None, None),
-    Bench("submissions", "benchmarks.submissions", "issue 17: submissions", None, None),
     Bench("accounts", "benchmarks.accounts", "issue 17: accounts", None, None),
     Bench("inflight", "benchmarks.inflight", "issue 17: 10,000 in flight", None, None),
 )
