@@ -557,6 +557,7 @@ def _run(
     lines = [
         f"API          {url}",
         f"API docs     {url}/docs",
+        f"Dashboard    {url}/ui   (sign in with the API key below)",
         f"API key      {key}   (tenant '{DEV_TENANT}', also saved in {data_dir / DEV_KEY_FILE})",
         f"Database     {shown(database_url)}"
         + ("   (embedded, data in .mmjobs/postgres)" if "postgres" in embedded else ""),

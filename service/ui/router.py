@@ -38,6 +38,12 @@ def dashboard_slash() -> RedirectResponse:
     return RedirectResponse("/ui", status_code=308)
 
 
+@router.get("/")
+def root() -> RedirectResponse:
+    """A browser opened at the API's address lands on the dashboard (not a JSON 404)."""
+    return RedirectResponse("/ui", status_code=307)
+
+
 class _Static(StaticFiles):
     async def get_response(self, path: str, scope: Scope) -> Response:
         response = await super().get_response(path, scope)

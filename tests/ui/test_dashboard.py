@@ -48,11 +48,14 @@ def test_page_and_assets_are_served_with_a_strict_policy(ui_server: Server) -> N
         assert page.headers["content-type"].startswith("text/html")
         assert "script-src 'self'" in page.headers["content-security-policy"]
         assert http.get("/ui/").headers["location"] == "/ui"
+        assert http.get("/").headers["location"] == "/ui"  # the API's bare address opens the dashboard
         script = http.get("/ui/static/js/main.js")
         assert script.headers["content-type"].startswith(("text/javascript", "application/javascript"))
         assert script.headers["cache-control"] == "no-cache"
         assert http.get("/ui/static/nope.js").status_code == 404
-        assert "/ui" not in http.get("/openapi.json").json()["paths"]
+        paths = http.get("/openapi.json").json()["paths"]
+        assert "/ui" not in paths
+        assert "/" not in paths
 
 
 def test_jobs_list_filters_and_refreshes_live(signed_in: Page, ui_server: Server, shots: Path) -> None:
