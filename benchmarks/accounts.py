@@ -35,6 +35,7 @@ import psycopg
 import redis
 
 from benchmarks import baseline
+from benchmarks.report import write_section
 from benchmarks.stack import (
     REDIS_URL,
     SIM_KEY,
@@ -48,8 +49,6 @@ from benchmarks.stack import (
     wait_log,
 )
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
-MARK_START, MARK_END = "<!-- section: accounts -->", "<!-- end accounts -->"
 MODEL = "MiniMax-M2.7"
 ACCOUNTS = 3
 RPM = 300
@@ -287,18 +286,6 @@ def report(
     return "\n".join(lines)
 
 
-def write_section(text: str) -> Path:
-    current = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    section = f"{MARK_START}\n## Several upstream accounts (issue 17.2)\n\n{text}\n{MARK_END}"
-    if MARK_START in current and MARK_END in current.split(MARK_START, 1)[1]:
-        head, rest = current.split(MARK_START, 1)
-        current = head + section + rest.split(MARK_END, 1)[1]
-    else:
-        current = current.rstrip("\n") + "\n\n" + section + "\n"
-    RESULTS.write_text(current)
-    return RESULTS
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.accounts", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="70 s of throughput, 30 s of failover workload")
@@ -324,7 +311,8 @@ def main(argv: list[str] | None = None) -> int:
     text = report((ot, of), (bt, bf), seconds, failover, command.strip())
     print("\n" + text + f"\n\nProcess logs: {log_dir}")  # noqa: T201
     if not args.no_write:
-        print(f"written to {write_section(text)}")  # noqa: T201
+        path = write_section("accounts", "Several upstream accounts (issue 17.2)", text)
+        print(f"written to {path}")  # noqa: T201
     return 0
 
 

@@ -30,6 +30,7 @@ import psycopg
 import redis
 
 from benchmarks import inflight_baseline
+from benchmarks.report import write_section
 from benchmarks.sides import submit_jobs
 from benchmarks.stack import (
     REDIS_URL,
@@ -50,9 +51,6 @@ TARGET_IN_FLIGHT = 10_000
 TARGET_PSS = 4 * GIB
 MODEL = "MiniMax-M2.7"
 PARAMS = {"max_tokens": 64, "messages": [{"role": "user", "content": "Summarise the contract in one line."}]}
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
-MARK_START = "<!-- section: inflight -->"
-MARK_END = "<!-- end inflight -->"
 STALL_SECONDS = 180.0
 
 
@@ -349,18 +347,6 @@ def table(ours: Side, base: Side | None, args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
-def write_section(text: str) -> Path:
-    current = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    section = f"{MARK_START}\n## Ten thousand calls in flight (issue 17.3)\n\n{text}\n{MARK_END}"
-    if MARK_START in current and MARK_END in current.split(MARK_START, 1)[1]:
-        head, rest = current.split(MARK_START, 1)
-        current = head + section + rest.split(MARK_END, 1)[1]
-    else:
-        current = current.rstrip("\n") + "\n\n" + section + "\n"
-    RESULTS.write_text(current)
-    return RESULTS
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.inflight", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="1,000 jobs, 10 s latency, 250 threads per worker")
@@ -406,7 +392,8 @@ def main(argv: list[str] | None = None) -> int:
     out = "\n".join([text, "", note, *notes])
     print(out)  # noqa: T201
     if not args.no_write:
-        print(f"written to {write_section(out)}")  # noqa: T201
+        path = write_section("inflight", "Ten thousand calls in flight (issue 17.3)", out)
+        print(f"written to {path}")  # noqa: T201
     return 0
 
 

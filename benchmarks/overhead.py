@@ -47,6 +47,7 @@ import psutil
 import psycopg
 
 from benchmarks.chaos.infra import PG_BIN, PrivatePostgres, PrivateRedis, Program, _as_postgres
+from benchmarks.report import write_section
 from benchmarks.stack import (
     ROOT,
     Proc,
@@ -61,8 +62,6 @@ from benchmarks.stack import (
     wait_log,
 )
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
-MARK_START, MARK_END = "<!-- section: overhead -->", "<!-- end overhead -->"
 BASELINE_REF = "0655891"
 MODEL = "MiniMax-M2.7"
 WORKERS, CONCURRENCY, API_WORKERS = 2, 50, 2
@@ -457,19 +456,6 @@ def table(ours: Side, base: Side | None) -> str:
     return "\n".join(out)
 
 
-def write_section(text: str) -> Path:
-    """Replace (or append) our section of RESULTS.md, read right before writing: other benchmarks write theirs."""
-    current = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    section = f"{MARK_START}\n## Cost per job: the pipeline and single submissions (issue 17.1)\n\n{text}\n{MARK_END}"
-    if MARK_START in current and MARK_END in current.split(MARK_START, 1)[1]:
-        head, rest = current.split(MARK_START, 1)
-        current = head + section + rest.split(MARK_END, 1)[1]
-    else:
-        current = current.rstrip("\n") + "\n\n" + section + "\n"
-    RESULTS.write_text(current)
-    return RESULTS
-
-
 def _write_statements(log_dir: Path, side: Side) -> Path:
     path = log_dir / f"statements-{side.label}.txt"
     lines = [f"pipeline, per job ({side.jobs} jobs):"]
@@ -548,7 +534,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print("\n" + text + f"\n\nProcess logs: {log_dir}")  # noqa: T201 - the benchmark's output
     if not args.no_write:
-        print(f"written to {write_section(text)}")  # noqa: T201 - the benchmark's output
+        path = write_section("overhead", "Cost per job: the pipeline and single submissions (issue 17.1)", text)
+        print(f"written to {path}")  # noqa: T201 - the benchmark's output
     return 0
 
 
