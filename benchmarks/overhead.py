@@ -202,8 +202,10 @@ class _Client:
     latencies: list[float] = field(default_factory=list)
 
 
-def _loop(api_url: str, api_key: str, stop: threading.Event, measuring: threading.Event, out: _Client) -> None:
-    body = json.dumps(job_body(1)).encode()
+def _loop(
+    api_url: str, api_key: str, stop: threading.Event, measuring: threading.Event, out: _Client, body: bytes
+) -> None:
+    """One client: `POST /v1/jobs` with `body` in a loop on one keep-alive connection, counted while measuring."""
     headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
     limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
     with httpx.Client(base_url=api_url, headers=headers, limits=limits, timeout=30) as client:
@@ -375,7 +377,10 @@ def run_side(
     parts = {"api": [api]}
     stop, measuring = threading.Event(), threading.Event()
     clients = [_Client() for _ in range(CLIENTS)]
-    threads = [threading.Thread(target=_loop, args=(url, api_key, stop, measuring, c), daemon=True) for c in clients]
+    request = json.dumps(job_body(1)).encode()
+    threads = [
+        threading.Thread(target=_loop, args=(url, api_key, stop, measuring, c, request), daemon=True) for c in clients
+    ]
     for t in threads:
         t.start()
     try:

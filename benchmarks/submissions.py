@@ -29,25 +29,29 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psutil
 import psycopg
 
-from benchmarks.chaos.infra import PG_BIN, PrivatePostgres, PrivateRedis, Program, _as_postgres
-from benchmarks.stack import ROOT, Proc, Procs, StackError, _die_with_parent, free_port, process_scope, wait_http
+from benchmarks.chaos.infra import PrivateRedis
+from benchmarks.overhead import (
+    CodeProc,
+    CountingPostgres,
+    _Client,
+    _cpu_seconds,
+    _loop,
+    _run,
+    baseline_checkout,
+)
+from benchmarks.stack import ROOT, Procs, StackError, free_port, process_scope, wait_http
 
 BASELINE = "0655891"
 DATABASE = "mmjobs_bench_submissions"
@@ -65,90 +69,12 @@ BODY = {
 }
 
 
-# --- a private Postgres that counts statements -----------------------------------------------------------
-
-
-class CountingPostgres(PrivatePostgres):
-    """PrivatePostgres with pg_stat_statements loaded (every statement counted, BEGIN/COMMIT included)."""
-
-    def start(self, timeout: float = 60) -> None:
-        settings = {
-            "listen_addresses": "127.0.0.1",
-            "unix_socket_directories": str(self.sockets),
-            "max_connections": "200",
-            "fsync": "off",
-            "full_page_writes": "off",
-            "shared_buffers": "64MB",
-            "shared_preload_libraries": "pg_stat_statements",
-            "pg_stat_statements.track": "all",
-            "pg_stat_statements.track_utility": "on",
-            "pg_stat_statements.max": "10000",
-        }
-        argv = [str(PG_BIN / "postgres"), "-D", str(self.data), "-p", str(self.port)]
-        for name, value in settings.items():
-            argv += ["-c", f"{name}={value}"]
-        self.starts += 1
-        self.proc = Program(f"postgres-{self.starts}", _as_postgres(argv), self.log_dir)
-        deadline = time.monotonic() + timeout
-        while not self.accepting():
-            if time.monotonic() > deadline:
-                raise StackError(f"private Postgres did not start:\n{self.proc.tail()}")
-            time.sleep(0.1)
-        with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
-            conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
-
-    def postmaster(self) -> psutil.Process:
-        return psutil.Process(int((self.data / "postmaster.pid").read_text().split()[0]))
-
-
-def _cpu_seconds(process: psutil.Process, *, reaped: bool) -> float:
-    """User + system CPU of a process and its live descendants (and, with `reaped`, of the children it has
-    waited for: Postgres backends that exited)."""
-    total = 0.0
-    with contextlib.suppress(psutil.Error):
-        t = process.cpu_times()
-        total += t.user + t.system + ((t.children_user + t.children_system) if reaped else 0.0)
-        for child in process.children(recursive=True):
-            with contextlib.suppress(psutil.Error):
-                c = child.cpu_times()
-                total += c.user + c.system
-    return total
+# --- the load (the private Postgres, the clients and the code checkout are benchmarks/overhead.py's) -------
 
 
 def _own_cpu(process: psutil.Process) -> float:
     t = process.cpu_times()
     return float(t.user + t.system)
-
-
-# --- the load --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Client:
-    ok: int = 0
-    errors: dict[str, int] = field(default_factory=dict)
-    latencies: list[float] = field(default_factory=list)
-
-
-def _loop(api_url: str, api_key: str, stop: threading.Event, measuring: threading.Event, out: _Client) -> None:
-    body = json.dumps(BODY).encode()
-    headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
-    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-    with httpx.Client(base_url=api_url, headers=headers, limits=limits, timeout=30) as client:
-        while not stop.is_set():
-            started = time.perf_counter()
-            try:
-                status = client.post("/v1/jobs", content=body).status_code
-            except httpx.HTTPError as exc:
-                status = type(exc).__name__  # type: ignore[assignment]
-            elapsed = time.perf_counter() - started
-            if not measuring.is_set():
-                continue
-            if status == 202:
-                out.ok += 1
-                out.latencies.append(elapsed)
-            else:
-                out.errors[str(status)] = out.errors.get(str(status), 0) + 1
 
 
 def measure(
@@ -167,8 +93,9 @@ def measure(
     cluster's CPU and the statements run in that database."""
     stop, measuring = threading.Event(), threading.Event()
     results = [_Client() for _ in range(clients)]
+    body = json.dumps(BODY).encode()
     threads = [
-        threading.Thread(target=_loop, args=(api_url, api_key, stop, measuring, r), daemon=True) for r in results
+        threading.Thread(target=_loop, args=(api_url, api_key, stop, measuring, r, body), daemon=True) for r in results
     ]
     for t in threads:
         t.start()
@@ -235,36 +162,6 @@ def measure(
 # --- one side: its code, its database, its API -----------------------------------------------------------
 
 
-class CodeProc(Proc):
-    """A Proc whose Python runs `code_root`'s packages: that directory is its working directory (`python -m`
-    puts it first on sys.path) and on PYTHONPATH (for the processes it spawns)."""
-
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path, code_root: Path) -> None:
-        self.name = name
-        self.log_path = log_dir / f"{name}.log"
-        self._log = self.log_path.open("ab")
-        path = os.pathsep.join([str(code_root), *filter(None, [os.environ.get("PYTHONPATH")])])
-        self.popen = subprocess.Popen(
-            [sys.executable, *argv],
-            env={**os.environ, **env, "PYTHONPATH": path},
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            cwd=code_root,
-            start_new_session=True,
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
-        )
-
-
-def _run(procs: Procs, name: str, argv: list[str], env: dict[str, str], code_root: Path, timeout: float = 120) -> str:
-    proc = CodeProc(f"{name}-{len(procs.procs)}", argv, env, procs.log_dir, code_root)
-    procs.procs.append(proc)
-    if proc.popen.wait(timeout) != 0:
-        raise StackError(f"{name} failed:\n{proc.tail()}")
-    procs.stop([proc])
-    return proc.log_path.read_text()
-
-
 def side_env(pg: CountingPostgres, redis_url: str, database: str) -> dict[str, str]:
     return {
         "MMJOBS_DATABASE_URL": pg.url(database),
@@ -316,20 +213,6 @@ def run_side(
     pg.drop_database(database)
     result["label"] = label
     return result
-
-
-@contextlib.contextmanager
-def baseline_checkout(commit: str) -> Iterator[Path]:
-    """`git worktree add --detach` of `commit` into a temporary directory, removed on the way out."""
-    root = Path(tempfile.mkdtemp(prefix="mmjobs-baseline-"))
-    path = root / "code"
-    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(path), commit],
-                   check=True, capture_output=True)  # fmt: skip
-    try:
-        yield path
-    finally:
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(path)], capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
 
 
 # --- the table -------------------------------------------------------------------------------------------

@@ -188,6 +188,18 @@ class AccountPool:
     ) -> tuple[Pooled | None, Decision]:
         """A permit on the first account in weighted order whose limiter grants it, recorded under the permit's
         id. Refused: the soonest any account could admit it (math.inf: none ever can, the request is too large)."""
+
+        def take(pooled: Pooled) -> Decision:
+            return pooled.limiter.acquire(
+                model=model,
+                tenant=tenant,
+                tokens=tokens,
+                model_limits=pooled.model_limits(model),
+                tenant_limits=tenant_limits,
+                permit_id=permit_id,
+                hold_seconds=hold_seconds,
+            )
+
         own = self.tenants.get(tenant)
         if own is not None:
             # A tenant's own key serves its jobs alone, and nothing else.
@@ -195,15 +207,7 @@ class AccountPool:
                 return None, Decision(
                     granted=False, permit_id=permit_id, retry_after=NO_ACCOUNT_RETRY_SECONDS, reason="no_account"
                 )
-            decision = own.limiter.acquire(
-                model=model,
-                tenant=tenant,
-                tokens=tokens,
-                model_limits=own.model_limits(model),
-                tenant_limits=tenant_limits,
-                permit_id=permit_id,
-                hold_seconds=hold_seconds,
-            )
+            decision = take(own)
             if decision.granted:
                 accounts.record_choice(self.client, permit_id, own.name)
                 return own, decision
@@ -219,15 +223,7 @@ class AccountPool:
             )
         refusal: Decision | None = None
         for member in ordered:
-            decision = member.limiter.acquire(
-                model=model,
-                tenant=tenant,
-                tokens=tokens,
-                model_limits=member.model_limits(model),
-                tenant_limits=tenant_limits,
-                permit_id=permit_id,
-                hold_seconds=hold_seconds,
-            )
+            decision = take(member)
             if decision.granted:
                 with self._lock:
                     for m in candidates:
