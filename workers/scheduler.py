@@ -23,6 +23,7 @@ import redis
 from sqlalchemy import exc as sa_exc
 
 from service import status
+from service.batches import tally
 from service.config import Settings, get_settings
 from service.db import db_now, engine_for, is_conflict, make_session_factory, run_in_transaction, utcnow
 from service.dispatch import WAKE_CHANNEL
@@ -141,6 +142,9 @@ class Scheduler:
         self._more = False
         expired = self._step("expire", lambda: self._sweep(transitions.expire_overdue, now), 0)
         self._step("cancel", lambda: self._sweep(transitions.cancel_waiting, now), 0)
+        # After the sweeps, so a batch whose last requests they ended ends in this pass (service/batches/tally.py).
+        ended: list[str] = []
+        self._step("fold batch tallies", lambda: self._tx(lambda s: tally.fold(s, now=now)), ended)
         if report is None:
             report = DispatchReport()
         self.next_wake = min(self.settings.scheduler_interval, max(0.01, report.next_wake))

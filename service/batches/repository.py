@@ -11,8 +11,9 @@ from psycopg.copy import QueuedLibpqWriter
 from sqlalchemy import Table, delete, insert, select, update
 from sqlalchemy.orm import Session, undefer
 
+from service.batches import tally
 from service.jobs.transitions import start_batch_cancel
-from service.models import Batch, Job
+from service.models import Batch, BatchTally, Job
 
 # Every NOT NULL column of `jobs`, in COPY order: COPY bypasses the ORM's defaults.
 JOB_COLUMNS = (
@@ -98,7 +99,10 @@ def get(session: Session, *, tenant_id: str, batch_id: str, api: str | None = No
     query = select(Batch).where(Batch.id == batch_id, Batch.tenant_id == tenant_id)
     if api is not None:
         query = query.where(Batch.api == api)
-    return session.scalars(query).one_or_none()
+    batch = session.scalars(query).one_or_none()
+    if batch is not None:
+        tally.current(session, [batch])
+    return batch
 
 
 def list_page(
@@ -120,22 +124,28 @@ def list_page(
         rows = list(session.scalars(query.where(Batch.id > before_id).order_by(Batch.id.asc()).limit(limit + 1)))
         page = rows[:limit]
         page.reverse()
+        tally.current(session, page)
         return page, len(rows) > limit
     if after_id is not None:
         query = query.where(Batch.id < after_id)
     rows = list(session.scalars(query.order_by(Batch.id.desc()).limit(limit + 1)))
+    tally.current(session, rows[:limit])
     return rows[:limit], len(rows) > limit
 
 
 def start_cancel(session: Session, *, batch_id: str, now: datetime) -> int:
     """Mark the batch canceling and cancel a first chunk of its waiting requests; the scheduler cancels the rest
-    and running ones finish (lock order and chunking: transitions.start_batch_cancel)."""
-    return start_batch_cancel(session, batch_id=batch_id, now=now)
+    and running ones finish (lock order and chunking: transitions.start_batch_cancel). The batch's tallies are
+    folded at once (its row is locked already), so a batch with nothing left running ends in this answer."""
+    canceled = start_batch_cancel(session, batch_id=batch_id, now=now)
+    tally.fold(session, now=now, batch_ids=[batch_id])
+    return canceled
 
 
 def delete_batch(session: Session, *, batch_id: str) -> None:
     session.execute(delete(Job).where(Job.batch_id == batch_id))
     session.execute(delete(Batch).where(Batch.id == batch_id))
+    session.execute(delete(BatchTally).where(BatchTally.batch_id == batch_id))
 
 
 def results_page(

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service import dispatch, netguard
 from service.api.errors import APIError, field_path, not_found
-from service.batches import repository
+from service.batches import repository, tally
 from service.batches.schemas import MAX_REQUESTS, BatchOptions, BatchRequestIn
 from service.config import Settings
 from service.db import new_id, utcnow
@@ -240,6 +240,7 @@ def cancel(session: Session, *, key: ApiKey, batch_id: str, api: str | None = No
     if batch.status == BatchStatus.IN_PROGRESS:
         repository.start_cancel(session, batch_id=batch.id, now=utcnow())
         session.refresh(batch)
+        tally.current(session, [batch])
     return batch
 
 

@@ -1,25 +1,26 @@
 """What happens when jobs reach a final state, in the same transaction as the transition that put them there:
-their batch's counts move (and the batch ends when nothing is left processing), their budget reservations are
-released, and their webhook events are written (job.* for single jobs, batch.ended for batches: a 100,000-request
-batch sends one event, not 100,000).
+their batch gets a tally of its moved counts (the scheduler folds it into the batch row, and ends the batch when
+nothing is left processing: service/batches/tally.py), their budget reservations are released, and their webhook
+events are written (job.* for single jobs; batch.ended for batches, at the fold: a 100,000-request batch sends one
+event, not 100,000).
 
-Lock order (service/db.py): the caller has locked the jobs; this takes their batches in id order, then their
-budgets in id order. Job ids go to Postgres as one array parameter, however many landed."""
+Lock order (service/db.py): the caller has locked the jobs; this takes their budgets in id order. It does not
+lock their batches (a tally is only inserted). Job ids go to Postgres as one array parameter, however many landed.
+"""
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, select, update
+from sqlalchemy import Row, select
 from sqlalchemy.orm import Session
 
-from service.batches import progress as batch_progress
-from service.batches.progress import batch_event
+from service.batches import tally
 from service.db import id_in
-from service.models import COUNT_FOR_STATUS, Batch, BatchStatus, Job
+from service.models import COUNT_FOR_STATUS, Job
 from service.usage import budgets
 from service.webhooks import outbox
 
@@ -27,37 +28,27 @@ from service.webhooks import outbox
 LANDED = (Job.id, Job.batch_id, Job.status)
 
 
-def on_terminal(session: Session, landed: Sequence[Row[Any]] | Sequence[tuple[Any, ...]], *, now: datetime) -> None:
+def on_terminal(
+    session: Session,
+    landed: Sequence[Row[Any]] | Sequence[tuple[Any, ...]],
+    *,
+    now: datetime,
+    usage: Mapping[str, Mapping[str, Any]] | None = None,
+) -> None:
     """`landed` holds (job id, batch id, new status) of jobs a transition just moved; only final states count (a
-    failed attempt that will be retried moves its job to `retrying`, which is not an ending)."""
+    failed attempt that will be retried moves its job to `retrying`, which is not an ending). `usage` maps a batch
+    id to the usage the same transaction billed it (service/usage/ledger.py), written in the same tally."""
+    moves: dict[str, Counter[str]] = {}
+    for batch_id, more in (usage or {}).items():
+        moves.setdefault(batch_id, Counter()).update(more)
     landed = [row for row in landed if row[2] in COUNT_FOR_STATUS]
+    for row in landed:
+        if row[1] is not None:
+            moves.setdefault(row[1], Counter())[COUNT_FOR_STATUS[row[2]]] += 1
+    # The batch rows are not touched: the scheduler folds the tallies into them (service/batches/tally.py).
+    tally.add(session, ({"batch_id": b, **m} for b, m in sorted(moves.items())))
     if not landed:
         return
-    moves: Counter[tuple[str, str]] = Counter()
-    for row in landed:
-        batch_id, status = row[1], row[2]
-        if batch_id is not None and status in COUNT_FOR_STATUS:
-            moves[(batch_id, COUNT_FOR_STATUS[status])] += 1
-    for (batch_id, column), n in sorted(moves.items()):
-        session.execute(
-            update(Batch)
-            .where(Batch.id == batch_id)
-            .values({Batch.processing: Batch.processing - n, getattr(Batch, column): getattr(Batch, column) + n})
-        )
-    batch_ids = sorted({b for b, _ in moves})
-    if batch_ids:
-        ended = session.scalars(
-            update(Batch)
-            .where(Batch.id.in_(batch_ids), Batch.processing <= 0, Batch.status != BatchStatus.ENDED)
-            .values(status=BatchStatus.ENDED, ended_at=now)
-            .returning(Batch)
-        ).all()
-        for batch in ended:
-            outbox.emit(
-                session, tenant_id=batch.tenant_id, type="batch.ended", data=batch_event(batch),
-                webhook_url=batch.webhook_url,
-            )  # fmt: skip
-        batch_progress.on_counts_moved(session, batch_ids=batch_ids, now=now)
     budgets.release(session, job_ids=[row[0] for row in landed])
     single = [row[0] for row in landed if row[1] is None]
     if single:

@@ -216,6 +216,7 @@ def finish(session: Session, *, claim: Claim, outcome: Outcome, prices: PriceTab
             **usage,
         )
     )
+    batch_usage: dict[str, dict[str, Any]] = {}
     if any(usage.values()):
         # The job's, batch's and budgets' totals move inside ledger.record, only if this attempt's row is new:
         # finish run twice for one attempt (a lost COMMIT reply, then a retry) bills once.
@@ -234,6 +235,7 @@ def finish(session: Session, *, claim: Claim, outcome: Outcome, prices: PriceTab
             prices=prices,
             now=now,
             estimated=outcome.estimated,
+            batch_usage=batch_usage,
         )
         for budget in crossed:
             outbox.emit(
@@ -250,7 +252,7 @@ def finish(session: Session, *, claim: Claim, outcome: Outcome, prices: PriceTab
                     "spent_usd": str(budget.spent_usd),
                 },
             )
-    on_terminal(session, moved, now=now)
+    on_terminal(session, moved, now=now, usage=batch_usage)  # one tally for the batch: its count and usage
     return bool(moved)
 
 

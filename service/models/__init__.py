@@ -1,7 +1,7 @@
 """All ORM tables, imported here so Alembic and the app see one metadata."""
 
 from service.models.base import Base
-from service.models.batch import BATCH_APIS, COUNT_FOR_STATUS, Batch, BatchStatus
+from service.models.batch import BATCH_APIS, COUNT_FOR_STATUS, Batch, BatchStatus, BatchTally
 from service.models.file import File
 from service.models.idempotency import IdempotencyKey
 from service.models.job import ACTIVE, TERMINAL, WAITING, Job, JobAttempt, JobStatus
@@ -28,6 +28,7 @@ __all__ = [
     "Base",
     "Batch",
     "BatchStatus",
+    "BatchTally",
     "Budget",
     "BudgetReservation",
     "Catchup",

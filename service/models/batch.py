@@ -4,10 +4,10 @@ from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
 
-from sqlalchemy import ForeignKey, Index, Numeric, String
+from sqlalchemy import BigInteger, ForeignKey, Index, Numeric, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from service.db import JSONType, utcnow
+from service.db import BigIntPK, JSONType, utcnow
 from service.models.base import Base, CreatedAtMixin
 
 
@@ -25,8 +25,10 @@ COUNT_FOR_STATUS = {"succeeded": "succeeded", "failed": "errored", "canceled": "
 
 
 class Batch(CreatedAtMixin, Base):
-    """Many jobs submitted together. The counts move in the same transaction as each job's terminal transition,
-    so they are exact at every moment; `processing` reaching 0 ends the batch."""
+    """Many jobs submitted together. Its counts and usage are this row plus its pending tallies (BatchTally):
+    each job's terminal transition writes a tally in its own transaction, the scheduler folds tallies into the
+    row, and every read adds the tallies not folded yet in the same statement (service/batches/tally.py), so the
+    counts are exact at every moment; `processing` reaching 0 at a fold ends the batch."""
 
     __tablename__ = "batches"
 
@@ -65,3 +67,24 @@ class Batch(CreatedAtMixin, Base):
     progress_done: Mapped[int | None]
 
     __table_args__ = (Index("ix_batches_tenant_id_api_id", "tenant_id", "api", "id"),)
+
+
+class BatchTally(Base):
+    """What some jobs' terminal transitions and billed attempts add to their batch, not folded into the batch row
+    yet (service/batches/tally.py). Insert-only for the hot path: a finishing job never waits on its batch's row,
+    which every other job of the batch would also need (issue 17.1). No foreign key: its check would lock the
+    batch row too."""
+
+    __tablename__ = "batch_tallies"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    batch_id: Mapped[str] = mapped_column(String(48), index=True)
+    succeeded: Mapped[int] = mapped_column(default=0)
+    errored: Mapped[int] = mapped_column(default=0)
+    canceled: Mapped[int] = mapped_column(default=0)
+    expired: Mapped[int] = mapped_column(default=0)
+    input_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    output_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cache_read_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cache_write_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cost_usd: Mapped[Decimal] = mapped_column(Numeric(18, 9), default=Decimal(0))

@@ -8,6 +8,7 @@ from datetime import datetime
 from sqlalchemy import and_, delete, func, or_, select
 from sqlalchemy.orm import Session
 
+from service.batches import tally
 from service.models import TERMINAL, Batch, BatchStatus, Job, RunStatus, Schedule, ScheduleRun, Tenant
 
 
@@ -143,4 +144,5 @@ def targets(session: Session, runs: Sequence[ScheduleRun]) -> tuple[dict[str, st
     if job_ids:
         jobs = {row.id: row.status for row in session.execute(select(Job.id, Job.status).where(Job.id.in_(job_ids)))}
     batches = {b.id: b for b in session.scalars(select(Batch).where(Batch.id.in_(batch_ids)))} if batch_ids else {}
+    tally.current(session, list(batches.values()))
     return jobs, batches

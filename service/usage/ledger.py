@@ -4,8 +4,9 @@ Exactly once: (job_id, attempt) is unique and the row is inserted with ON CONFLI
 batch's and the budgets' totals move only when that insert happened. A worker whose COMMIT reply was lost
 writes the same outcome again (execution.persist) and adds nothing the second time.
 
-Lock order (the project's global one): the job row, then its batch, then budgets by ascending id
-(budgets.charge). The ledger row itself locks nothing anyone else waits for but its unique index entry.
+Lock order (the project's global one): the job row, then budgets by ascending id (budgets.charge); the batch's
+row is not locked (its usage goes into a tally). The ledger row itself locks nothing anyone else waits for but its
+unique index entry.
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from service.models import Batch, Budget, Job, UsageEntry
+from service.batches import tally
+from service.models import Budget, Job, UsageEntry
 from service.pricing import PriceTable, TokenCounts
 from service.usage import budgets
 
@@ -39,10 +42,12 @@ def record(
     prices: PriceTable,
     now: datetime,
     estimated: bool = False,
+    batch_usage: dict[str, dict[str, Any]] | None = None,
 ) -> list[Budget]:
     """Write the attempt's row and, if it was not there yet, add its tokens and cost to the job, its batch and the
     budgets; returns budgets that crossed their soft limit with this charge. An attempt that consumed nothing
-    writes nothing. `estimated`: the upstream's own usage never arrived (a broken or stopped call)."""
+    writes nothing. `estimated`: the upstream's own usage never arrived (a broken or stopped call). The batch's
+    usage goes into a tally (service/batches/tally.py), or into `batch_usage` for the caller's own tally."""
     tokens = TokenCounts(
         input_tokens=int(usage.get("input_tokens", 0)),
         output_tokens=int(usage.get("output_tokens", 0)),
@@ -91,17 +96,17 @@ def record(
         )
     )
     if batch_id is not None:
-        session.execute(
-            update(Batch)
-            .where(Batch.id == batch_id)
-            .values(
-                input_tokens=Batch.input_tokens + tokens.input_tokens,
-                output_tokens=Batch.output_tokens + tokens.output_tokens,
-                cache_read_tokens=Batch.cache_read_tokens + tokens.cache_read_tokens,
-                cache_write_tokens=Batch.cache_write_tokens + tokens.cache_write_tokens,
-                cost_usd=Batch.cost_usd + cost,
-            )
-        )
+        billed: dict[str, Any] = {
+            "input_tokens": tokens.input_tokens,
+            "output_tokens": tokens.output_tokens,
+            "cache_read_tokens": tokens.cache_read_tokens,
+            "cache_write_tokens": tokens.cache_write_tokens,
+            "cost_usd": cost,
+        }
+        if batch_usage is None:
+            tally.add(session, [{"batch_id": batch_id, **billed}])
+        else:  # the caller writes it in its own tally (transitions.finish, with the job's count)
+            batch_usage.setdefault(batch_id, {}).update(billed)
     return budgets.charge(session, tenant_id=tenant_id, api_key_id=api_key_id, cost=cost, now=now)
 
 

@@ -11,9 +11,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from service.db import utcnow
-from service.jobs.landing import LANDED, on_terminal
 from service.models import Batch, Job
+from tests import reading
 from tests.conftest import make_key
 
 
@@ -119,13 +118,7 @@ def test_unsupported_content_type_is_415(client: TestClient, auth: dict[str, str
 
 
 def land(session: Session, batch_id: str, custom_id: str, status: str, **values: Any) -> None:
-    """Drive one request to a final state the way the worker or scheduler does (guarded UPDATE + counts)."""
-    rows = session.execute(
-        update(Job).where(Job.batch_id == batch_id, Job.custom_id == custom_id)
-        .values(status=status, finished_at=utcnow(), **values).returning(*LANDED)
-    ).all()  # fmt: skip
-    on_terminal(session, rows, now=utcnow())
-    session.commit()
+    reading.land(session, (Job.batch_id == batch_id) & (Job.custom_id == custom_id), status, **values)
 
 
 def test_counts_match_the_results_file_and_the_batch_ends(

@@ -17,9 +17,8 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from service.config import Settings
-from service.db import utcnow
-from service.jobs.landing import LANDED, on_terminal
 from service.models import Batch, File, Job
+from tests import reading
 from tests.conftest import make_key
 
 MODEL = "MiniMax-M2.7"
@@ -56,13 +55,7 @@ def stored(session: Session) -> tuple[int, int, int]:
 
 
 def land(session: Session, batch_id: str, custom_id: str, status: str, **values: Any) -> None:
-    """Drive one request to a final state the way the worker or scheduler does (guarded UPDATE + counts)."""
-    rows = session.execute(
-        update(Job).where(Job.batch_id == batch_id, Job.custom_id == custom_id)
-        .values(status=status, finished_at=utcnow(), **values).returning(*LANDED)
-    ).all()  # fmt: skip
-    on_terminal(session, rows, now=utcnow())
-    session.commit()
+    reading.land(session, (Job.batch_id == batch_id) & (Job.custom_id == custom_id), status, **values)
 
 
 def create_message_batch(client: TestClient, headers: dict[str, str], n: int = 1) -> dict[str, Any]:

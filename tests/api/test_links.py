@@ -10,14 +10,12 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.api.app import create_app
 from service.config import Settings
-from service.db import utcnow
-from service.jobs.landing import LANDED, on_terminal
 from service.models import Job
+from tests.reading import land
 
 MODEL = "MiniMax-M2.7"
 EVIL = {"Host": "evil.example", "X-Forwarded-Host": "evil.example", "Forwarded": "host=evil.example"}
@@ -30,11 +28,7 @@ def batch_body(n: int = 2) -> dict[str, Any]:
 
 
 def end_batch(session: Session, batch_id: str) -> None:
-    rows = session.execute(
-        update(Job).where(Job.batch_id == batch_id).values(status="canceled", finished_at=utcnow()).returning(*LANDED)
-    ).all()
-    on_terminal(session, rows, now=utcnow())
-    session.commit()
+    land(session, Job.batch_id == batch_id, "canceled")
 
 
 def every_linked_response(client: TestClient, api_key: str, session: Session) -> Iterator[tuple[str, Any]]:

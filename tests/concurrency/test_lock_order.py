@@ -25,6 +25,7 @@ from service.webhooks import outbox
 from service.webhooks.events import new_secret
 from tests.concurrency.racing import ConflictCounter, factory_for, make_key, race, seed_batch, settings_for
 from tests.db import drop_database, fresh_database
+from tests.reading import read_batch
 from workers import webhooks
 from workers.scheduler import Scheduler
 
@@ -48,7 +49,7 @@ def factory(url: str) -> sessionmaker[Session]:
 
 def counts(factory: sessionmaker[Session], batch_id: str) -> tuple[Batch, dict[str, int]]:
     with factory() as session:
-        batch = session.get_one(Batch, batch_id)
+        batch = read_batch(session, batch_id)
         rows = session.execute(
             select(Job.status, func.count()).where(Job.batch_id == batch_id).group_by(Job.status)
         ).all()

@@ -6,16 +6,16 @@ from datetime import datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from service.config import Settings
 from service.db import new_id, utcnow
-from service.jobs.landing import LANDED, on_terminal
 from service.models import ApiKey, Job, Schedule, ScheduleRun, WebhookEndpoint, WebhookEvent
 from service.schedules import service
 from service.schedules.schemas import ScheduleCreate
 from service.tenants import service as tenants
+from tests.reading import land
 
 JOB: dict[str, Any] = {
     "model": "MiniMax-M2.7",
@@ -61,8 +61,4 @@ def runs_of(session: Session, schedule_id: str) -> list[ScheduleRun]:
 
 
 def finish_job(session: Session, job_id: str, status: str = "succeeded") -> None:
-    landed = session.execute(
-        update(Job).where(Job.id == job_id).values(status=status, finished_at=utcnow()).returning(*LANDED)
-    ).all()
-    on_terminal(session, landed, now=utcnow())
-    session.commit()
+    land(session, Job.id == job_id, status)
