@@ -14,10 +14,18 @@ An account leaves the rotation when MiniMax answers it 1004 (not authorized), 20
 (insufficient balance): the account is at fault, not the request, so the job is tried again on another account.
 The scheduler probes an account out of the rotation every `account_probe_seconds` with a one-token call; the
 first answer that is not one of those codes brings it back.
+
+A tenant's own key that a worker finds unusable is held, not taken out of a rotation (it has none):
+
+- `mmjobs:acct:tenantkey:<tenant id>`: JSON `{"why", "code", "message", "version", "since"}`, with a TTL. While
+  it exists for the key's current version, the dispatcher holds that tenant's jobs (wait reason `tenant_key`)
+  instead of sending them anywhere; when it lapses the next job tries the key again. `why` is `undecryptable` (the
+  worker's MMJOBS_SECRET_KEY does not open it: the scheduler never decrypts, so only a worker can find this out).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -34,6 +42,10 @@ PERMIT_MEMORY_SECONDS = 24 * 3600
 _STATE = "mmjobs:acct:state:"
 _PERMIT = "mmjobs:acct:permit:"
 _PROBED = "mmjobs:acct:probed:"
+_TENANT_HOLD = "mmjobs:acct:tenantkey:"
+# How long a tenant's undecryptable key holds its jobs before a worker tries it again (a fixed secret is picked up
+# after at most this long, a key set again at once).
+UNDECRYPTABLE_HOLD_SECONDS = 120.0
 
 # Set the state only if it changes, and count the change: KEYS[1] the hash; ARGV: state, now, code, error.
 _TRANSITION = """
@@ -109,6 +121,72 @@ def bring_back(client: redis.Redis, name: str) -> bool:
             extra={"event": "upstream_account.in", "account": name},
         )
     return changed
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TenantKeyHold:
+    why: str  # undecryptable
+    code: int | None
+    message: str
+    version: str  # the key version found unusable (service/accounts/tenant_keys.py `version`)
+    since: float
+    seconds_left: float
+
+
+def hold_tenant_key(
+    client: redis.Redis,
+    tenant_id: str,
+    *,
+    why: str,
+    message: str,
+    version: str,
+    seconds: float,
+    code: int | None = None,
+) -> None:
+    """Hold the tenant's jobs for `seconds`: its own key cannot be used (see the module docstring)."""
+    body = {"why": why, "code": code, "message": message[:500], "version": version, "since": time.time()}
+    client.set(_TENANT_HOLD + tenant_id, json.dumps(body), px=max(1, int(seconds * 1000)))
+    log.warning(
+        "the own MiniMax key of tenant %s is unusable (%s); its jobs wait %.0fs before it is tried again: %s",
+        tenant_id,
+        why if code is None else f"{why}, MiniMax {code}",
+        seconds,
+        message[:200],
+        extra={"event": "tenant_key.held", "tenant": tenant_id, "minimax_code": code},
+    )
+
+
+def tenant_key_holds(client: redis.Redis, tenant_ids: list[str]) -> dict[str, TenantKeyHold]:
+    """The holds in force, by tenant id (one round trip)."""
+    if not tenant_ids:
+        return {}
+    pipe = client.pipeline(transaction=False)
+    for tenant_id in tenant_ids:
+        pipe.get(_TENANT_HOLD + tenant_id)
+        pipe.pttl(_TENANT_HOLD + tenant_id)
+    answers = pipe.execute()
+    result: dict[str, TenantKeyHold] = {}
+    for i, tenant_id in enumerate(tenant_ids):
+        raw, pttl = answers[2 * i], answers[2 * i + 1]
+        if raw is None:
+            continue
+        try:
+            body = json.loads(_text(raw))
+        except ValueError:
+            continue
+        result[tenant_id] = TenantKeyHold(
+            why=str(body.get("why") or "unusable"),
+            code=body.get("code"),
+            message=str(body.get("message") or ""),
+            version=str(body.get("version") or ""),
+            since=float(body.get("since") or 0.0),
+            seconds_left=max(0.0, int(pttl) / 1000) if int(pttl) > 0 else 0.0,
+        )
+    return result
+
+
+def release_tenant_key(client: redis.Redis, tenant_id: str) -> None:
+    client.delete(_TENANT_HOLD + tenant_id)
 
 
 def states(client: redis.Redis, names: list[str]) -> dict[str, AccountState]:

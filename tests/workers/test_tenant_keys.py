@@ -4,6 +4,7 @@ only for that tenant's jobs, and its account shown to that tenant alone in /v1/l
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,7 +17,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import status
+from service import accounts, status
 from service.api.app import create_app
 from service.config import Settings
 from service.db import db_now
@@ -174,4 +175,159 @@ def test_a_lost_account_record_still_runs_the_tenants_job_on_its_own_key(
         assert c.get(f"/v1/jobs/{job_id}", headers=acme).json()["status"] == "succeeded"
     last = httpx.get(sim + "/_sim/ledger").json()["entries"][-1]
     assert last["api_key_suffix"] == OWN_KEY[-4:]
+    r_client.flushdb()
+
+
+def _dispatch(settings: Settings, session_factory: sessionmaker[Session], r_client: redis.Redis) -> Any:
+    published: list[str] = []
+    dispatcher = Dispatcher(settings, RateLimiter(r_client, window_seconds=61), published.append)
+    with session_factory() as s:
+        now = db_now(s)
+    report = dispatcher.run(session_factory, now=now)
+    report.published = published
+    return report
+
+
+def _run(settings: Settings, session_factory: sessionmaker[Session], job_id: str) -> None:
+    rt = Runtime(settings)
+    rt.session_factory = session_factory
+    try:
+        run_job(job_id, rt=rt)
+    finally:
+        rt.http.close()
+
+
+def _calls(sim: str) -> list[str]:
+    return [e["api_key_suffix"] for e in httpx.get(sim + "/_sim/ledger").json()["entries"]]
+
+
+def test_the_dispatcher_never_decrypts_a_tenants_key(
+    keyed: Settings,
+    session_factory: sessionmaker[Session],
+    session: Session,
+    sim: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """DESIGN.md decision 10: the scheduler runs with no MMJOBS_SECRET_KEY at all, reads only what is stored in
+    clear, and still sends the tenant's job to its own account; the worker decrypts and calls with it."""
+    r_client = redis.Redis.from_url(keyed.redis_url)
+    r_client.flushdb()
+    acme = {"Authorization": f"Bearer {make_key(session, 'acme-nosecret')}"}
+    with TestClient(app_for(keyed, session_factory)) as c:
+        body = {"api_key": OWN_KEY, "base_url": sim, "rate_limits": {MODEL: {"rpm": 60}}}
+        assert c.put("/v1/limits/upstream-key", json=body, headers=acme).status_code == 200
+        job_id = c.post("/v1/jobs", json=REQ, headers=acme).json()["id"]
+        scheduler_settings = keyed.model_copy(update={"secret_key": None})
+
+        def no_decrypting(*args: Any, **kwargs: Any) -> bytes:
+            raise AssertionError("the scheduler decrypted a tenant's key")
+
+        with monkeypatch.context() as m:
+            m.setattr(Fernet, "decrypt", no_decrypting)
+            report = _dispatch(scheduler_settings, session_factory, r_client)
+        assert report.published == [job_id], report.waits
+        assert (
+            r_client.get(f"mmjobs:acct:permit:{job_id}:1") == f"tenant.{_tenant_of(session_factory, job_id)}".encode()
+        )
+        _run(keyed, session_factory, job_id)
+        assert c.get(f"/v1/jobs/{job_id}", headers=acme).json()["status"] == "succeeded"
+    assert _calls(sim)[-1] == OWN_KEY[-4:]
+    r_client.flushdb()
+
+
+def _tenant_of(session_factory: sessionmaker[Session], job_id: str) -> str:
+    with session_factory() as s:
+        return str(s.execute(text("SELECT tenant_id FROM jobs WHERE id = :id"), {"id": job_id}).scalar_one())
+
+
+def _attempts(session_factory: sessionmaker[Session], job_id: str) -> tuple[int, int]:
+    with session_factory() as s:
+        row = s.execute(text("SELECT attempt_count, max_attempts FROM jobs WHERE id = :id"), {"id": job_id}).one()
+    return int(row[0]), int(row[1])
+
+
+def test_a_key_the_worker_cannot_decrypt_hands_the_job_back_and_holds_the_tenant(
+    keyed: Settings,
+    session_factory: sessionmaker[Session],
+    session: Session,
+    sim: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The worker's MMJOBS_SECRET_KEY is not the one the key was stored under: the job is handed back waiting (the
+    attempt not counted) with the reason on it, nothing goes out on any key, and the dispatcher holds the tenant's
+    jobs with a `tenant_key` wait (another tenant's jobs on the same model still go). Once the hold lapses and the
+    worker has the right secret, the job runs on the tenant's own key."""
+    from service.accounts import tenant_keys
+
+    monkeypatch.setattr(accounts, "UNDECRYPTABLE_HOLD_SECONDS", 2.0)
+    r_client = redis.Redis.from_url(keyed.redis_url)
+    r_client.flushdb()
+    acme = {"Authorization": f"Bearer {make_key(session, 'acme-badsecret')}"}
+    beta = {"Authorization": f"Bearer {make_key(session, 'beta-badsecret')}"}
+    wrong = keyed.model_copy(update={"secret_key": tenant_keys.generate_secret()})
+    scheduler_settings = keyed.model_copy(update={"secret_key": None})
+    with TestClient(app_for(keyed, session_factory)) as c:
+        body = {"api_key": OWN_KEY, "base_url": sim, "rate_limits": {MODEL: {"rpm": 60}}}
+        assert c.put("/v1/limits/upstream-key", json=body, headers=acme).status_code == 200
+        job_id = c.post("/v1/jobs", json=REQ, headers=acme).json()["id"]
+        calls_before = len(_calls(sim))
+
+        assert _dispatch(scheduler_settings, session_factory, r_client).published == [job_id]
+        _run(wrong, session_factory, job_id)
+        assert len(_calls(sim)) == calls_before  # nothing went out, on no key
+
+        job = c.get(f"/v1/jobs/{job_id}", headers=acme).json()
+        assert job["status"] == "retrying", job
+        assert job["error"]["type"] == "tenant_key_unusable"
+        assert "MMJOBS_SECRET_KEY" in job["error"]["message"]
+        assert "not counted" in job["error"]["retry"]
+        assert _attempts(session_factory, job_id) == (1, keyed.default_max_attempts + 1)  # the attempt not counted
+        assert OWN_KEY not in str(job)
+
+        # Held: not dispatched again while the hold lasts, and the wait says why. Another tenant still goes.
+        other = c.post("/v1/jobs", json=REQ, headers=beta).json()["id"]
+        report = _dispatch(scheduler_settings, session_factory, r_client)
+        assert report.published == [other]
+        wait = report.waits[status.group_key(_tenant_of(session_factory, job_id), MODEL)]
+        assert wait["reason"] == "tenant_key"
+        assert wait["limit"] == "undecryptable"
+        assert "MMJOBS_SECRET_KEY" in wait["detail"]
+        assert 0 < report.next_wake <= 2.0
+        status.publish(r_client, {"at": "now", "waits": report.waits, "models": {}, "tenants": {}})
+        shown = c.get(f"/v1/jobs/{job_id}", headers=acme).json()["waiting"]
+        assert shown["reason"] == "tenant_key"
+        assert "MMJOBS_SECRET_KEY" in shown["detail"]
+
+        # The secret is fixed and the hold lapses: the job runs, on the tenant's own key.
+        time.sleep(2.1)
+        assert _dispatch(scheduler_settings, session_factory, r_client).published == [job_id]
+        _run(keyed, session_factory, job_id)
+        job = c.get(f"/v1/jobs/{job_id}", headers=acme).json()
+        assert job["status"] == "succeeded", job
+    assert _calls(sim)[calls_before:] == [OWN_KEY[-4:]]  # one call in all, on the tenant's own key
+    r_client.flushdb()
+
+
+def test_a_key_set_again_lifts_the_hold_at_once(
+    keyed: Settings, session_factory: sessionmaker[Session], session: Session, sim: str
+) -> None:
+    """The hold names the version of the key found unusable: the tenant setting its key again (under the secret
+    the service has now) is tried as soon as the scheduler reads the keys again, not after the hold lapses."""
+    from service.accounts import tenant_keys
+
+    r_client = redis.Redis.from_url(keyed.redis_url)
+    r_client.flushdb()
+    acme = {"Authorization": f"Bearer {make_key(session, 'acme-reset')}"}
+    wrong = keyed.model_copy(update={"secret_key": tenant_keys.generate_secret()})
+    with TestClient(app_for(keyed, session_factory)) as c:
+        body = {"api_key": OWN_KEY, "base_url": sim, "rate_limits": {MODEL: {"rpm": 60}}}
+        assert c.put("/v1/limits/upstream-key", json=body, headers=acme).status_code == 200
+        job_id = c.post("/v1/jobs", json=REQ, headers=acme).json()["id"]
+        assert _dispatch(keyed, session_factory, r_client).published == [job_id]
+        _run(wrong, session_factory, job_id)
+        assert _dispatch(keyed, session_factory, r_client).published == []
+        assert c.put("/v1/limits/upstream-key", json=body, headers=acme).status_code == 200
+        assert _dispatch(keyed, session_factory, r_client).published == [job_id]
+        _run(keyed, session_factory, job_id)
+        assert c.get(f"/v1/jobs/{job_id}", headers=acme).json()["status"] == "succeeded"
     r_client.flushdb()
