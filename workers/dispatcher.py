@@ -325,7 +325,8 @@ class Dispatcher:
     def _key_wait(self, tenant_id: str, now: datetime, seconds: float) -> dict[str, Any]:
         """The tenant's own key is held (a worker could not use it): the wait names why."""
         hold = self.pool.tenant_holds().get(tenant_id)
-        wait = self._wait("tenant_key", hold.why if hold else "unusable", now, seconds)
+        limit = (f"minimax_{hold.code}" if hold.code else hold.why) if hold else "unusable"
+        wait = self._wait("tenant_key", limit, now, seconds)
         if hold is not None:
             wait["detail"] = hold.message
         return wait

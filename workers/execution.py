@@ -167,6 +167,7 @@ def call_upstream(claim: Claim, rt: Runtime, handle: InFlight) -> tuple[Outcome,
             preflight.check(claim, rt)  # near M3's window: count_tokens first, fail early with the figure (issue 6)
             _mark_sent(claim, rt)
             sent = True
+            sent_at = time.time()
             with tracing.span("upstream.call", attributes={"gen_ai.request.model": claim.model}) as span:
                 completion = get_provider(claim.format).call(
                     client=rt.http,
@@ -178,6 +179,7 @@ def call_upstream(claim: Claim, rt: Runtime, handle: InFlight) -> tuple[Outcome,
                     on_progress=handle.progress,
                 )
                 span.set("gen_ai.usage.output_tokens", completion.usage.output_tokens if completion.usage else None)
+        _key_answered(claim, rt, sent_at)
         return success(completion), None
     except UpstreamError as error:
         if handle.aborted.is_set():
@@ -282,10 +284,12 @@ def _account_at_fault(outcome: Outcome, error: UpstreamError, claim: Claim, rt: 
             else "dispatched again (not counted)"
         )
         return replace(outcome, classification="retryable", retry_at=utcnow(), retry_note=note, free_retry=True)
+    if error.minimax_code in accounts.ACCOUNT_CODES and claim.account and claim.account.startswith(TENANT_PREFIX):
+        return _tenant_key_refused(outcome, error, claim, rt)
     if not rt.account_pool.multi or error.minimax_code not in accounts.ACCOUNT_CODES:
         return None
     if claim.account is None or claim.account not in rt.account_pool.by_name:
-        return None  # a tenant's own key has nowhere else to go: the job fails as with a single account
+        return None
     rt.account_pool.take_out(claim.account, code=error.minimax_code, error=error.message or "")
     return replace(
         outcome,
@@ -295,6 +299,52 @@ def _account_at_fault(outcome: Outcome, error: UpstreamError, claim: Claim, rt: 
         "tried again on another account (not counted)",
         free_retry=True,
     )
+
+
+def _tenant_key_refused(outcome: Outcome, error: UpstreamError, claim: Claim, rt: Runtime) -> Outcome:
+    """MiniMax refused the tenant's own key (1004, 2049, 1008): it has nowhere else to go, so the tenant's jobs are
+    held (this one handed back, not counted) and one is let through every `account_probe_seconds` until the key
+    answers (service/accounts/)."""
+    assert claim.account is not None
+    tenant_id = claim.account[len(TENANT_PREFIX) :]
+    code = error.minimax_code
+    every = rt.settings.account_probe_seconds
+    message = (
+        f"MiniMax refused your own key ({code}: {error.message or 'no message'}). Your jobs wait, one tried every "
+        f"{every:g} s, until it answers: fix the key or its balance on MiniMax's side, or set another key "
+        "(PUT /v1/limits/upstream-key)"
+    )
+    try:
+        kept = rt.tenant_keys.key(tenant_id)  # the version just used (kept in memory: no decryption here)
+        rt.account_pool.hold_tenant(
+            tenant_id,
+            why="refused",
+            code=code,
+            message=message,
+            version=kept.version if kept else "",
+            seconds=accounts.REFUSED_HOLD_SECONDS,
+            probe=True,
+        )
+    except (redis.RedisError, tenant_keys.TenantKeyUnusable) as exc:
+        log.warning("could not hold the jobs of tenant %s: %s", tenant_id, exc)
+    return replace(
+        outcome,
+        classification="retryable",
+        retry_at=utcnow(),
+        retry_note=f"MiniMax refused your own key ({code}); handed back, not counted: your jobs wait until it "
+        "answers again (never on another key)",
+        free_retry=True,
+    )
+
+
+def _key_answered(claim: Claim, rt: Runtime, sent_at: float) -> None:
+    """A call on a tenant's own key succeeded: a hold set on it before the call was sent is lifted."""
+    if claim.account is None or not claim.account.startswith(TENANT_PREFIX):
+        return
+    try:
+        rt.account_pool.tenant_answered(claim.account[len(TENANT_PREFIX) :], sent_at=sent_at)
+    except redis.RedisError as exc:
+        log.warning("could not lift the hold on the key of tenant %s: %s", claim.tenant_id, exc)
 
 
 def _mark_sent(claim: Claim, rt: Runtime) -> None:

@@ -20,7 +20,11 @@ A tenant's own key that a worker finds unusable is held, not taken out of a rota
 - `mmjobs:acct:tenantkey:<tenant id>`: JSON `{"why", "code", "message", "version", "since"}`, with a TTL. While
   it exists for the key's current version, the dispatcher holds that tenant's jobs (wait reason `tenant_key`)
   instead of sending them anywhere; when it lapses the next job tries the key again. `why` is `undecryptable` (the
-  worker's MMJOBS_SECRET_KEY does not open it: the scheduler never decrypts, so only a worker can find this out).
+  worker's MMJOBS_SECRET_KEY does not open it: the scheduler never decrypts, so only a worker can find this out) or
+  `refused` (MiniMax answered the key 1004, 2049 or 1008; `code` says which). A refused key is probed back without
+  the scheduler ever holding it: every `account_probe_seconds` the dispatcher lets one of the tenant's jobs through
+  (`probe_due` on `tenant.<id>`), and the worker whose call on the key succeeds lifts the hold; refused again, that
+  job is handed back like the others and the hold stays.
 """
 
 from __future__ import annotations
@@ -43,9 +47,23 @@ _STATE = "mmjobs:acct:state:"
 _PERMIT = "mmjobs:acct:permit:"
 _PROBED = "mmjobs:acct:probed:"
 _TENANT_HOLD = "mmjobs:acct:tenantkey:"
+TENANT_ACCOUNT_PREFIX = "tenant."  # a tenant's own account's name (service/accounts/tenant_keys.py account_name)
 # How long a tenant's undecryptable key holds its jobs before a worker tries it again (a fixed secret is picked up
 # after at most this long, a key set again at once).
 UNDECRYPTABLE_HOLD_SECONDS = 120.0
+# A refused key is held until a probe answers (this only bounds what a key removed meanwhile leaves in Redis).
+REFUSED_HOLD_SECONDS = 24 * 3600.0
+# Lift a hold set before the call that just succeeded was sent (not one set since: the key may have failed since).
+_RELEASE_IF_OLDER = """
+local raw = redis.call('GET', KEYS[1])
+if not raw then return 0 end
+local ok, body = pcall(cjson.decode, raw)
+if ok and tonumber(body['since'] or 0) < tonumber(ARGV[1]) then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
+"""
 
 # Set the state only if it changes, and count the change: KEYS[1] the hash; ARGV: state, now, code, error.
 _TRANSITION = """
@@ -125,7 +143,7 @@ def bring_back(client: redis.Redis, name: str) -> bool:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class TenantKeyHold:
-    why: str  # undecryptable
+    why: str  # undecryptable, refused
     code: int | None
     message: str
     version: str  # the key version found unusable (service/accounts/tenant_keys.py `version`)
@@ -142,10 +160,16 @@ def hold_tenant_key(
     version: str,
     seconds: float,
     code: int | None = None,
+    probe_every: float | None = None,
 ) -> None:
-    """Hold the tenant's jobs for `seconds`: its own key cannot be used (see the module docstring)."""
+    """Hold the tenant's jobs for `seconds`: its own key cannot be used (see the module docstring). With
+    `probe_every`, the first probe (one job let through) comes that long from now, not at once."""
     body = {"why": why, "code": code, "message": message[:500], "version": version, "since": time.time()}
-    client.set(_TENANT_HOLD + tenant_id, json.dumps(body), px=max(1, int(seconds * 1000)))
+    pipe = client.pipeline(transaction=False)
+    pipe.set(_TENANT_HOLD + tenant_id, json.dumps(body), px=max(1, int(seconds * 1000)))
+    if probe_every is not None:
+        pipe.set(_PROBED + TENANT_ACCOUNT_PREFIX + tenant_id, "1", px=max(1, int(probe_every * 1000)))
+    pipe.execute()
     log.warning(
         "the own MiniMax key of tenant %s is unusable (%s); its jobs wait %.0fs before it is tried again: %s",
         tenant_id,
@@ -185,8 +209,17 @@ def tenant_key_holds(client: redis.Redis, tenant_ids: list[str]) -> dict[str, Te
     return result
 
 
-def release_tenant_key(client: redis.Redis, tenant_id: str) -> None:
-    client.delete(_TENANT_HOLD + tenant_id)
+def release_tenant_key(client: redis.Redis, tenant_id: str, *, set_before: float) -> bool:
+    """A call on the tenant's own key, sent at `set_before` (epoch seconds), succeeded: lift a hold set before it.
+    True if one was lifted."""
+    lifted = bool(int(client.eval(_RELEASE_IF_OLDER, 1, _TENANT_HOLD + tenant_id, repr(set_before))))
+    if lifted:
+        log.warning(
+            "the own MiniMax key of tenant %s answered again: its jobs run",
+            tenant_id,
+            extra={"event": "tenant_key.released", "tenant": tenant_id},
+        )
+    return lifted
 
 
 def states(client: redis.Redis, names: list[str]) -> dict[str, AccountState]:

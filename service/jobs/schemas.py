@@ -163,7 +163,8 @@ class Waiting(BaseModel):
     )
     limit: str | None = Field(
         None,
-        description="Which limit: rpm, tpm, tenant_rpm, tenant_tpm, tenant_concurrency; for tenant_key: undecryptable.",
+        description="Which limit: rpm, tpm, tenant_rpm, tenant_tpm, tenant_concurrency; for tenant_key: "
+        "undecryptable, or minimax_<code> (1004, 2049, 1008: MiniMax refused your own key).",
     )
     until: datetime | None = Field(None, description="When it can go next, as far as the scheduler knows.")
     detail: str | None = Field(None, description="What to do about it, when there is something to do.")

@@ -331,3 +331,74 @@ def test_a_key_set_again_lifts_the_hold_at_once(
         _run(keyed, session_factory, job_id)
         assert c.get(f"/v1/jobs/{job_id}", headers=acme).json()["status"] == "succeeded"
     r_client.flushdb()
+
+
+def test_a_refused_own_key_holds_the_tenants_jobs_and_one_probes_it_back(
+    keyed: Settings, session_factory: sessionmaker[Session], session: Session
+) -> None:
+    """MiniMax refuses the tenant's own key (1008, no balance): its jobs are handed back (not counted, never sent on
+    another key) and held with a wait naming the code; every account_probe_seconds one job is let through, and once
+    the key answers again the hold lifts and the rest run."""
+    refusing = SimulatorConfig(
+        latency=0, api_keys=(SHARED_KEY, OWN_KEY), faults={"base_resp": 1.0}, base_resp_code=1008
+    )
+    with running_simulator(refusing) as url:
+        cfg = keyed.model_copy(update={"minimax_base_url": url, "account_probe_seconds": 1.0})
+        r_client = redis.Redis.from_url(cfg.redis_url)
+        r_client.flushdb()
+        acme = {"Authorization": f"Bearer {make_key(session, 'acme-refused')}"}
+        with TestClient(app_for(cfg, session_factory)) as c:
+            body = {"api_key": OWN_KEY, "base_url": url, "rate_limits": {MODEL: {"rpm": 60}}}
+            assert c.put("/v1/limits/upstream-key", json=body, headers=acme).status_code == 200
+            jobs = [c.post("/v1/jobs", json=REQ, headers=acme).json()["id"] for _ in range(2)]
+            assert sorted(_dispatch(cfg, session_factory, r_client).published) == sorted(jobs)
+            for job_id in jobs:
+                _run(cfg, session_factory, job_id)
+                job = c.get(f"/v1/jobs/{job_id}", headers=acme).json()
+                assert job["status"] == "retrying", job
+                assert job["error"]["minimax_code"] == 1008
+                assert "not counted" in job["error"]["retry"]
+                assert _attempts(session_factory, job_id) == (1, cfg.default_max_attempts + 1)
+
+            report = _dispatch(cfg, session_factory, r_client)
+            assert report.published == []  # held: the first probe is not due yet
+            wait = report.waits[status.group_key(_tenant_of(session_factory, jobs[0]), MODEL)]
+            assert (wait["reason"], wait["limit"]) == ("tenant_key", "minimax_1008")
+            assert "1008" in wait["detail"]
+
+            # A probe while MiniMax still refuses: that one job is handed back, the hold stays.
+            time.sleep(1.1)
+            probe = _dispatch(cfg, session_factory, r_client).published
+            assert len(probe) == 1
+            _run(cfg, session_factory, probe[0])
+            assert c.get(f"/v1/jobs/{probe[0]}", headers=acme).json()["status"] == "retrying"
+            assert _dispatch(cfg, session_factory, r_client).published == []
+
+            # The account is paid up: the next probe succeeds and lifts the hold; the other job goes too.
+            httpx.post(url + "/_sim/config", json={"faults": {}}).raise_for_status()
+            time.sleep(1.1)
+            probe = _dispatch(cfg, session_factory, r_client).published
+            assert len(probe) == 1
+            _run(cfg, session_factory, probe[0])
+            rest = _dispatch(cfg, session_factory, r_client).published
+            assert sorted(probe + rest) == sorted(jobs)
+            for job_id in rest:
+                _run(cfg, session_factory, job_id)
+            for job_id in jobs:
+                assert c.get(f"/v1/jobs/{job_id}", headers=acme).json()["status"] == "succeeded"
+        assert set(_calls(url)) == {OWN_KEY[-4:]}  # never the shared key
+        r_client.flushdb()
+
+
+def test_a_success_lifts_only_a_hold_set_before_its_call_was_sent(keyed: Settings) -> None:
+    """A call sent before MiniMax refused the key may still succeed afterwards: that proves nothing about the key
+    now, so it must not lift the hold; a call sent after the hold does."""
+    r_client = redis.Redis.from_url(keyed.redis_url)
+    r_client.flushdb()
+    sent_before = time.time()
+    accounts.hold_tenant_key(r_client, "t1", why="refused", code=1004, message="m", version="v", seconds=60)
+    assert not accounts.release_tenant_key(r_client, "t1", set_before=sent_before)
+    assert set(accounts.tenant_key_holds(r_client, ["t1"])) == {"t1"}
+    assert accounts.release_tenant_key(r_client, "t1", set_before=time.time() + 0.001)
+    assert accounts.tenant_key_holds(r_client, ["t1"]) == {}
+    r_client.flushdb()

@@ -132,10 +132,37 @@ class AccountPool:
             self._holds_read = clock
         return self._holds
 
-    def hold_tenant(self, tenant_id: str, *, why: str, message: str, version: str, seconds: float) -> None:
-        """A worker found the tenant's own key unusable: its jobs wait `seconds` (see service/accounts/)."""
-        accounts.hold_tenant_key(self.client, tenant_id, why=why, message=message, version=version, seconds=seconds)
+    def hold_tenant(
+        self,
+        tenant_id: str,
+        *,
+        why: str,
+        message: str,
+        version: str,
+        seconds: float,
+        code: int | None = None,
+        probe: bool = False,
+    ) -> None:
+        """A worker found the tenant's own key unusable: its jobs wait `seconds`, or (`probe`) until one let
+        through every `account_probe_seconds` succeeds (see service/accounts/)."""
+        accounts.hold_tenant_key(
+            self.client,
+            tenant_id,
+            why=why,
+            message=message,
+            version=version,
+            seconds=seconds,
+            code=code,
+            probe_every=self.settings.account_probe_seconds if probe else None,
+        )
         self._holds_read = -math.inf
+
+    def tenant_answered(self, tenant_id: str, *, sent_at: float) -> None:
+        """A call on the tenant's own key sent at `sent_at` (epoch seconds) succeeded: lift a hold older than it.
+        Reads the cached holds first, so a success costs no round trip while nothing is held."""
+        if tenant_id in self.tenant_holds():
+            accounts.release_tenant_key(self.client, tenant_id, set_before=sent_at)
+            self._holds_read = -math.inf
 
     @property
     def default(self) -> Pooled:
@@ -232,13 +259,17 @@ class AccountPool:
             # A tenant's own key serves its jobs alone, and nothing else; while a worker finds it unusable its jobs
             # wait for it (never another account).
             hold = self.tenant_holds().get(tenant)
-            if hold is not None:
+            if hold is not None and not (
+                hold.why == "refused" and accounts.probe_due(self.client, own.name, self.settings.account_probe_seconds)
+            ):
+                wait = hold.seconds_left if hold.why != "refused" else self.settings.account_probe_seconds
                 return None, Decision(
                     granted=False,
                     permit_id=permit_id,
-                    retry_after=max(hold.seconds_left, STATE_CACHE_SECONDS),
+                    retry_after=max(wait, STATE_CACHE_SECONDS),
                     reason=TENANT_KEY_HELD,
                 )
+            # No hold, or a refused key's probe is due: this job goes (its worker lifts the hold if the key answers).
             decision = take(own)
             if decision.granted:
                 accounts.record_choice(self.client, permit_id, own.name)
