@@ -249,7 +249,7 @@ def _tenant_key(claim: Claim, rt: Runtime) -> tuple[str, str]:
                 why="undecryptable",
                 message=exc.message,
                 version=exc.key_version,
-                seconds=accounts.UNDECRYPTABLE_HOLD_SECONDS,
+                probe_every=accounts.UNDECRYPTABLE_PROBE_SECONDS,
             )
         except redis.RedisError as redis_exc:
             log.warning("could not hold the jobs of tenant %s: %s", tenant_id, redis_exc)
@@ -322,8 +322,7 @@ def _tenant_key_refused(outcome: Outcome, error: UpstreamError, claim: Claim, rt
             code=code,
             message=message,
             version=kept.version if kept else "",
-            seconds=accounts.REFUSED_HOLD_SECONDS,
-            probe=True,
+            probe_every=every,
         )
     except (redis.RedisError, tenant_keys.TenantKeyUnusable) as exc:
         log.warning("could not hold the jobs of tenant %s: %s", tenant_id, exc)

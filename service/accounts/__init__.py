@@ -17,14 +17,16 @@ first answer that is not one of those codes brings it back.
 
 A tenant's own key that a worker finds unusable is held, not taken out of a rotation (it has none):
 
-- `mmjobs:acct:tenantkey:<tenant id>`: JSON `{"why", "code", "message", "version", "since"}`, with a TTL. While
+- `mmjobs:acct:tenantkey:<tenant id>`: JSON `{"why", "code", "message", "version", "since", "probe_every"}`. While
   it exists for the key's current version, the dispatcher holds that tenant's jobs (wait reason `tenant_key`)
-  instead of sending them anywhere; when it lapses the next job tries the key again. `why` is `undecryptable` (the
-  worker's MMJOBS_SECRET_KEY does not open it: the scheduler never decrypts, so only a worker can find this out) or
-  `refused` (MiniMax answered the key 1004, 2049 or 1008; `code` says which). A refused key is probed back without
-  the scheduler ever holding it: every `account_probe_seconds` the dispatcher lets one of the tenant's jobs through
-  (`probe_due` on `tenant.<id>`), and the worker whose call on the key succeeds lifts the hold; refused again, that
-  job is handed back like the others and the hold stays.
+  instead of sending them anywhere. `why` is `undecryptable` (the worker's MMJOBS_SECRET_KEY does not open it: the
+  scheduler never decrypts, so only a worker can find this out) or `refused` (MiniMax answered the key 1004, 2049
+  or 1008; `code` says which).
+
+The key is probed back without the scheduler ever holding it: every `probe_every` seconds the dispatcher lets one of
+the tenant's jobs through (`probe_due` on `tenant.<id>`), and the worker whose call on the key succeeds lifts the
+hold; failing again, that job is handed back like the others and the hold stays. Setting the key again (a new
+version) lifts it at once.
 """
 
 from __future__ import annotations
@@ -48,11 +50,11 @@ _PERMIT = "mmjobs:acct:permit:"
 _PROBED = "mmjobs:acct:probed:"
 _TENANT_HOLD = "mmjobs:acct:tenantkey:"
 TENANT_ACCOUNT_PREFIX = "tenant."  # a tenant's own account's name (service/accounts/tenant_keys.py account_name)
-# How long a tenant's undecryptable key holds its jobs before a worker tries it again (a fixed secret is picked up
-# after at most this long, a key set again at once).
-UNDECRYPTABLE_HOLD_SECONDS = 120.0
-# A refused key is held until a probe answers (this only bounds what a key removed meanwhile leaves in Redis).
-REFUSED_HOLD_SECONDS = 24 * 3600.0
+# How often a tenant's undecryptable key is tried again (one job let through): a fixed secret is picked up after at
+# most this long. A refused key is tried every `account_probe_seconds`, like a shared account out of the rotation.
+UNDECRYPTABLE_PROBE_SECONDS = 120.0
+# A hold lasts until a probe succeeds; this only bounds what a key removed meanwhile leaves in Redis.
+HOLD_SECONDS = 24 * 3600.0
 # Lift a hold set before the call that just succeeded was sent (not one set since: the key may have failed since).
 _RELEASE_IF_OLDER = """
 local raw = redis.call('GET', KEYS[1])
@@ -148,7 +150,7 @@ class TenantKeyHold:
     message: str
     version: str  # the key version found unusable (service/accounts/tenant_keys.py `version`)
     since: float
-    seconds_left: float
+    probe_every: float  # seconds between the jobs let through to try the key again
 
 
 def hold_tenant_key(
@@ -158,23 +160,28 @@ def hold_tenant_key(
     why: str,
     message: str,
     version: str,
-    seconds: float,
+    probe_every: float,
     code: int | None = None,
-    probe_every: float | None = None,
 ) -> None:
-    """Hold the tenant's jobs for `seconds`: its own key cannot be used (see the module docstring). With
-    `probe_every`, the first probe (one job let through) comes that long from now, not at once."""
-    body = {"why": why, "code": code, "message": message[:500], "version": version, "since": time.time()}
+    """Hold the tenant's jobs: its own key cannot be used (see the module docstring). The first probe (one job let
+    through) comes `probe_every` seconds from now, not at once."""
+    body = {
+        "why": why,
+        "code": code,
+        "message": message[:500],
+        "version": version,
+        "since": time.time(),
+        "probe_every": probe_every,
+    }
     pipe = client.pipeline(transaction=False)
-    pipe.set(_TENANT_HOLD + tenant_id, json.dumps(body), px=max(1, int(seconds * 1000)))
-    if probe_every is not None:
-        pipe.set(_PROBED + TENANT_ACCOUNT_PREFIX + tenant_id, "1", px=max(1, int(probe_every * 1000)))
+    pipe.set(_TENANT_HOLD + tenant_id, json.dumps(body), px=int(HOLD_SECONDS * 1000))
+    pipe.set(_PROBED + TENANT_ACCOUNT_PREFIX + tenant_id, "1", px=max(1, int(probe_every * 1000)))
     pipe.execute()
     log.warning(
-        "the own MiniMax key of tenant %s is unusable (%s); its jobs wait %.0fs before it is tried again: %s",
+        "the own MiniMax key of tenant %s is unusable (%s); its jobs wait, one tried every %.0fs: %s",
         tenant_id,
         why if code is None else f"{why}, MiniMax {code}",
-        seconds,
+        probe_every,
         message[:200],
         extra={"event": "tenant_key.held", "tenant": tenant_id, "minimax_code": code},
     )
@@ -184,14 +191,9 @@ def tenant_key_holds(client: redis.Redis, tenant_ids: list[str]) -> dict[str, Te
     """The holds in force, by tenant id (one round trip)."""
     if not tenant_ids:
         return {}
-    pipe = client.pipeline(transaction=False)
-    for tenant_id in tenant_ids:
-        pipe.get(_TENANT_HOLD + tenant_id)
-        pipe.pttl(_TENANT_HOLD + tenant_id)
-    answers = pipe.execute()
+    raws = client.mget([_TENANT_HOLD + t for t in tenant_ids])
     result: dict[str, TenantKeyHold] = {}
-    for i, tenant_id in enumerate(tenant_ids):
-        raw, pttl = answers[2 * i], answers[2 * i + 1]
+    for tenant_id, raw in zip(tenant_ids, raws, strict=True):
         if raw is None:
             continue
         try:
@@ -204,7 +206,7 @@ def tenant_key_holds(client: redis.Redis, tenant_ids: list[str]) -> dict[str, Te
             message=str(body.get("message") or ""),
             version=str(body.get("version") or ""),
             since=float(body.get("since") or 0.0),
-            seconds_left=max(0.0, int(pttl) / 1000) if int(pttl) > 0 else 0.0,
+            probe_every=float(body.get("probe_every") or UNDECRYPTABLE_PROBE_SECONDS),
         )
     return result
 

@@ -255,11 +255,11 @@ def test_a_key_the_worker_cannot_decrypt_hands_the_job_back_and_holds_the_tenant
 ) -> None:
     """The worker's MMJOBS_SECRET_KEY is not the one the key was stored under: the job is handed back waiting (the
     attempt not counted) with the reason on it, nothing goes out on any key, and the dispatcher holds the tenant's
-    jobs with a `tenant_key` wait (another tenant's jobs on the same model still go). Once the hold lapses and the
-    worker has the right secret, the job runs on the tenant's own key."""
+    jobs with a `tenant_key` wait (another tenant's jobs on the same model still go). Once the probe is due and the
+    worker has the right secret, the job runs on the tenant's own key and the hold is lifted."""
     from service.accounts import tenant_keys
 
-    monkeypatch.setattr(accounts, "UNDECRYPTABLE_HOLD_SECONDS", 2.0)
+    monkeypatch.setattr(accounts, "UNDECRYPTABLE_PROBE_SECONDS", 2.0)
     r_client = redis.Redis.from_url(keyed.redis_url)
     r_client.flushdb()
     acme = {"Authorization": f"Bearer {make_key(session, 'acme-badsecret')}"}
@@ -298,12 +298,13 @@ def test_a_key_the_worker_cannot_decrypt_hands_the_job_back_and_holds_the_tenant
         assert shown["reason"] == "tenant_key"
         assert "MMJOBS_SECRET_KEY" in shown["detail"]
 
-        # The secret is fixed and the hold lapses: the job runs, on the tenant's own key.
+        # The secret is fixed and the probe is due: the job runs, on the tenant's own key, and lifts the hold.
         time.sleep(2.1)
         assert _dispatch(scheduler_settings, session_factory, r_client).published == [job_id]
         _run(keyed, session_factory, job_id)
         job = c.get(f"/v1/jobs/{job_id}", headers=acme).json()
         assert job["status"] == "succeeded", job
+        assert accounts.tenant_key_holds(r_client, [_tenant_of(session_factory, job_id)]) == {}
     assert _calls(sim)[calls_before:] == [OWN_KEY[-4:]]  # one call in all, on the tenant's own key
     r_client.flushdb()
 
@@ -396,7 +397,7 @@ def test_a_success_lifts_only_a_hold_set_before_its_call_was_sent(keyed: Setting
     r_client = redis.Redis.from_url(keyed.redis_url)
     r_client.flushdb()
     sent_before = time.time()
-    accounts.hold_tenant_key(r_client, "t1", why="refused", code=1004, message="m", version="v", seconds=60)
+    accounts.hold_tenant_key(r_client, "t1", why="refused", code=1004, message="m", version="v", probe_every=60)
     assert not accounts.release_tenant_key(r_client, "t1", set_before=sent_before)
     assert set(accounts.tenant_key_holds(r_client, ["t1"])) == {"t1"}
     assert accounts.release_tenant_key(r_client, "t1", set_before=time.time() + 0.001)

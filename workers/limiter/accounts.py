@@ -133,27 +133,12 @@ class AccountPool:
         return self._holds
 
     def hold_tenant(
-        self,
-        tenant_id: str,
-        *,
-        why: str,
-        message: str,
-        version: str,
-        seconds: float,
-        code: int | None = None,
-        probe: bool = False,
+        self, tenant_id: str, *, why: str, message: str, version: str, probe_every: float, code: int | None = None
     ) -> None:
-        """A worker found the tenant's own key unusable: its jobs wait `seconds`, or (`probe`) until one let
-        through every `account_probe_seconds` succeeds (see service/accounts/)."""
+        """A worker found the tenant's own key unusable: its jobs wait until one, let through every `probe_every`
+        seconds, succeeds (see service/accounts/)."""
         accounts.hold_tenant_key(
-            self.client,
-            tenant_id,
-            why=why,
-            message=message,
-            version=version,
-            seconds=seconds,
-            code=code,
-            probe_every=self.settings.account_probe_seconds if probe else None,
+            self.client, tenant_id, why=why, message=message, version=version, probe_every=probe_every, code=code
         )
         self._holds_read = -math.inf
 
@@ -259,17 +244,14 @@ class AccountPool:
             # A tenant's own key serves its jobs alone, and nothing else; while a worker finds it unusable its jobs
             # wait for it (never another account).
             hold = self.tenant_holds().get(tenant)
-            if hold is not None and not (
-                hold.why == "refused" and accounts.probe_due(self.client, own.name, self.settings.account_probe_seconds)
-            ):
-                wait = hold.seconds_left if hold.why != "refused" else self.settings.account_probe_seconds
+            if hold is not None and not accounts.probe_due(self.client, own.name, hold.probe_every):
                 return None, Decision(
                     granted=False,
                     permit_id=permit_id,
-                    retry_after=max(wait, STATE_CACHE_SECONDS),
+                    retry_after=max(hold.probe_every, STATE_CACHE_SECONDS),
                     reason=TENANT_KEY_HELD,
                 )
-            # No hold, or a refused key's probe is due: this job goes (its worker lifts the hold if the key answers).
+            # No hold, or the held key's probe is due: this job goes (its worker lifts the hold if the key answers).
             decision = take(own)
             if decision.granted:
                 accounts.record_choice(self.client, permit_id, own.name)
