@@ -34,7 +34,7 @@ from service.status import group_key
 from service.tenants import repository as tenants_repo
 from service.usage import admission, budgets
 from workers.limiter import Limits, RateLimiter
-from workers.limiter.accounts import AccountPool
+from workers.limiter.accounts import TENANT_KEY_HELD, AccountPool
 
 CANDIDATES_PER_GROUP = 200
 # `_reserve_budget`'s answer for a job that stopped waiting since the pass read it.
@@ -137,7 +137,8 @@ class Dispatcher:
             return report
         groups, caps, budgeted, budget, queues = plan
         self.pool.out_of_rotation(fresh=True)  # accounts that left the rotation since the last pass get nothing
-        self.pool.refresh_tenants()  # tenants' own keys (service/accounts/tenant_keys.py)
+        self.pool.refresh_tenants()  # tenants' own accounts, in clear: never their keys (DESIGN.md decision 10)
+        self.pool.tenant_holds(fresh=True)  # own keys a worker found unusable since the last pass
         if budget <= 0:
             for tenant_id, model in groups:
                 report.waits[group_key(tenant_id, model)] = {"reason": "worker_capacity"}
@@ -188,6 +189,9 @@ class Dispatcher:
                     progressed = True
                     continue
                 report.next_wake = min(report.next_wake, retry_after)
+                if reason == TENANT_KEY_HELD:
+                    blocked_groups[g] = self._key_wait(candidate.tenant_id, now, retry_after)
+                    continue
                 tenant_cap = reason.startswith("tenant")
                 wait = self._wait("tenant_cap" if tenant_cap else "rate_limit", reason, now, retry_after)
                 if tenant_cap:
@@ -317,6 +321,15 @@ class Dispatcher:
         if decision.granted:
             return None
         return decision.reason or "rpm", decision.retry_after
+
+    def _key_wait(self, tenant_id: str, now: datetime, seconds: float) -> dict[str, Any]:
+        """The tenant's own key is held (a worker could not use it): the wait names why."""
+        hold = self.pool.tenant_holds().get(tenant_id)
+        limit = (f"minimax_{hold.code}" if hold.code else hold.why) if hold else "unusable"
+        wait = self._wait("tenant_key", limit, now, seconds)
+        if hold is not None:
+            wait["detail"] = hold.message
+        return wait
 
     @staticmethod
     def _wait(reason: str, limit: str, now: datetime, seconds: float) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import redis
 from sqlalchemy import exc as sa_exc
 
 from service import accounts
+from service.accounts import tenant_keys
 from service.db import transaction, utcnow
 from service.jobs import repository as jobs_repository
 from service.jobs import transitions
@@ -23,12 +24,17 @@ from service.observability import worker as worker_metrics
 from workers import media, preflight, stopping
 from workers.dispatcher import permit_id
 from workers.limiter import RateLimiter
-from workers.providers import Completion, UpstreamError, Usage, get_provider
+from workers.limiter.accounts import TENANT_PREFIX
+from workers.providers import Classification, Completion, UpstreamError, Usage, get_provider
 from workers.retry import slows_the_limiter
 from workers.runtime import InFlight, JobAborted, Runtime
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# A tenant's own key that this worker cannot decrypt, or that was removed since the dispatch: the job is handed
+# back (`_account_at_fault`).
+TENANT_KEY_UNUSABLE = "tenant_key_unusable"
+TENANT_KEY_REMOVED = "tenant_key_removed"
 
 
 def _usage(usage: Usage | None) -> dict[str, int]:
@@ -156,12 +162,13 @@ def call_upstream(claim: Claim, rt: Runtime, handle: InFlight) -> tuple[Outcome,
         # Every read of the call honours the handle's stop signal: a cancel, a lost lease or the deadline closes
         # the connection at once (workers/stopping.py), in every mode (streamed, plain, a silent stream).
         with stopping.watching(handle.aborted):
+            base_url, api_key = _upstream(claim, rt)  # first: a tenant's key that cannot be used sends nothing
             claim = media.prepare(claim, rt)  # mmjobs_file:// -> mm_file:// (uploaded once) or inline (issue 6)
             preflight.check(claim, rt)  # near M3's window: count_tokens first, fail early with the figure (issue 6)
             _mark_sent(claim, rt)
             sent = True
+            sent_at = time.time()
             with tracing.span("upstream.call", attributes={"gen_ai.request.model": claim.model}) as span:
-                base_url, api_key = _upstream(claim, rt)
                 completion = get_provider(claim.format).call(
                     client=rt.http,
                     base_url=base_url,
@@ -172,6 +179,7 @@ def call_upstream(claim: Claim, rt: Runtime, handle: InFlight) -> tuple[Outcome,
                     on_progress=handle.progress,
                 )
                 span.set("gen_ai.usage.output_tokens", completion.usage.output_tokens if completion.usage else None)
+        _key_answered(claim, rt, sent_at)
         return success(completion), None
     except UpstreamError as error:
         if handle.aborted.is_set():
@@ -218,11 +226,47 @@ def persist(what: str, fn: Callable[[], T], *, give_up_after: float) -> T:
 
 
 def _upstream(claim: Claim, rt: Runtime) -> tuple[str, str]:
-    """The base URL and key of the account the attempt's permit is on (service/accounts/)."""
+    """The base URL and key of the account the attempt's permit is on (service/accounts/). A tenant's own key is
+    decrypted here, in the worker (DESIGN.md decision 10); one that cannot be used raises an unsent UpstreamError
+    that hands the job back (`_account_at_fault`), never a call on another key."""
     if claim.account is None:
         return rt.settings.minimax_base_url, rt.api_key
+    if claim.account.startswith(TENANT_PREFIX):
+        return _tenant_key(claim, rt)
     account = rt.account_pool.get(claim.account).account
     return account.base_url, account.api_key
+
+
+def _tenant_key(claim: Claim, rt: Runtime) -> tuple[str, str]:
+    tenant_id = claim.account[len(TENANT_PREFIX) :] if claim.account else claim.tenant_id
+    try:
+        found = rt.tenant_keys.key(tenant_id)
+    except tenant_keys.TenantKeyUnusable as exc:
+        log.error("job %s: the own key of tenant %s cannot be decrypted here: %s", claim.job_id, tenant_id, exc)
+        try:
+            rt.account_pool.hold_tenant(
+                tenant_id,
+                why="undecryptable",
+                message=exc.message,
+                version=exc.key_version,
+                probe_every=accounts.UNDECRYPTABLE_PROBE_SECONDS,
+            )
+        except redis.RedisError as redis_exc:
+            log.warning("could not hold the jobs of tenant %s: %s", tenant_id, redis_exc)
+        raise UpstreamError(
+            classification=Classification.RETRYABLE,
+            error_type=TENANT_KEY_UNUSABLE,
+            message=exc.message,
+            unsent=True,
+        ) from None
+    if found is None:
+        raise UpstreamError(
+            classification=Classification.RETRYABLE,
+            error_type=TENANT_KEY_REMOVED,
+            message="your own MiniMax key was removed after this job was dispatched",
+            unsent=True,
+        )
+    return found.base_url, found.api_key
 
 
 def _limiter(claim: Claim, rt: Runtime) -> RateLimiter:
@@ -231,11 +275,21 @@ def _limiter(claim: Claim, rt: Runtime) -> RateLimiter:
 
 def _account_at_fault(outcome: Outcome, error: UpstreamError, claim: Claim, rt: Runtime) -> Outcome | None:
     """MiniMax refused the account (1004, 2049, 1008), not the request: with several accounts, that account leaves
-    the rotation and the job is tried again at once on another, without using up an attempt."""
+    the rotation and the job is tried again at once on another, without using up an attempt. A tenant's own key
+    this worker cannot use (`_tenant_key`): the job waits again, the attempt not counted, never sent elsewhere."""
+    if error.error_type in (TENANT_KEY_UNUSABLE, TENANT_KEY_REMOVED):
+        note = (
+            "handed back, not counted: your jobs wait until your own key can be used again (never on another key)"
+            if error.error_type == TENANT_KEY_UNUSABLE
+            else "dispatched again (not counted)"
+        )
+        return replace(outcome, classification="retryable", retry_at=utcnow(), retry_note=note, free_retry=True)
+    if error.minimax_code in accounts.ACCOUNT_CODES and claim.account and claim.account.startswith(TENANT_PREFIX):
+        return _tenant_key_refused(outcome, error, claim, rt)
     if not rt.account_pool.multi or error.minimax_code not in accounts.ACCOUNT_CODES:
         return None
     if claim.account is None or claim.account not in rt.account_pool.by_name:
-        return None  # a tenant's own key has nowhere else to go: the job fails as with a single account
+        return None
     rt.account_pool.take_out(claim.account, code=error.minimax_code, error=error.message or "")
     return replace(
         outcome,
@@ -245,6 +299,51 @@ def _account_at_fault(outcome: Outcome, error: UpstreamError, claim: Claim, rt: 
         "tried again on another account (not counted)",
         free_retry=True,
     )
+
+
+def _tenant_key_refused(outcome: Outcome, error: UpstreamError, claim: Claim, rt: Runtime) -> Outcome:
+    """MiniMax refused the tenant's own key (1004, 2049, 1008): it has nowhere else to go, so the tenant's jobs are
+    held (this one handed back, not counted) and one is let through every `account_probe_seconds` until the key
+    answers (service/accounts/)."""
+    assert claim.account is not None
+    tenant_id = claim.account[len(TENANT_PREFIX) :]
+    code = error.minimax_code
+    every = rt.settings.account_probe_seconds
+    message = (
+        f"MiniMax refused your own key ({code}: {error.message or 'no message'}). Your jobs wait, one tried every "
+        f"{every:g} s, until it answers: fix the key or its balance on MiniMax's side, or set another key "
+        "(PUT /v1/limits/upstream-key)"
+    )
+    try:
+        kept = rt.tenant_keys.key(tenant_id)  # the version just used (kept in memory: no decryption here)
+        rt.account_pool.hold_tenant(
+            tenant_id,
+            why="refused",
+            code=code,
+            message=message,
+            version=kept.version if kept else "",
+            probe_every=every,
+        )
+    except (redis.RedisError, tenant_keys.TenantKeyUnusable) as exc:
+        log.warning("could not hold the jobs of tenant %s: %s", tenant_id, exc)
+    return replace(
+        outcome,
+        classification="retryable",
+        retry_at=utcnow(),
+        retry_note=f"MiniMax refused your own key ({code}); handed back, not counted: your jobs wait until it "
+        "answers again (never on another key)",
+        free_retry=True,
+    )
+
+
+def _key_answered(claim: Claim, rt: Runtime, sent_at: float) -> None:
+    """A call on a tenant's own key succeeded: a hold set on it before the call was sent is lifted."""
+    if claim.account is None or not claim.account.startswith(TENANT_PREFIX):
+        return
+    try:
+        rt.account_pool.tenant_answered(claim.account[len(TENANT_PREFIX) :], sent_at=sent_at)
+    except redis.RedisError as exc:
+        log.warning("could not lift the hold on the key of tenant %s: %s", claim.tenant_id, exc)
 
 
 def _mark_sent(claim: Claim, rt: Runtime) -> None:

@@ -24,6 +24,7 @@ from workers.limiter import RateLimiter
 from workers.limiter.accounts import AccountPool
 from workers.retry import RetryPolicy
 from workers.stopping import CANCELED, LEASE_LOST, Gate, StopSignal, stoppable_transport
+from workers.tenant_keys import TenantKeyRing
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,8 @@ class Runtime:
         self.account_pool = AccountPool(
             settings, self.redis, limiter=self.limiter, sessions=lambda: self.session_factory
         )
+        # Tenants' own keys, decrypted here when a call is made (never by the scheduler: DESIGN.md decision 10).
+        self.tenant_keys = TenantKeyRing(settings, lambda: self.session_factory)
         self.prices = settings.price_table()
         self.retry_policy = RetryPolicy(
             base_seconds=settings.retry_base_seconds, cap_seconds=settings.retry_cap_seconds

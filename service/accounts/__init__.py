@@ -14,10 +14,24 @@ An account leaves the rotation when MiniMax answers it 1004 (not authorized), 20
 (insufficient balance): the account is at fault, not the request, so the job is tried again on another account.
 The scheduler probes an account out of the rotation every `account_probe_seconds` with a one-token call; the
 first answer that is not one of those codes brings it back.
+
+A tenant's own key that a worker finds unusable is held, not taken out of a rotation (it has none):
+
+- `mmjobs:acct:tenantkey:<tenant id>`: JSON `{"why", "code", "message", "version", "since", "probe_every"}`. While
+  it exists for the key's current version, the dispatcher holds that tenant's jobs (wait reason `tenant_key`)
+  instead of sending them anywhere. `why` is `undecryptable` (the worker's MMJOBS_SECRET_KEY does not open it: the
+  scheduler never decrypts, so only a worker can find this out) or `refused` (MiniMax answered the key 1004, 2049
+  or 1008; `code` says which).
+
+The key is probed back without the scheduler ever holding it: every `probe_every` seconds the dispatcher lets one of
+the tenant's jobs through (`probe_due` on `tenant.<id>`), and the worker whose call on the key succeeds lifts the
+hold; failing again, that job is handed back like the others and the hold stays. Setting the key again (a new
+version) lifts it at once.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -34,6 +48,24 @@ PERMIT_MEMORY_SECONDS = 24 * 3600
 _STATE = "mmjobs:acct:state:"
 _PERMIT = "mmjobs:acct:permit:"
 _PROBED = "mmjobs:acct:probed:"
+_TENANT_HOLD = "mmjobs:acct:tenantkey:"
+TENANT_ACCOUNT_PREFIX = "tenant."  # a tenant's own account's name (service/accounts/tenant_keys.py account_name)
+# How often a tenant's undecryptable key is tried again (one job let through): a fixed secret is picked up after at
+# most this long. A refused key is tried every `account_probe_seconds`, like a shared account out of the rotation.
+UNDECRYPTABLE_PROBE_SECONDS = 120.0
+# A hold lasts until a probe succeeds; this only bounds what a key removed meanwhile leaves in Redis.
+HOLD_SECONDS = 24 * 3600.0
+# Lift a hold set before the call that just succeeded was sent (not one set since: the key may have failed since).
+_RELEASE_IF_OLDER = """
+local raw = redis.call('GET', KEYS[1])
+if not raw then return 0 end
+local ok, body = pcall(cjson.decode, raw)
+if ok and tonumber(body['since'] or 0) < tonumber(ARGV[1]) then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
+"""
 
 # Set the state only if it changes, and count the change: KEYS[1] the hash; ARGV: state, now, code, error.
 _TRANSITION = """
@@ -109,6 +141,87 @@ def bring_back(client: redis.Redis, name: str) -> bool:
             extra={"event": "upstream_account.in", "account": name},
         )
     return changed
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TenantKeyHold:
+    why: str  # undecryptable, refused
+    code: int | None
+    message: str
+    version: str  # the key version found unusable (service/accounts/tenant_keys.py `version`)
+    since: float
+    probe_every: float  # seconds between the jobs let through to try the key again
+
+
+def hold_tenant_key(
+    client: redis.Redis,
+    tenant_id: str,
+    *,
+    why: str,
+    message: str,
+    version: str,
+    probe_every: float,
+    code: int | None = None,
+) -> None:
+    """Hold the tenant's jobs: its own key cannot be used (see the module docstring). The first probe (one job let
+    through) comes `probe_every` seconds from now, not at once."""
+    body = {
+        "why": why,
+        "code": code,
+        "message": message[:500],
+        "version": version,
+        "since": time.time(),
+        "probe_every": probe_every,
+    }
+    pipe = client.pipeline(transaction=False)
+    pipe.set(_TENANT_HOLD + tenant_id, json.dumps(body), px=int(HOLD_SECONDS * 1000))
+    pipe.set(_PROBED + TENANT_ACCOUNT_PREFIX + tenant_id, "1", px=max(1, int(probe_every * 1000)))
+    pipe.execute()
+    log.warning(
+        "the own MiniMax key of tenant %s is unusable (%s); its jobs wait, one tried every %.0fs: %s",
+        tenant_id,
+        why if code is None else f"{why}, MiniMax {code}",
+        probe_every,
+        message[:200],
+        extra={"event": "tenant_key.held", "tenant": tenant_id, "minimax_code": code},
+    )
+
+
+def tenant_key_holds(client: redis.Redis, tenant_ids: list[str]) -> dict[str, TenantKeyHold]:
+    """The holds in force, by tenant id (one round trip)."""
+    if not tenant_ids:
+        return {}
+    raws = client.mget([_TENANT_HOLD + t for t in tenant_ids])
+    result: dict[str, TenantKeyHold] = {}
+    for tenant_id, raw in zip(tenant_ids, raws, strict=True):
+        if raw is None:
+            continue
+        try:
+            body = json.loads(_text(raw))
+        except ValueError:
+            continue
+        result[tenant_id] = TenantKeyHold(
+            why=str(body.get("why") or "unusable"),
+            code=body.get("code"),
+            message=str(body.get("message") or ""),
+            version=str(body.get("version") or ""),
+            since=float(body.get("since") or 0.0),
+            probe_every=float(body.get("probe_every") or UNDECRYPTABLE_PROBE_SECONDS),
+        )
+    return result
+
+
+def release_tenant_key(client: redis.Redis, tenant_id: str, *, set_before: float) -> bool:
+    """A call on the tenant's own key, sent at `set_before` (epoch seconds), succeeded: lift a hold set before it.
+    True if one was lifted."""
+    lifted = bool(int(client.eval(_RELEASE_IF_OLDER, 1, _TENANT_HOLD + tenant_id, repr(set_before))))
+    if lifted:
+        log.warning(
+            "the own MiniMax key of tenant %s answered again: its jobs run",
+            tenant_id,
+            extra={"event": "tenant_key.released", "tenant": tenant_id},
+        )
+    return lifted
 
 
 def states(client: redis.Redis, names: list[str]) -> dict[str, AccountState]:

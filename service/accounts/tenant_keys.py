@@ -3,13 +3,16 @@ limiter (the limits the tenant's account has) and its usage in the tenant's own 
 
 Encryption: Fernet (AES-128-CBC with HMAC-SHA256, from `cryptography`) under MMJOBS_SECRET_KEY (a Fernet key, or
 the path of a file holding one). Without it nothing is stored: the command says so. The key is never shown back:
-only its fingerprint (`...` and its last four characters).
+only its fingerprint (`...` and its last four characters). The API encrypts (`set_key`); only workers decrypt
+(`decrypt_key`, called from workers/tenant_keys.py when they make the call); the scheduler reads only the columns
+stored in clear (`load_accounts`) and needs no secret (DESIGN.md decision 10).
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +50,8 @@ def _fernet(settings: Settings) -> Fernet:
     if not secret:
         raise TenantKeyError(
             "MMJOBS_SECRET_KEY is not set: tenants' own MiniMax keys are stored encrypted with it. Generate one "
-            "with `mmjobs tenants key generate-secret` and give it to every API, scheduler and worker process."
+            "with `mmjobs tenants key generate-secret` and give it to every API and worker process (the scheduler "
+            "needs none: it never decrypts)."
         )
     text = secret.strip()
     if not text.endswith("=") and Path(text).is_file():
@@ -142,30 +146,77 @@ def describe(session: Session, *, tenant_id: str) -> dict[str, Any] | None:
     }
 
 
-def load_accounts(session: Session, settings: Settings) -> dict[str, UpstreamAccount]:
-    """Every tenant's own account, key decrypted, by tenant id. A key that cannot be decrypted (MMJOBS_SECRET_KEY
-    changed or unset) gives an account with an empty key: its tenant's jobs then wait, never use another key."""
-    rows = session.scalars(select(TenantUpstreamKey)).all()
-    if not rows:
-        return {}
-    try:
-        box: Fernet | None = _fernet(settings)
-    except TenantKeyError as exc:
-        log.error("tenants' own keys unusable: %s", exc)
-        box = None
-    result: dict[str, UpstreamAccount] = {}
-    for row in rows:
-        key = ""
-        if box is not None:
-            try:
-                key = box.decrypt(row.encrypted_key).decode()
-            except InvalidToken:
-                log.error("the own key of tenant %s cannot be decrypted with MMJOBS_SECRET_KEY", row.tenant_id)
-        result[row.tenant_id] = UpstreamAccount.model_construct(
-            name=account_name(row.tenant_id),
-            api_key=key,
-            base_url=row.base_url,
-            weight=1.0,
-            rate_limits={m: ModelRateLimit.model_validate(v) for m, v in (row.rate_limits or {}).items()},
+def load_accounts(session: Session) -> dict[str, tuple[UpstreamAccount, str]]:
+    """Every tenant's own account as the dispatcher needs it, by tenant id: name, base URL and declared limits (all
+    stored in clear) and the key's version (when it was last set). Never the key: the ciphertext is not even read
+    here, so this needs no MMJOBS_SECRET_KEY. The account's `api_key` is always empty; only a worker decrypts
+    (`decrypt_key`)."""
+    rows = session.execute(
+        select(
+            TenantUpstreamKey.tenant_id,
+            TenantUpstreamKey.base_url,
+            TenantUpstreamKey.rate_limits,
+            TenantUpstreamKey.created_at,
+            TenantUpstreamKey.updated_at,
         )
-    return result
+    ).all()
+    return {
+        row.tenant_id: (
+            UpstreamAccount.model_construct(
+                name=account_name(row.tenant_id),
+                api_key="",
+                base_url=row.base_url,
+                weight=1.0,
+                rate_limits={m: ModelRateLimit.model_validate(v) for m, v in (row.rate_limits or {}).items()},
+            ),
+            version(row.updated_at or row.created_at),
+        )
+        for row in rows
+    }
+
+
+def version(when: Any) -> str:
+    """A key's version: when it was last set. A hold on an unusable key (service/accounts/) names the version it
+    was found unusable at, so a key set again since is tried at once."""
+    return when.isoformat() if when is not None else ""
+
+
+class TenantKeyUnusable(Exception):
+    """The tenant's stored key cannot be decrypted here (MMJOBS_SECRET_KEY unset, malformed or not the one it was
+    encrypted with). The message says which, never the key."""
+
+    def __init__(self, message: str, *, key_version: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.key_version = key_version
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class OpenKey:
+    """A tenant's key as a worker calls with it: never logged, never stored, never sent anywhere but its base URL."""
+
+    api_key: str = field(repr=False)
+    base_url: str
+    version: str
+
+
+def decrypt_key(session: Session, settings: Settings, *, tenant_id: str) -> OpenKey | None:
+    """The tenant's key in clear with its base URL, or None when the tenant has no own key (any more). Called by
+    workers only, when they make the call (DESIGN.md decision 10). Raises TenantKeyUnusable."""
+    row = session.get(TenantUpstreamKey, tenant_id)
+    if row is None:
+        return None
+    at = version(row.updated_at or row.created_at)
+    try:
+        box = _fernet(settings)
+    except TenantKeyError as exc:
+        raise TenantKeyUnusable(f"the worker cannot decrypt your own MiniMax key: {exc}", key_version=at) from None
+    try:
+        return OpenKey(api_key=box.decrypt(row.encrypted_key).decode(), base_url=row.base_url, version=at)
+    except InvalidToken:
+        raise TenantKeyUnusable(
+            "the worker cannot decrypt your own MiniMax key: it was encrypted under another MMJOBS_SECRET_KEY than "
+            "the workers have (the operator changed or lost it). Ask the operator to restore it, or set your key "
+            "again (PUT /v1/limits/upstream-key)",
+            key_version=at,
+        ) from None

@@ -158,10 +158,16 @@ class Progress(BaseModel):
 class Waiting(BaseModel):
     reason: str = Field(
         description="retry_backoff | rate_limit | tenant_cap | worker_capacity | dispatched (handed to a worker, "
-        "starting soon) | tenant_disabled (the operator disabled the tenant: nothing of it is dispatched)"
+        "starting soon) | tenant_disabled (the operator disabled the tenant: nothing of it is dispatched) | "
+        "budget | tenant_key (your own MiniMax key cannot be used right now: `limit` says why, `detail` explains)"
     )
-    limit: str | None = Field(None, description="Which limit: rpm, tpm, tenant_rpm, tenant_tpm, tenant_concurrency.")
+    limit: str | None = Field(
+        None,
+        description="Which limit: rpm, tpm, tenant_rpm, tenant_tpm, tenant_concurrency; for tenant_key: "
+        "undecryptable, or minimax_<code> (1004, 2049, 1008: MiniMax refused your own key).",
+    )
     until: datetime | None = Field(None, description="When it can go next, as far as the scheduler knows.")
+    detail: str | None = Field(None, description="What to do about it, when there is something to do.")
 
 
 class Links(BaseModel):

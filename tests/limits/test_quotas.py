@@ -165,7 +165,7 @@ def test_a_disabled_tenant_creates_nothing_but_can_read(client: TestClient, sess
         assert r.json()["error"]["type"] == "tenant_disabled"
     assert count(session, Job, "d") == 1
     shown = client.get(f"/v1/jobs/{job_id}", headers=auth).json()
-    assert shown["waiting"] == {"reason": "tenant_disabled", "limit": None, "until": None}
+    assert shown["waiting"] == {"reason": "tenant_disabled", "limit": None, "until": None, "detail": None}
     assert client.get("/v1/limits", headers=auth).json()["intake"]["disabled"] is True
     assert client.post(f"/v1/jobs/{job_id}/cancel", headers=auth).status_code == 200
 

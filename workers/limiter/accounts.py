@@ -38,6 +38,8 @@ PROBE_MODEL = "MiniMax-M2.7"
 # How often the dispatcher reads tenants' own keys again (a new or changed key is used after at most this long).
 TENANT_KEYS_SECONDS = 10.0
 TENANT_PREFIX = "tenant."
+# The refusal reason while a tenant's own key is held (service/accounts/ `hold_tenant_key`).
+TENANT_KEY_HELD = "tenant_key"
 PROBE_TOKENS = 16
 
 
@@ -47,6 +49,7 @@ class Pooled:
     limiter: RateLimiter
     limits: dict[str, tuple[int, int]]
     current: float = 0.0  # smooth weighted round-robin credit
+    version: str = ""  # a tenant's own key: when it was last set (service/accounts/tenant_keys.py `version`)
 
     @property
     def name(self) -> str:
@@ -81,11 +84,15 @@ class AccountPool:
         self._out: set[str] = set()
         self._out_read = -math.inf
         self._sessions = sessions
-        self.tenants: dict[str, Pooled] = {}  # tenant id -> its own account
+        # Tenant id -> its own account: name, base URL, limits. Never its key (`account.api_key` is empty): the
+        # scheduler never decrypts; a worker does, when it calls (workers/tenant_keys.py).
+        self.tenants: dict[str, Pooled] = {}
         self._tenants_read = -math.inf
+        self._holds: dict[str, accounts.TenantKeyHold] = {}
+        self._holds_read = -math.inf
 
     def refresh_tenants(self, *, force: bool = False) -> None:
-        """Read the tenants' own keys again (every TENANT_KEYS_SECONDS, or now)."""
+        """Read the tenants' own accounts again (every TENANT_KEYS_SECONDS, or now): what is stored in clear only."""
         if self._sessions is None or (not force and time.monotonic() - self._tenants_read < TENANT_KEYS_SECONDS):
             return
         from service.accounts import tenant_keys
@@ -95,28 +102,60 @@ class AccountPool:
             return
         try:
             with factory() as session:
-                found = tenant_keys.load_accounts(session, self.settings)
+                found = tenant_keys.load_accounts(session)
         except Exception as exc:
             log.warning("could not read tenants' own keys (%s); keeping the last known", exc)
             return
         self._tenants_read = time.monotonic()
         tenants = {}
-        for tenant_id, account in found.items():
+        for tenant_id, (account, version) in found.items():
             old = self.tenants.get(tenant_id)
             own = (
                 old.limiter
                 if old
                 else RateLimiter(self.client, account=account.name, window_seconds=self.settings.limiter_window_seconds)
             )
-            tenants[tenant_id] = Pooled(account=account, limiter=own, limits=account.model_limits())
+            tenants[tenant_id] = Pooled(account=account, limiter=own, limits=account.model_limits(), version=version)
         self.tenants = tenants
+
+    def tenant_holds(self, *, fresh: bool = False) -> dict[str, accounts.TenantKeyHold]:
+        """Tenants whose own key a worker found unusable, by tenant id (service/accounts/). A hold on an older
+        version of the key than the one stored now does not count: a key set again is tried at once."""
+        clock = time.monotonic()
+        if fresh or clock - self._holds_read >= STATE_CACHE_SECONDS:
+            try:
+                found = accounts.tenant_key_holds(self.client, sorted(self.tenants))
+            except redis.RedisError as exc:
+                log.warning("could not read the holds on tenants' own keys (%s); keeping the last known", exc)
+                found = self._holds
+            self._holds = {t: h for t, h in found.items() if t in self.tenants and h.version == self.tenants[t].version}
+            self._holds_read = clock
+        return self._holds
+
+    def hold_tenant(
+        self, tenant_id: str, *, why: str, message: str, version: str, probe_every: float, code: int | None = None
+    ) -> None:
+        """A worker found the tenant's own key unusable: its jobs wait until one, let through every `probe_every`
+        seconds, succeeds (see service/accounts/)."""
+        accounts.hold_tenant_key(
+            self.client, tenant_id, why=why, message=message, version=version, probe_every=probe_every, code=code
+        )
+        self._holds_read = -math.inf
+
+    def tenant_answered(self, tenant_id: str, *, sent_at: float) -> None:
+        """A call on the tenant's own key sent at `sent_at` (epoch seconds) succeeded: lift a hold older than it.
+        Reads the cached holds first, so a success costs no round trip while nothing is held."""
+        if tenant_id in self.tenant_holds():
+            accounts.release_tenant_key(self.client, tenant_id, set_before=sent_at)
+            self._holds_read = -math.inf
 
     @property
     def default(self) -> Pooled:
         return self.members[0]
 
     def get(self, name: str | None) -> Pooled:
-        """The account of that name; the first (the single account) for None or a name no longer configured."""
+        """The account of that name; the first (the single account) for None or a name no longer configured. A
+        tenant's own account comes without its key (workers/tenant_keys.py decrypts it)."""
         if name is not None and name in self.by_name:
             return self.by_name[name]
         if name is not None and name.startswith(TENANT_PREFIX):
@@ -125,7 +164,7 @@ class AccountPool:
                 self.refresh_tenants(force=True)
             if tenant_id in self.tenants:
                 return self.tenants[tenant_id]
-            # Removed since the dispatch: no key at all (MiniMax answers 1004), never another account's.
+            # Removed since the dispatch: its limiter only; the worker finds no key and dispatches the job again.
             gone = UpstreamAccount.model_construct(
                 name=name, api_key="", base_url=self.default.account.base_url, weight=1.0, rate_limits={}
             )
@@ -202,11 +241,17 @@ class AccountPool:
 
         own = self.tenants.get(tenant)
         if own is not None:
-            # A tenant's own key serves its jobs alone, and nothing else.
-            if not own.account.api_key:
+            # A tenant's own key serves its jobs alone, and nothing else; while a worker finds it unusable its jobs
+            # wait for it (never another account).
+            hold = self.tenant_holds().get(tenant)
+            if hold is not None and not accounts.probe_due(self.client, own.name, hold.probe_every):
                 return None, Decision(
-                    granted=False, permit_id=permit_id, retry_after=NO_ACCOUNT_RETRY_SECONDS, reason="no_account"
+                    granted=False,
+                    permit_id=permit_id,
+                    retry_after=max(hold.probe_every, STATE_CACHE_SECONDS),
+                    reason=TENANT_KEY_HELD,
                 )
+            # No hold, or the held key's probe is due: this job goes (its worker lifts the hold if the key answers).
             decision = take(own)
             if decision.granted:
                 accounts.record_choice(self.client, permit_id, own.name)

@@ -83,6 +83,7 @@ const WAIT_REASONS = {
   rate_limit: "Held back by the model's rate limit on the upstream account.",
   tenant_cap: "Held back by your tenant's own cap.",
   worker_capacity: "Every worker is busy; it runs when one frees up.",
+  tenant_key: "Held: your own MiniMax key cannot be used right now.",
   dispatched: "Handed to a worker; starting soon.",
   scheduling: "Waiting for the scheduler to hand it to a worker.",
 };
@@ -96,7 +97,8 @@ function waitingView(job) {
   return h("div", { class: "notice waiting", role: "status" },
     h("strong", {}, "Why it waits: "), WAIT_REASONS[w.reason] || w.reason,
     w.limit ? [" Limit: ", code(w.limit), "."] : null,
-    w.until ? [" Next chance ", when(w.until), "."] : null);
+    w.until ? [" Next chance ", when(w.until), "."] : null,
+    w.detail ? [" ", w.detail] : null);
 }
 
 // The model's reasoning: thinking blocks (Anthropic format, or the OpenAI format's <think> / reasoning_details, which
