@@ -38,11 +38,12 @@ from sqlalchemy import (
     any_,
     bindparam,
     create_engine,
+    event,
     func,
     select,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -137,11 +138,45 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{encoded.translate(_TO_CROCKFORD).decode()}"
 
 
+# A pooled connection idle longer than this is pinged before use; one handed straight back out is not.
+PING_IDLE_SECONDS = 1.0
+
+
 def make_engine(url: str, **kwargs: Any) -> Engine:
+    """An engine whose pool pings a connection before handing it out only if it sat idle more than
+    PING_IDLE_SECONDS: a database restart is still met with a fresh connection instead of an error, but a busy
+    worker no longer pays a round trip before every transaction (pool_pre_ping was 11 % of its samples, issue
+    17.1). A connection that breaks mid-use raises an OperationalError the callers retry (execution.persist,
+    run_in_transaction), and SQLAlchemy then drops every connection of the pool made before it."""
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 20)
-    kwargs.setdefault("pool_pre_ping", True)
-    return create_engine(url, **kwargs)
+    engine = create_engine(url, **kwargs)
+    if not kwargs.get("pool_pre_ping"):
+        event.listen(engine, "checkin", _stamp_checkin)
+        event.listen(engine, "checkout", _ping_if_idle)
+    return engine
+
+
+def _stamp_checkin(dbapi_connection: Any, record: Any) -> None:
+    record.info["checked_in_at"] = time.monotonic()
+
+
+def _ping_if_idle(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+    """The pool's checkout hook: raising DisconnectionError makes the pool discard this connection and retry the
+    checkout with a new one (SQLAlchemy's documented pessimistic-disconnect recipe)."""
+    idle_since = record.info.get("checked_in_at")
+    if idle_since is None or time.monotonic() - idle_since <= PING_IDLE_SECONDS:
+        return
+    try:
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("SELECT 1")
+        finally:
+            cursor.close()
+        if not getattr(dbapi_connection, "autocommit", True):
+            dbapi_connection.rollback()
+    except Exception as exc:
+        raise DisconnectionError(f"the pooled connection is dead ({type(exc).__name__})") from exc
 
 
 def engine_for(settings: Settings) -> Engine:

@@ -34,10 +34,12 @@ def on_terminal(
     *,
     now: datetime,
     usage: Mapping[str, Mapping[str, Any]] | None = None,
+    reserved: bool = True,
 ) -> None:
     """`landed` holds (job id, batch id, new status) of jobs a transition just moved; only final states count (a
     failed attempt that will be retried moves its job to `retrying`, which is not an ending). `usage` maps a batch
-    id to the usage the same transaction billed it (service/usage/ledger.py), written in the same tally."""
+    id to the usage the same transaction billed it (service/usage/ledger.py), written in the same tally.
+    `reserved=False`: none of the jobs holds a budget reservation (Job.budget_reserved), so none is released."""
     moves: dict[str, Counter[str]] = {}
     for batch_id, more in (usage or {}).items():
         moves.setdefault(batch_id, Counter()).update(more)
@@ -49,7 +51,8 @@ def on_terminal(
     tally.add(session, ({"batch_id": b, **m} for b, m in sorted(moves.items())))
     if not landed:
         return
-    budgets.release(session, job_ids=[row[0] for row in landed])
+    if reserved:
+        budgets.release(session, job_ids=[row[0] for row in landed])
     single = [row[0] for row in landed if row[1] is None]
     if single:
         for job in session.scalars(select(Job).where(id_in(session, Job.id, single))):

@@ -42,6 +42,7 @@ class Claim:
     batch_id: str | None = None
     traceparent: str | None = None  # the trace the worker's spans continue (service/observability/tracing.py)
     account: str | None = None  # the upstream account the attempt's permit is on (service/accounts/), set by the worker
+    budget_reserved: bool = True  # whether it holds budget reservations (none: its finish has none to release)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -111,6 +112,7 @@ def claim(session: Session, *, job_id: str, owner: str, lease_seconds: float) ->
         api_key_id=row.api_key_id,
         batch_id=row.batch_id,
         traceparent=row.traceparent,
+        budget_reserved=row.budget_reserved,
     )
 
 
@@ -134,7 +136,8 @@ _CLAIM_SQL = text(
           AND (jobs.batch_id IS NULL OR NOT EXISTS (
                 SELECT 1 FROM batches WHERE batches.id = jobs.batch_id AND batches.status = 'canceling'))
         RETURNING jobs.attempt_count, jobs.tenant_id, jobs.model, jobs.format, jobs.params, jobs.max_attempts,
-                  jobs.expires_at, jobs.estimated_input_tokens, jobs.api_key_id, jobs.batch_id, jobs.traceparent
+                  jobs.expires_at, jobs.estimated_input_tokens, jobs.api_key_id, jobs.batch_id, jobs.traceparent,
+                  jobs.budget_reserved
     ),
     attempt AS (
         INSERT INTO job_attempts (job_id, number, worker, started_at, input_tokens, output_tokens,
@@ -252,7 +255,8 @@ def finish(session: Session, *, claim: Claim, outcome: Outcome, prices: PriceTab
                     "spent_usd": str(budget.spent_usd),
                 },
             )
-    on_terminal(session, moved, now=now, usage=batch_usage)  # one tally for the batch: its count and usage
+    # One tally for the batch (its count and usage); reservations released only if the job holds any.
+    on_terminal(session, moved, now=now, usage=batch_usage, reserved=claim.budget_reserved)
     return bool(moved)
 
 
