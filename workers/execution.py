@@ -27,7 +27,7 @@ from workers.limiter import RateLimiter
 from workers.limiter.accounts import TENANT_PREFIX
 from workers.providers import Classification, Completion, UpstreamError, Usage, get_provider
 from workers.retry import slows_the_limiter
-from workers.runtime import InFlight, JobAborted, Runtime
+from workers.runtime import InFlight, JobAborted, Runtime, Upstream
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -72,7 +72,7 @@ def input_tokens(claim: Claim, rt: Runtime) -> int:
     which errs high (service/tokens.py), so the tenant's input is never under-billed."""
     if preflight.countable(claim):
         try:
-            return preflight.count(claim, rt)
+            return preflight.count(claim, rt, _upstream(claim, rt))  # the account that took the call counts it
         except UpstreamError as exc:
             log.info("job %s: count_tokens failed (%s); billing the intake estimate", claim.job_id, exc)
     return max(1, claim.estimated_input_tokens)
@@ -162,17 +162,18 @@ def call_upstream(claim: Claim, rt: Runtime, handle: InFlight) -> tuple[Outcome,
         # Every read of the call honours the handle's stop signal: a cancel, a lost lease or the deadline closes
         # the connection at once (workers/stopping.py), in every mode (streamed, plain, a silent stream).
         with stopping.watching(handle.aborted):
-            base_url, api_key = _upstream(claim, rt)  # first: a tenant's key that cannot be used sends nothing
-            claim = media.prepare(claim, rt)  # mmjobs_file:// -> mm_file:// (uploaded once) or inline (issue 6)
-            preflight.check(claim, rt)  # near M3's window: count_tokens first, fail early with the figure (issue 6)
+            upstream = _upstream(claim, rt)  # first: a tenant's key that cannot be used sends nothing
+            # Every call of the attempt goes to that account: a file id or a token count of another is not its own.
+            claim = media.prepare(claim, rt, upstream)  # mmjobs_file:// -> mm_file:// (once per account) or inline
+            preflight.check(claim, rt, upstream)  # near M3's window: count_tokens first, fail early with the figure
             _mark_sent(claim, rt)
             sent = True
             sent_at = time.time()
             with tracing.span("upstream.call", attributes={"gen_ai.request.model": claim.model}) as span:
                 completion = get_provider(claim.format).call(
                     client=rt.http,
-                    base_url=base_url,
-                    api_key=api_key,
+                    base_url=upstream.base_url,
+                    api_key=upstream.api_key,
                     model=claim.model,
                     params=claim.params,
                     stream=rt.settings.stream,
@@ -225,19 +226,19 @@ def persist(what: str, fn: Callable[[], T], *, give_up_after: float) -> T:
             delay = min(delay * 2, 5.0)
 
 
-def _upstream(claim: Claim, rt: Runtime) -> tuple[str, str]:
+def _upstream(claim: Claim, rt: Runtime) -> Upstream:
     """The base URL and key of the account the attempt's permit is on (service/accounts/). A tenant's own key is
     decrypted here, in the worker (DESIGN.md decision 10); one that cannot be used raises an unsent UpstreamError
     that hands the job back (`_account_at_fault`), never a call on another key."""
     if claim.account is None:
-        return rt.settings.minimax_base_url, rt.api_key
+        return Upstream(rt.settings.minimax_base_url, rt.api_key)
     if claim.account.startswith(TENANT_PREFIX):
         return _tenant_key(claim, rt)
     account = rt.account_pool.get(claim.account).account
-    return account.base_url, account.api_key
+    return Upstream(account.base_url, account.api_key)
 
 
-def _tenant_key(claim: Claim, rt: Runtime) -> tuple[str, str]:
+def _tenant_key(claim: Claim, rt: Runtime) -> Upstream:
     tenant_id = claim.account[len(TENANT_PREFIX) :] if claim.account else claim.tenant_id
     try:
         found = rt.tenant_keys.key(tenant_id)
@@ -266,7 +267,7 @@ def _tenant_key(claim: Claim, rt: Runtime) -> tuple[str, str]:
             message="your own MiniMax key was removed after this job was dispatched",
             unsent=True,
         )
-    return found.base_url, found.api_key
+    return Upstream(found.base_url, found.api_key)
 
 
 def _limiter(claim: Claim, rt: Runtime) -> RateLimiter:

@@ -35,7 +35,7 @@ from workers import stopping
 from workers.providers.base import Classification, UpstreamError
 from workers.providers.errors import transport_error
 from workers.providers.transport import checked_json, endpoint
-from workers.runtime import Runtime
+from workers.runtime import Runtime, Upstream
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +53,9 @@ def permanent(error_type: str, message: str) -> UpstreamError:
     return UpstreamError(classification=Classification.PERMANENT, error_type=error_type, message=message)
 
 
-def prepare(claim: Claim, rt: Runtime) -> Claim:
-    """The claim with its `mmjobs_file://` parts resolved (unchanged, and nothing copied, when it has none)."""
+def prepare(claim: Claim, rt: Runtime, upstream: Upstream) -> Claim:
+    """The claim with its `mmjobs_file://` parts resolved (unchanged, and nothing copied, when it has none); videos
+    go to `upstream`, the account that will take the call."""
     resolved: dict[str, dict[str, Any]] = {}
 
     def resolve(part: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -66,7 +67,7 @@ def prepare(claim: Claim, rt: Runtime) -> Claim:
         file_id = url[len(MMJOBS_FILE) :]
         kind = _KINDS[str(part.get("type"))]
         if file_id not in resolved:
-            resolved[file_id] = _resolve(file_id, kind, claim, rt)
+            resolved[file_id] = _resolve(file_id, kind, claim, rt, upstream)
         options = {k: v for k, v in holder.items() if k in ("detail", "fps", "max_long_side_pixel")}
         return {**part, key: _holder(claim.format, resolved[file_id], options)}
 
@@ -122,7 +123,7 @@ def _rewrite_list(items: list[Any], fn: Callable[[Any], Any]) -> list[Any]:
     return items if out is None else out
 
 
-def _resolve(file_id: str, kind: str, claim: Claim, rt: Runtime) -> dict[str, Any]:
+def _resolve(file_id: str, kind: str, claim: Claim, rt: Runtime, upstream: Upstream) -> dict[str, Any]:
     with transaction(rt.session_factory) as session:
         file = repository.get(session, tenant_id=claim.tenant_id, file_id=file_id)
     if file is None:
@@ -138,19 +139,22 @@ def _resolve(file_id: str, kind: str, claim: Claim, rt: Runtime) -> dict[str, An
         with _opened(store, file) as handle:
             data = base64.b64encode(handle.read()).decode("ascii")
         return {"media_type": media.media_type, "data": data}
-    return {"mm_file": ensure_uploaded(file, store, rt)}
+    return {"mm_file": ensure_uploaded(file, store, rt, upstream)}
 
 
-def ensure_uploaded(file: File, store: storage.Storage, rt: Runtime) -> str:
-    """The file's MiniMax id: the kept one while young enough, else a new upload (one process at a time)."""
+def ensure_uploaded(file: File, store: storage.Storage, rt: Runtime, upstream: Upstream) -> str:
+    """The file's MiniMax id in `upstream`'s account: the kept one while young enough and of that account, else a
+    new upload (one process at a time)."""
     hold = timedelta(seconds=HOLD_BASE_SECONDS + file.size / HOLD_BYTES_PER_SECOND)
     while True:
         now = utcnow()
         young = now - timedelta(seconds=rt.settings.minimax_file_reuse_seconds)
         with transaction(rt.session_factory) as session:
-            kept = repository.fresh_minimax_id(session, file_id=file.id, uploaded_after=young)
+            kept = repository.fresh_minimax_id(
+                session, file_id=file.id, uploaded_after=young, account=upstream.account
+            )
             won = kept is None and repository.take_upload(
-                session, file_id=file.id, uploaded_after=young, now=now, until=now + hold
+                session, file_id=file.id, uploaded_after=young, now=now, until=now + hold, account=upstream.account
             )
             held_until = None if kept or won else repository.upload_held_until(session, file_id=file.id)
         if kept is not None:
@@ -161,13 +165,15 @@ def ensure_uploaded(file: File, store: storage.Storage, rt: Runtime) -> str:
         with stopping.outside_the_gate():  # asleep: another call may run meanwhile (workers/stopping.py Gate)
             time.sleep(min(max(wait, 0.05), POLL_SECONDS))
     try:
-        minimax_id = upload(file, store, rt)
+        minimax_id = upload(file, store, rt, upstream)
     except BaseException:
         with transaction(rt.session_factory) as session:
             repository.release_upload(session, file_id=file.id)
         raise
     with transaction(rt.session_factory) as session:
-        repository.record_upload(session, file_id=file.id, minimax_file_id=minimax_id, uploaded_at=utcnow())
+        repository.record_upload(
+            session, file_id=file.id, minimax_file_id=minimax_id, uploaded_at=utcnow(), account=upstream.account
+        )
     log.info("file %s uploaded to MiniMax as %s (%s bytes)", file.id, minimax_id, file.size)
     return minimax_id
 
@@ -189,7 +195,7 @@ class _opened:
         self._handle.close()
 
 
-def upload(file: File, store: storage.Storage, rt: Runtime) -> str:
+def upload(file: File, store: storage.Storage, rt: Runtime, upstream: Upstream) -> str:
     """POST the file to MiniMax's Files API as a multipart body streamed from the store; its id as a string."""
     boundary = secrets.token_hex(16)
     name = file.id + {"video/quicktime": ".mov", "video/x-msvideo": ".avi", "video/x-matroska": ".mkv"}.get(
@@ -210,12 +216,12 @@ def upload(file: File, store: storage.Storage, rt: Runtime) -> str:
         yield tail
 
     headers = {
-        "Authorization": f"Bearer {rt.api_key}",
+        "Authorization": f"Bearer {upstream.api_key}",
         "Content-Type": f"multipart/form-data; boundary={boundary}",
         "Content-Length": str(len(head) + file.size + len(tail)),
     }
     try:
-        response = rt.http.post(endpoint(rt.settings.minimax_base_url, UPLOAD_PATH), content=body(), headers=headers)
+        response = rt.http.post(endpoint(upstream.base_url, UPLOAD_PATH), content=body(), headers=headers)
     except httpx.RequestError as exc:
         raise transport_error(exc, in_body=False) from exc
     payload = checked_json(response)

@@ -18,7 +18,7 @@ from service.jobs.transitions import Claim
 from service.media import repository
 from workers.providers import AnthropicProvider
 from workers.providers.base import Classification, UpstreamError
-from workers.runtime import Runtime
+from workers.runtime import Runtime, Upstream
 
 log = logging.getLogger(__name__)
 _COUNTER = AnthropicProvider()
@@ -38,12 +38,12 @@ def countable(claim: Claim) -> bool:
     return info is not None and info.count_tokens and claim.format == "anthropic"
 
 
-def count(claim: Claim, rt: Runtime) -> int:
-    """MiniMax's count of the request's input tokens (raises `UpstreamError`)."""
+def count(claim: Claim, rt: Runtime, upstream: Upstream) -> int:
+    """MiniMax's count of the request's input tokens, asked of the attempt's account (raises `UpstreamError`)."""
     return _COUNTER.count_tokens(
         client=rt.http,
-        base_url=rt.settings.minimax_base_url,
-        api_key=rt.api_key,
+        base_url=upstream.base_url,
+        api_key=upstream.api_key,
         model=claim.model,
         params=claim.params,
     )
@@ -54,18 +54,12 @@ def _max_tokens(claim: Claim) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
-def check(claim: Claim, rt: Runtime) -> None:
+def check(claim: Claim, rt: Runtime, upstream: Upstream) -> None:
     """Raise a permanent `context_window_exceeded` UpstreamError when MiniMax's count does not fit the window."""
     if not needs_count(claim, margin=rt.settings.preflight_margin):
         return
     try:
-        counted = _COUNTER.count_tokens(
-            client=rt.http,
-            base_url=rt.settings.minimax_base_url,
-            api_key=rt.api_key,
-            model=claim.model,
-            params=claim.params,
-        )
+        counted = count(claim, rt, upstream)
     except UpstreamError as error:
         if error.classification is not Classification.PERMANENT:
             raise

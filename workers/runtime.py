@@ -3,12 +3,14 @@ shared rate limiter, and the registry of calls in flight whose leases a keeper t
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import socket
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import httpx
 import redis
@@ -27,6 +29,20 @@ from workers.stopping import CANCELED, LEASE_LOST, Gate, StopSignal, stoppable_t
 from workers.tenant_keys import TenantKeyRing
 
 log = logging.getLogger(__name__)
+
+
+class Upstream(NamedTuple):
+    """Where every call of an attempt goes (the model call, a media upload, count_tokens): the base URL and key of
+    the account its permit is on (service/accounts/, workers/execution.py `_upstream`)."""
+
+    base_url: str
+    api_key: str
+
+    @property
+    def account(self) -> str:
+        """The account's fingerprint, naming it without the key: a MiniMax file id is valid only in the account
+        that uploaded it (workers/media.py)."""
+        return hashlib.sha256(f"{self.base_url}\n{self.api_key}".encode()).hexdigest()[:32]
 
 
 class JobAborted(Exception):

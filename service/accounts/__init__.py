@@ -50,6 +50,17 @@ _PERMIT = "mmjobs:acct:permit:"
 _PROBED = "mmjobs:acct:probed:"
 _TENANT_HOLD = "mmjobs:acct:tenantkey:"
 TENANT_ACCOUNT_PREFIX = "tenant."  # a tenant's own account's name (service/accounts/tenant_keys.py account_name)
+
+
+def public_name(name: str | None) -> str | None:
+    """A recorded account (an attempt's, a ledger row's) as its tenant sees it: `own_key` for the tenant's own key
+    (the stored name carries the tenant id), else the shared account's name as GET /v1/limits lists it, None for
+    the single configured key."""
+    if name is not None and name.startswith(TENANT_ACCOUNT_PREFIX):
+        return "own_key"
+    return name
+
+
 # How often a tenant's undecryptable key is tried again (one job let through): a fixed secret is picked up after at
 # most this long. A refused key is tried every `account_probe_seconds`, like a shared account out of the rotation.
 UNDECRYPTABLE_PROBE_SECONDS = 120.0

@@ -127,10 +127,22 @@ def migrate() -> None:
 def api(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
-    workers: Annotated[int, typer.Option(help="Uvicorn worker processes.")] = 1,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            envvar="MMJOBS_API_WORKERS",
+            help="Uvicorn worker processes (default: one per CPU, at most 4; each holds up to MMJOBS_DB_POOL_SIZE "
+            "database connections).",
+        ),
+    ] = None,
 ) -> None:
     """Serve the REST API."""
     import uvicorn
+
+    if workers is None:  # one process per core serves more submissions per second (issue 17.1)
+        workers = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    if workers < 1:
+        raise _fail("--workers must be at least 1")
 
     # uvicorn drains, then raises the SIGTERM again into the handler that was there before it: make that an
     # orderly exit 0 (a drained API is a clean stop), not death by signal.

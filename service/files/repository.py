@@ -23,23 +23,33 @@ def remove(session: Session, *, file_id: str) -> None:
     session.execute(delete(File).where(File.id == file_id))
 
 
-def fresh_minimax_id(session: Session, *, file_id: str, uploaded_after: datetime) -> str | None:
-    """The file's MiniMax id if it was uploaded after `uploaded_after` (young enough to reuse)."""
+def fresh_minimax_id(session: Session, *, file_id: str, uploaded_after: datetime, account: str) -> str | None:
+    """The file's MiniMax id if it was uploaded to `account` after `uploaded_after` (young enough to reuse)."""
     return session.scalar(
         select(File.minimax_file_id).where(
-            File.id == file_id, File.minimax_file_id.is_not(None), File.minimax_uploaded_at > uploaded_after
+            File.id == file_id,
+            File.minimax_file_id.is_not(None),
+            File.minimax_uploaded_at > uploaded_after,
+            File.minimax_account == account,
         )
     )
 
 
-def take_upload(session: Session, *, file_id: str, uploaded_after: datetime, now: datetime, until: datetime) -> bool:
+def take_upload(
+    session: Session, *, file_id: str, uploaded_after: datetime, now: datetime, until: datetime, account: str
+) -> bool:
     """Become the one process uploading the file to MiniMax, until `until`: one conditional UPDATE, won only while
-    the file has no young MiniMax copy and no other upload holds it (or that upload's hold ran out)."""
+    the file has no young MiniMax copy in `account` and no other upload holds it (or that upload's hold ran out).
+    A copy in another account is replaced by this one: a job moving between accounts uploads again."""
     won = session.execute(
         update(File)
         .where(
             File.id == file_id,
-            or_(File.minimax_uploaded_at.is_(None), File.minimax_uploaded_at <= uploaded_after),
+            or_(
+                File.minimax_uploaded_at.is_(None),
+                File.minimax_uploaded_at <= uploaded_after,
+                File.minimax_account.is_distinct_from(account),
+            ),
             or_(File.minimax_upload_until.is_(None), File.minimax_upload_until < now),
         )
         .values(minimax_upload_until=until)
@@ -52,11 +62,18 @@ def upload_held_until(session: Session, *, file_id: str) -> datetime | None:
     return session.scalar(select(File.minimax_upload_until).where(File.id == file_id))
 
 
-def record_upload(session: Session, *, file_id: str, minimax_file_id: str, uploaded_at: datetime) -> None:
+def record_upload(
+    session: Session, *, file_id: str, minimax_file_id: str, uploaded_at: datetime, account: str
+) -> None:
     session.execute(
         update(File)
         .where(File.id == file_id)
-        .values(minimax_file_id=minimax_file_id, minimax_uploaded_at=uploaded_at, minimax_upload_until=None)
+        .values(
+            minimax_file_id=minimax_file_id,
+            minimax_uploaded_at=uploaded_at,
+            minimax_account=account,
+            minimax_upload_until=None,
+        )
     )
 
 

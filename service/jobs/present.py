@@ -7,6 +7,7 @@ from typing import Any
 
 from fastapi import Request
 
+from service import accounts
 from service.api.links import link
 from service.db import utcnow
 from service.jobs.schemas import (
@@ -85,6 +86,7 @@ def attempt(row: JobAttempt) -> Attempt:
         error_type=row.error_type,
         error_message=row.error_message,
         upstream_request_id=row.upstream_request_id,
+        account=accounts.public_name(row.account),
         usage=_usage(row),
     )
 

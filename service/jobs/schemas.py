@@ -130,6 +130,11 @@ class Attempt(BaseModel):
     error_type: str | None
     error_message: str | None
     upstream_request_id: str | None
+    account: str | None = Field(
+        None,
+        description="The upstream account the call went to: `own_key` for your own MiniMax key, else the name of "
+        "the operator's account; null for the service's single configured key (and attempts still running).",
+    )
     usage: Usage
 
 

@@ -47,7 +47,8 @@ def create(
     session: Session, *, key: ApiKey, body: JobCreate, settings: Settings, traceparent: str | None = None
 ) -> Job:
     checked = check_request(model=body.model, fmt=body.format, params=body.params)
-    quotas.refuse_if_disabled(quotas.tenant_of(session, key))  # 403 before any other refusal (a budget's 402)
+    tenant = quotas.tenant_of(session, key)
+    quotas.refuse_if_disabled(tenant)  # 403 before any other refusal (a budget's 402)
     if body.webhook_url:
         netguard.check_url(body.webhook_url, field="webhook_url", allow_loopback=settings.webhook_allow_loopback)
     now = utcnow()
@@ -92,16 +93,19 @@ def create(
     )
     # One INSERT, not a unit-of-work flush (issue 17.1): the job is not added to the session, nothing is read back.
     session.execute(insert(Job), [{column: getattr(job, column) for column in _JOB_COLUMNS}])
-    most = admission.estimate(
-        settings.price_table(),
-        model=checked.model,
-        input_tokens=checked.estimated_input_tokens,
-        max_tokens=checked.max_tokens,
-        priority=is_priority(body.params),
-    ).cost_max
-    refusal = admission.admit(session, job_id=job.id, tenant_id=key.tenant_id, api_key_id=key.id, amount=most, now=now)
-    if refusal is not None:
-        raise APIError(402, "budget_exceeded", refusal.message())
+    if not tenant.no_budgets:  # the API key cache knew the tenant has no budget: no budget query (issue 17.1)
+        most = admission.estimate(
+            settings.price_table(),
+            model=checked.model,
+            input_tokens=checked.estimated_input_tokens,
+            max_tokens=checked.max_tokens,
+            priority=is_priority(body.params),
+        ).cost_max
+        refusal = admission.admit(
+            session, job_id=job.id, tenant_id=key.tenant_id, api_key_id=key.id, amount=most, now=now
+        )
+        if refusal is not None:
+            raise APIError(402, "budget_exceeded", refusal.message())
     quotas.admit_jobs(session, key=key, settings=settings, adds=1)  # the tenant's maxima (issue 14), locked last
     dispatch.wake_scheduler_after_commit(session, settings)
     return job

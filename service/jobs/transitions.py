@@ -43,6 +43,7 @@ class Claim:
     traceparent: str | None = None  # the trace the worker's spans continue (service/observability/tracing.py)
     account: str | None = None  # the upstream account the attempt's permit is on (service/accounts/), set by the worker
     budget_reserved: bool = True  # whether it holds budget reservations (none: its finish has none to release)
+    budgeted: bool = True  # whether its tenant had any budget when it was claimed (none: its finish charges none)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -113,6 +114,7 @@ def claim(session: Session, *, job_id: str, owner: str, lease_seconds: float) ->
         batch_id=row.batch_id,
         traceparent=row.traceparent,
         budget_reserved=row.budget_reserved,
+        budgeted=row.budgeted,
     )
 
 
@@ -148,7 +150,8 @@ _CLAIM_SQL = text(
         UPDATE batches SET started_at = (SELECT at FROM now), updated_at = (SELECT at FROM now)
         WHERE batches.id = (SELECT claimed.batch_id FROM claimed) AND batches.started_at IS NULL
     )
-    SELECT * FROM claimed
+    SELECT claimed.*, EXISTS (SELECT 1 FROM budgets WHERE budgets.tenant_id = claimed.tenant_id) AS budgeted
+    FROM claimed
     """.format(waiting=", ".join(f"'{status.value}'" for status in sorted(WAITING)))
 ).columns(params=Job.params.type, expires_at=Job.expires_at.type)
 
@@ -216,6 +219,7 @@ def finish(session: Session, *, claim: Claim, outcome: Outcome, prices: PriceTab
             error_type=outcome.error_type,
             error_message=outcome.error_message,
             upstream_request_id=outcome.upstream_request_id,
+            account=claim.account,
             **usage,
         )
     )
@@ -233,12 +237,14 @@ def finish(session: Session, *, claim: Claim, outcome: Outcome, prices: PriceTab
             model=claim.model,
             format=claim.format,
             upstream_request_id=outcome.upstream_request_id,
+            account=claim.account,
             usage=usage,
             priority=is_priority(claim.params),
             prices=prices,
             now=now,
             estimated=outcome.estimated,
             batch_usage=batch_usage,
+            budgeted=claim.budgeted,
         )
         for budget in crossed:
             outbox.emit(

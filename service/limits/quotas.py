@@ -59,12 +59,18 @@ def _check(
     status: int,
     what: str,
     advice: str,
+    locked_count: Callable[[], int] | None = None,
 ) -> None:
+    """`locked_count`, where given, takes the intake lock and counts in one round trip."""
     if limit.value is None:
         return
-    if not session.in_nested_transaction():
+    if session.in_nested_transaction():
+        total = count()
+    elif locked_count is not None:
+        total = locked_count()
+    else:
         repository.lock_intake(session, tenant_id=tenant.id)
-    total = count()
+        total = count()
     if total > limit.value:
         raise APIError(
             status,
@@ -83,6 +89,7 @@ def admit_jobs(session: Session, *, key: ApiKey, settings: Settings, adds: int) 
         count=lambda: repository.queued_jobs(session, tenant_id=tenant.id), adds=adds, status=429,
         what=JOBS,
         advice="Retry once some have run, or cancel some.",
+        locked_count=lambda: repository.locked_queued_jobs(session, tenant_id=tenant.id),
     )  # fmt: skip
 
 

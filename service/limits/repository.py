@@ -8,6 +8,7 @@ from sqlalchemy.orm import Session
 from service.models import WAITING, Batch, BatchStatus, File, Job, Schedule
 
 # pg_advisory_xact_lock(classid, objid): this class id keeps the intake locks apart from any other advisory lock.
+# The function mmjobs_locked_waiting_jobs (migration d7a3c9e1f024) takes the same lock with this id written out.
 INTAKE_LOCK_CLASS = 0x14_1A7E
 
 
@@ -19,6 +20,15 @@ def lock_intake(session: Session, *, tenant_id: str) -> None:
     session.execute(
         text(f"SELECT pg_advisory_xact_lock({INTAKE_LOCK_CLASS}, hashtext(:tenant))"), {"tenant": tenant_id}
     )
+
+
+def locked_queued_jobs(session: Session, *, tenant_id: str) -> int:
+    """`lock_intake` then `queued_jobs`, in one round trip: the function mmjobs_locked_waiting_jobs (migration
+    d7a3c9e1f024), which counts only once it holds the lock (issue 17.1: every submission takes both)."""
+    if session.get_bind().dialect.name != "postgresql":
+        lock_intake(session, tenant_id=tenant_id)
+        return queued_jobs(session, tenant_id=tenant_id)
+    return int(session.scalar(text("SELECT mmjobs_locked_waiting_jobs(:tenant)"), {"tenant": tenant_id}) or 0)
 
 
 def queued_jobs(session: Session, *, tenant_id: str) -> int:

@@ -24,9 +24,11 @@ class File(CreatedAtMixin, Base):
     # Hex SHA-256 of the bytes, and the type their content shows (images and videos); unset for older rows.
     sha256: Mapped[str | None] = mapped_column(String(64))
     media_type: Mapped[str | None] = mapped_column(String(64))
-    # The copy in MiniMax's Files API (kept 7 days there), as a decimal string, and when it was uploaded.
+    # The copy in MiniMax's Files API (kept 7 days there), as a decimal string, and when it was uploaded; valid
+    # only in the account that uploaded it: `minimax_account` is that account's fingerprint (workers/media.py).
     minimax_file_id: Mapped[str | None] = mapped_column(String(32))
     minimax_uploaded_at: Mapped[datetime | None]
+    minimax_account: Mapped[str | None] = mapped_column(String(64))
     # While a worker uploads the file to MiniMax: until when that upload holds the file (others wait for it).
     minimax_upload_until: Mapped[datetime | None]
 

@@ -125,6 +125,9 @@ class JobAttempt(Base):
     error_type: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
     upstream_request_id: Mapped[str | None] = mapped_column(String(128))
+    # The upstream account the call went to (service/accounts/): a shared account's name, "tenant.<id>" for the
+    # tenant's own key, None for the single configured key (MINIMAX_API_KEY); set when the attempt ends.
+    account: Mapped[str | None] = mapped_column(String(120))
     input_tokens: Mapped[int] = mapped_column(default=0)
     output_tokens: Mapped[int] = mapped_column(default=0)
     cache_read_tokens: Mapped[int] = mapped_column(default=0)

@@ -27,6 +27,10 @@ class Tenant(CreatedAtMixin, Base):
     # Set by `mmjobs tenants disable`: nothing of the tenant's is dispatched or fired, and it creates nothing.
     disabled_at: Mapped[datetime | None]
 
+    # Not a column: True only on a tenant the API key cache (service/tenants/keycache.py) found without any budget,
+    # so a submission skips the budget queries (issue 17.1). Any budget written bumps the cache's generation.
+    no_budgets = False
+
 
 class ApiKey(CreatedAtMixin, Base):
     """An API key, stored as the SHA-256 of the secret: the secret itself is shown once and never kept.

@@ -30,6 +30,7 @@ class UsageEntry(Base):
     model: Mapped[str] = mapped_column(String(64))
     format: Mapped[str] = mapped_column(String(16))
     upstream_request_id: Mapped[str | None] = mapped_column(String(128))
+    account: Mapped[str | None] = mapped_column(String(120))  # as on the attempt (service/models/job.py)
     input_tokens: Mapped[int]
     output_tokens: Mapped[int]
     cache_read_tokens: Mapped[int]

@@ -1,7 +1,9 @@
 """Verified API keys, remembered briefly in each API process so a request does not query Postgres to learn who
 sent it (issue 17.1: the key lookup was a transaction of its own on every request).
 
-What is cached: an active key's columns and its tenant's (caps, intake limits, disabled_at), by the key's hash.
+What is cached: an active key's columns and its tenant's (caps, intake limits, disabled_at), by the key's hash,
+and whether the tenant has any budget at all: a tenant without one skips the budget queries on every submission
+(`Tenant.no_budgets`). Writing a budget (service/usage/budgets.py `upsert`) bumps the generation like any change.
 Unknown and revoked secrets are never cached: they are looked up every time and answer 401.
 
 How stale it can be (the bound). Every change that matters to a request -- a key revoked, a tenant disabled or
@@ -24,11 +26,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
-from sqlalchemy import event, inspect
+from sqlalchemy import event, exists, inspect, select
 from sqlalchemy.orm import Session, make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
 
-from service.models import ApiKey, Tenant
+from service.models import ApiKey, Budget, Tenant
 
 log = logging.getLogger("mmjobs.tenants")
 
@@ -67,6 +69,7 @@ def changed_after_commit(session: Session, *, redis_url: str | None = None) -> N
 class _Entry:
     key: dict[str, Any]
     tenant: dict[str, Any]
+    no_budgets: bool
     local: int
     shared: bytes
     loaded_at: float
@@ -111,9 +114,11 @@ class KeyCache:
         if len(self._entries) >= MAX_ENTRIES:
             self._entries.clear()
         tenant = key.tenant
+        tenant.no_budgets = not session.scalar(select(exists().where(Budget.tenant_id == tenant.id)))
         self._entries[key_hash] = _Entry(
             key={c: getattr(key, c) for c in _KEY_COLUMNS},
             tenant={c: getattr(tenant, c) for c in _TENANT_COLUMNS},
+            no_budgets=tenant.no_budgets,
             local=local,
             shared=shared,
             loaded_at=time.monotonic(),
@@ -124,6 +129,7 @@ class KeyCache:
 def _attach(session: Session, entry: _Entry) -> ApiKey:
     """The cached key and tenant as persistent objects of `session`, as if just loaded: no SQL."""
     tenant = Tenant(**entry.tenant)
+    tenant.no_budgets = entry.no_budgets
     key = ApiKey(**entry.key)
     make_transient_to_detached(tenant)
     make_transient_to_detached(key)

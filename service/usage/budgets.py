@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from service.db import id_in
 from service.models import Budget, BudgetReservation, Job
+from service.tenants import keycache
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -170,4 +171,5 @@ def upsert(
         existing.limit_usd = limit_usd
         existing.soft_limit_usd = soft_limit_usd
     session.flush()
+    keycache.changed_after_commit(session)  # API processes that knew the tenant had no budget check it again
     return existing

@@ -43,11 +43,15 @@ def record(
     now: datetime,
     estimated: bool = False,
     batch_usage: dict[str, dict[str, Any]] | None = None,
+    budgeted: bool = True,
+    account: str | None = None,
 ) -> list[Budget]:
     """Write the attempt's row and, if it was not there yet, add its tokens and cost to the job, its batch and the
     budgets; returns budgets that crossed their soft limit with this charge. An attempt that consumed nothing
     writes nothing. `estimated`: the upstream's own usage never arrived (a broken or stopped call). The batch's
-    usage goes into a tally (service/batches/tally.py), or into `batch_usage` for the caller's own tally."""
+    usage goes into a tally (service/batches/tally.py), or into `batch_usage` for the caller's own tally.
+    `budgeted=False`: the tenant had no budget when the attempt was claimed (the claim says so), so no budget is
+    looked up or charged; a budget created while the attempt ran starts counting from the tenant's next attempt."""
     tokens = TokenCounts(
         input_tokens=int(usage.get("input_tokens", 0)),
         output_tokens=int(usage.get("output_tokens", 0)),
@@ -70,6 +74,7 @@ def record(
             model=model,
             format=format,
             upstream_request_id=upstream_request_id,
+            account=account,
             input_tokens=tokens.input_tokens,
             output_tokens=tokens.output_tokens,
             cache_read_tokens=tokens.cache_read_tokens,
@@ -107,6 +112,8 @@ def record(
             tally.add(session, [{"batch_id": batch_id, **billed}])
         else:  # the caller writes it in its own tally (transitions.finish, with the job's count)
             batch_usage.setdefault(batch_id, {}).update(billed)
+    if not budgeted:
+        return []
     return budgets.charge(session, tenant_id=tenant_id, api_key_id=api_key_id, cost=cost, now=now)
 
 

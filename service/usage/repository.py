@@ -25,6 +25,8 @@ def totals(
         key = UsageEntry.api_key_id
     elif group_by == "batch":
         key = UsageEntry.batch_id
+    elif group_by == "account":  # the stored name: "tenant.<id>" is the tenant's own key (the router shows it)
+        key = UsageEntry.account
     else:
         key = None
     columns = [

@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
+from service import accounts
 from service.api.deps import CurrentKey, SessionDep
 from service.api.errors import APIError
 from service.usage import repository
@@ -82,14 +83,15 @@ class BudgetOut(BaseModel):
     summary="Token usage and cost from the ledger",
     description="Every attempt that consumed tokens, failed and canceled ones included. `estimated`: the part "
     "counted by us because the call broke or was stopped before MiniMax reported its usage. `from` / `to`: "
-    "RFC 3339 (to is exclusive). `group_by`: day, model, api_key or batch.",
+    "RFC 3339 (to is exclusive). `group_by`: day, model, api_key, batch or account (the upstream account: "
+    "`own_key` for your own MiniMax key, an operator account's name, or null for the service's single key).",
 )
 def usage(
     session: SessionDep,
     key: CurrentKey,
     start: Annotated[Moment | None, Query(alias="from")] = None,
     end: Annotated[Moment | None, Query(alias="to")] = None,
-    group_by: Annotated[Literal["day", "model", "api_key", "batch"] | None, Query()] = None,
+    group_by: Annotated[Literal["day", "model", "api_key", "batch", "account"] | None, Query()] = None,
 ) -> UsageReport:
     for name, moment in (("from", start), ("to", end)):
         if moment is not None and moment.tzinfo is None:
@@ -100,7 +102,7 @@ def usage(
         start=start,
         end=end,
         group_by=group_by,
-        data=[UsageRow.of(r) for r in rows] if group_by else [],
+        data=[UsageRow.of(_shown(r, group_by)) for r in rows] if group_by else [],
         total=UsageRow.of(total),
     )
 
@@ -121,3 +123,10 @@ def list_budgets(session: SessionDep, key: CurrentKey) -> list[BudgetOut]:
         )
         for b in repository.budgets_of(session, tenant_id=key.tenant_id)
     ]
+
+
+def _shown(row: dict[str, Any], group_by: str | None) -> dict[str, Any]:
+    """A row as the tenant sees it: by account, its own key is `own_key` (service/accounts/ `public_name`)."""
+    if group_by == "account":
+        return {**row, "key": accounts.public_name(row["key"])}
+    return row

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -93,11 +94,26 @@ def test_a_tenant_disabled_and_enabled_by_another_process_is_honoured_at_once(ap
     assert submit(api, secret).status_code == 202
 
 
+def test_a_budget_set_by_another_process_holds_from_the_next_submission(api: Api) -> None:
+    """The cache remembers that the tenant has no budget, so its submissions skip the budget queries; the first
+    budget written elsewhere must end that at once, not CACHE_SECONDS later."""
+    secret, _ = new_key(api, "thrifty")
+    for _ in range(3):  # the tenant is known to have no budget from the first request on
+        assert submit(api, secret).status_code == 202
+    cli(api, "budgets", "set", "--tenant", "thrifty", "--limit", "0", "--period", "total")
+    r = submit(api, secret)
+    assert r.status_code == 402, r.text
+    assert r.json()["error"]["type"] == "budget_exceeded"
+
+
 def test_a_revocation_that_could_not_reach_redis_is_honoured_within_the_bound(api: Api) -> None:
     secret, key_id = new_key(api, "blind")
     assert submit(api, secret).status_code == 202
     assert submit(api, secret).status_code == 202
-    # The revoking process cannot tell the API processes (its Redis is unreachable): only the bound is left.
+    # The revoking process cannot tell the API processes (its Redis is unreachable): only the bound is left. Every
+    # API process (one per CPU) loaded its entry before the revocation, so once the bound has passed, all refuse.
+    revoked = time.monotonic()
     cli(api, "keys", "revoke", key_id, env={"MMJOBS_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"})
     wait_until(lambda: submit(api, secret).status_code == 401, 4 * CACHE_SECONDS, "the revoked key to answer 401")
-    assert submit(api, secret).status_code == 401
+    time.sleep(max(0.0, revoked + CACHE_SECONDS + 0.5 - time.monotonic()))
+    assert [submit(api, secret).status_code for _ in range(8)] == [401] * 8

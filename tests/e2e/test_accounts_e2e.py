@@ -89,6 +89,12 @@ def test_an_account_answering_1004_mid_run_loses_no_job_and_comes_back(two: TwoA
     bounced = [j for j in jobs.values() if any(a.get("minimax_code") == 1004 for a in j["attempts"])]
     for job in bounced:  # retried on the other account, the refusal not counted against the job
         assert job["attempts"][-1]["classification"] == "succeeded"
+        assert job["attempts"][-1]["account"] == "b"
+        assert {a["account"] for a in job["attempts"] if a.get("minimax_code") == 1004} == {"a"}
+    assert {j["attempts"][-1]["account"] for j in jobs.values()} == {"a", "b"}  # each attempt names its account
+    usage = two.client.get("/v1/usage", params={"group_by": "account"}, headers=two.auth).json()
+    assert {row["key"] for row in usage["data"]} == {"a", "b"}
+    assert sum(row["attempts"] for row in usage["data"]) == usage["total"]["attempts"]
     ledgers = {n: httpx.get(u + "/_sim/ledger", timeout=5).json()["entries"] for n, u in two.urls.items()}
     assert len(ledgers["b"]) >= 40  # b carried the run while a was out
     assert sum(1 for e in ledgers["a"] + ledgers["b"] if e.get("outcome") == "succeeded") >= len(ids)

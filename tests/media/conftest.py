@@ -27,7 +27,7 @@ from service.tenants import service as tenants
 from simulator import SimulatorConfig, running_simulator
 from tests.db import drop_database, fresh_database
 from tests.procs import Proc, free_port, wait_http
-from workers.runtime import Runtime
+from workers.runtime import Runtime, Upstream
 
 HAS_MOTO = importlib.util.find_spec("moto") is not None
 
@@ -84,6 +84,11 @@ class Worker:
     @property
     def runtime(self) -> Runtime:
         return cast(Runtime, self)
+
+    @property
+    def upstream(self) -> Upstream:
+        """The account the calls go to: the shared one of the settings, as for a job without an account."""
+        return Upstream(self.settings.minimax_base_url, self.api_key)
 
     def add_file(self, data: bytes, *, media_type: str, tenant_id: str | None = None) -> File:
         file_id = new_file_id()

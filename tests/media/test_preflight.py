@@ -46,7 +46,7 @@ def test_over_the_window_fails_early_with_the_exact_figure(worker: Worker, simul
     calls = billed_calls(simulator_url)
 
     with pytest.raises(UpstreamError) as caught:
-        preflight.check(claim, worker.runtime)
+        preflight.check(claim, worker.runtime, worker.upstream)
 
     error = caught.value
     assert error.classification == Classification.PERMANENT
@@ -63,7 +63,7 @@ def test_over_the_window_fails_early_with_the_exact_figure(worker: Worker, simul
 def test_a_request_that_fits_goes_ahead_with_its_count_kept(worker: Worker) -> None:
     params = long_request(video_seconds=30)
     claim = worker.add_job(params, estimated=estimated(params))
-    preflight.check(claim, worker.runtime)
+    preflight.check(claim, worker.runtime, worker.upstream)
     assert worker.job(claim.job_id).counted_input_tokens == input_tokens(
         system=None, messages=params["messages"], tools=None
     )
@@ -93,7 +93,7 @@ def test_a_refused_count_does_not_block_the_call_but_a_failing_one_is_retried(
         raise UpstreamError(classification=Classification.PERMANENT, error_type="invalid_request", message="no")
 
     monkeypatch.setattr(preflight._COUNTER, "count_tokens", refuse)
-    preflight.check(claim, worker.runtime)  # logged; the call goes ahead
+    preflight.check(claim, worker.runtime, worker.upstream)  # logged; the call goes ahead
     assert worker.job(claim.job_id).counted_input_tokens is None
 
     def overloaded(**_: Any) -> int:
@@ -101,4 +101,4 @@ def test_a_refused_count_does_not_block_the_call_but_a_failing_one_is_retried(
 
     monkeypatch.setattr(preflight._COUNTER, "count_tokens", overloaded)
     with pytest.raises(UpstreamError, match="529"):
-        preflight.check(claim, worker.runtime)
+        preflight.check(claim, worker.runtime, worker.upstream)

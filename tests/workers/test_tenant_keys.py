@@ -131,6 +131,10 @@ def test_the_key_is_stored_encrypted_and_used_only_for_its_tenants_jobs(
         for who, job_id in jobs.items():
             job = c.get(f"/v1/jobs/{job_id}", headers=acme if who == "acme" else beta).json()
             assert job["status"] == "succeeded", job
+            # The attempt names the account it ran on: acme's own key; beta's the single configured key (null).
+            assert [a["account"] for a in job["attempts"]] == ["own_key" if who == "acme" else None]
+        by_account = c.get("/v1/usage", params={"group_by": "account"}, headers=acme).json()["data"]
+        assert [(row["key"], row["attempts"]) for row in by_account] == [("own_key", 1)]
         ledger = c.get("/v1/limits", headers=acme)
         mine, theirs = ledger.json(), c.get("/v1/limits", headers=beta).json()
     entries = httpx.get(sim + "/_sim/ledger").json()["entries"]

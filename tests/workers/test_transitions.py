@@ -87,3 +87,42 @@ def test_a_retry_keeps_the_single_jobs_budget_reservation(
     session.expire_all()
     assert budget.reserved_usd == 0
     assert budget.spent_usd > 0
+
+
+def test_a_finish_charges_the_budgets_the_tenant_had_when_the_attempt_was_claimed(
+    client: TestClient, auth: dict[str, str], session: Session, settings: Settings, api_key: str
+) -> None:
+    """The claim says whether the tenant has any budget, so a tenant without one pays no budget query per finish;
+    a tenant with one is charged, and a budget written while an attempt runs counts from the next attempt."""
+    from decimal import Decimal
+
+    from service.models import Budget
+    from service.tenants import service as tenants
+    from service.usage import budgets
+
+    key = tenants.authenticate(session, secret=api_key)
+    assert key is not None
+    done = Outcome(classification="succeeded", http_status=200, usage={"input_tokens": 5, "output_tokens": 5},
+                   result={"content": [], "text": "", "stop_reason": "end_turn", "usage": {}, "raw": {}})  # fmt: skip
+    retry = Outcome(classification="retryable", http_status=529, usage={"input_tokens": 5},
+                    error_type="overloaded_error", error_message="busy", retry_at=utcnow(),
+                    retry_note="retry 2 of 5")  # fmt: skip
+    job_id = client.post("/v1/jobs", json=REQ, headers=auth).json()["id"]
+    unbudgeted = transitions.claim(session, job_id=job_id, owner="w1", lease_seconds=30)
+    assert unbudgeted is not None
+    assert not unbudgeted.budgeted
+    budgets.upsert(session, tenant_id=key.tenant_id, api_key_id=None, period="total", limit_usd=Decimal(1),
+                   soft_limit_usd=None, now=utcnow())  # fmt: skip
+    assert transitions.finish(session, claim=unbudgeted, outcome=retry, prices=settings.price_table())
+    budget = session.query(Budget).filter(Budget.tenant_id == key.tenant_id).one()
+    assert budget.spent_usd == 0  # claimed before the budget existed
+    budgeted = transitions.claim(session, job_id=job_id, owner="w1", lease_seconds=30)
+    assert budgeted is not None
+    assert budgeted.budgeted
+    assert transitions.finish(session, claim=budgeted, outcome=done, prices=settings.price_table())
+    session.expire_all()
+    job = session.get(Job, job_id)
+    assert job is not None
+    assert job.status == "succeeded"
+    assert budget.spent_usd > 0
+    assert job.cost_usd > budget.spent_usd  # the job's own total has both attempts; the budget the second only
