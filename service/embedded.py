@@ -546,7 +546,9 @@ def _run(
                                             "--port", str(simulator_port), "--latency", "1-3"], env=env)  # fmt: skip
             stack.wait_ready(sim, "the MiniMax simulator", _http_ours(sim_url + "/healthz", SIMULATOR_SERVICE), status)
         cli = [sys.executable, "-m", "service.cli"]
-        api = stack.spawn("api", [*cli, "api", "--host", host, "--port", str(port)], env=env)
+        # One API process: a development stack shares the machine with the worker, the scheduler and the servers
+        # (production runs `mmjobs api`, one process per CPU by default).
+        api = stack.spawn("api", [*cli, "api", "--host", host, "--port", str(port), "--workers", "1"], env=env)
         worker = stack.spawn("worker", [*cli, "worker", "--concurrency", "50"], env=env)
         scheduler = stack.spawn("scheduler", [*cli, "scheduler"], env=env)
         stack.wait_ready(api, "the API", _http_ours(url + "/healthz", API_SERVICE), status)

@@ -13,13 +13,14 @@ from typing import Any
 
 import psycopg
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from service.api.errors import APIError
 from service.config import Settings
 from service.db import make_engine, make_session_factory, transaction
 from service.jobs import service as jobs
 from service.jobs.schemas import JobCreate
+from service.limits import repository as limits_repo
 from service.models import ApiKey, Job
 from service.tenants import repository as tenants_repo
 from service.tenants import service as tenants
@@ -102,3 +103,20 @@ def test_two_processes_cannot_both_pass_max_queued_jobs(database: str) -> None:
     assert refused[2].startswith("max_queued_jobs: your tenant may have at most 1 ")
     with factory() as session:
         assert session.scalar(select(func.count()).select_from(Job)) == 1
+
+
+def test_the_one_round_trip_count_takes_the_same_lock_as_every_other_create(database: str) -> None:
+    """A job create takes the intake lock inside the function mmjobs_locked_waiting_jobs, which writes the lock's
+    class id out; a batch, schedule or file create takes it with INTAKE_LOCK_CLASS. They must be the same lock, or
+    a job create and a batch create of one tenant would not exclude each other."""
+    factory = make_session_factory(make_engine(database))
+    with transaction(factory) as session:
+        tenant_id = tenants.create_key(session, tenant_name="one-lock").key.tenant_id
+    with factory() as holder, factory() as other:
+        assert limits_repo.locked_queued_jobs(holder, tenant_id=tenant_id) == 0  # holds the lock to its commit
+        probe = text("SELECT pg_try_advisory_xact_lock(:cls, hashtext(:tenant))")
+        args = {"cls": limits_repo.INTAKE_LOCK_CLASS, "tenant": tenant_id}
+        assert other.scalar(probe, args) is False
+        holder.rollback()
+        assert other.scalar(probe, args) is True
+        other.rollback()
