@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
 
 import pytest
@@ -18,6 +19,11 @@ from service.tenants import service as tenants
 from tests.db import fresh_database, redis_url
 
 TEST_REDIS_URL = redis_url(15)
+
+# A suite started in the background by a non-interactive shell (`make test &`, `nohup ... &`) inherits SIGINT
+# ignored, and exec passes an ignored signal on to every process the tests start: the tests that press Ctrl-C on
+# `mmjobs up` or `mmjobs batch watch` would see it ignored. A handler (not SIG_IGN) is reset to the default on exec.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _worker_suffix() -> str:
