@@ -15,7 +15,7 @@ from service.config import Settings
 from service.db import new_id, utcnow
 from service.jobs import repository
 from service.jobs.schemas import CostRange, Estimate, JobCreate
-from service.jobs.validation import check_request
+from service.jobs.validation import CheckedRequest, check_request
 from service.limits import quotas
 from service.models import ApiKey, Job, JobAttempt, JobStatus
 from service.pricing import is_priority
@@ -24,16 +24,20 @@ from service.usage import admission
 _JOB_COLUMNS = tuple(a.key for a in inspect(Job).column_attrs)
 
 
-def estimate(*, body: JobCreate, settings: Settings) -> Estimate:
-    """What the job would cost, without storing anything (`dry_run`)."""
-    checked = check_request(model=body.model, fmt=body.format, params=body.params)
-    e = admission.estimate(
+def _cost(checked: CheckedRequest, body: JobCreate, settings: Settings) -> admission.Estimate:
+    """Least and most the job's one call can cost, at the current prices."""
+    return admission.estimate(
         settings.price_table(),
         model=checked.model,
         input_tokens=checked.estimated_input_tokens,
         max_tokens=checked.max_tokens,
         priority=is_priority(body.params),
     )
+
+
+def estimate(*, body: JobCreate, settings: Settings) -> Estimate:
+    """What the job would cost, without storing anything (`dry_run`)."""
+    e = _cost(check_request(model=body.model, fmt=body.format, params=body.params), body, settings)
     return Estimate(
         model=e.model,
         estimated_input_tokens=e.estimated_input_tokens,
@@ -94,13 +98,7 @@ def create(
     # One INSERT, not a unit-of-work flush (issue 17.1): the job is not added to the session, nothing is read back.
     session.execute(insert(Job), [{column: getattr(job, column) for column in _JOB_COLUMNS}])
     if not tenant.no_budgets:  # the API key cache knew the tenant has no budget: no budget query (issue 17.1)
-        most = admission.estimate(
-            settings.price_table(),
-            model=checked.model,
-            input_tokens=checked.estimated_input_tokens,
-            max_tokens=checked.max_tokens,
-            priority=is_priority(body.params),
-        ).cost_max
+        most = _cost(checked, body, settings).cost_max
         refusal = admission.admit(
             session, job_id=job.id, tenant_id=key.tenant_id, api_key_id=key.id, amount=most, now=now
         )

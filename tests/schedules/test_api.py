@@ -104,7 +104,9 @@ def test_nothing_is_stored_when_the_batch_template_is_refused(
 
 
 def test_patch_pause_resume(client: TestClient, auth: dict[str, str]) -> None:
-    created = create(client, auth, end_at="2099-01-01T00:00:00Z")
+    # At half past: its next run is never on the hour, so it cannot equal the @hourly one whatever the clock says
+    # (the weekday 09:00 Paris default equals it between 07:00 and 08:00 UTC).
+    created = create(client, auth, cron="30 9 * * 1-5", end_at="2099-01-01T00:00:00Z")
     url = f"{URL}/{created['id']}"
     changed = client.patch(url, json={"cron": "@hourly", "timezone": "UTC", "end_at": None}, headers=auth)
     assert changed.status_code == 200, changed.text
