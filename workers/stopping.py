@@ -153,6 +153,18 @@ def watching(signal: StopSignal) -> Iterator[StopSignal]:
         _local.signal = previous
 
 
+@contextmanager
+def reads_within(seconds: float) -> Iterator[None]:
+    """Reads this thread makes inside the block give up (httpcore.ReadTimeout) once `seconds` have passed, whatever
+    the client's read timeout: for reading the end of an answer that is already whole (`transport.drain`)."""
+    previous = getattr(_local, "read_until", None)
+    _local.read_until = time.monotonic() + seconds
+    try:
+        yield
+    finally:
+        _local.read_until = previous
+
+
 def _current() -> StopSignal | None:
     signal: StopSignal | None = getattr(_local, "signal", None)
     return signal
@@ -175,6 +187,12 @@ class _StoppableStream(httpcore.NetworkStream):
         self._socket: socket.socket | None = sock if isinstance(sock, socket.socket) else None
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        until: float | None = getattr(_local, "read_until", None)
+        if until is not None:  # `reads_within`: the timeout is cut to what is left of the bound
+            bound = until - time.monotonic()
+            if bound <= 0:
+                raise httpcore.ReadTimeout("the bound on this read passed")
+            timeout = bound if timeout is None else min(timeout, bound)
         signal = _current()
         if signal is None:
             return self._inner.read(max_bytes, timeout)

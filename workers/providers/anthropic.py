@@ -17,6 +17,7 @@ from workers.providers.transport import (
     as_int,
     bearer_headers,
     checked_json,
+    drain,
     endpoint,
     event_json,
     is_event_stream,
@@ -127,8 +128,10 @@ def _consume(response: httpx.Response, *, model: str, meter: ProgressMeter) -> C
         return to_completion(checked_json(response), model=model)
     assembler = _MessageAssembler(meter, http_status=response.status_code)
     try:
-        for event in iter_events(response):
+        events = iter_events(response)
+        for event in events:
             if assembler.handle(event.event, event_json(event, http_status=response.status_code)):
+                drain(events)  # the connection is reused only once the body was read to its end
                 break
         else:
             raise stream_broken(

@@ -24,6 +24,7 @@ from workers.providers.transport import (
     as_int,
     bearer_headers,
     checked_json,
+    drain,
     endpoint,
     event_json,
     is_event_stream,
@@ -173,9 +174,11 @@ def _consume(response: httpx.Response, *, model: str, meter: ProgressMeter) -> C
     assembler = _ChunkAssembler(meter)
     done = False
     try:
-        for event in iter_events(response):
+        events = iter_events(response)
+        for event in events:
             if event.data.strip() == "[DONE]":
                 done = True
+                drain(events)  # the connection is reused only once the body was read to its end
                 break
             chunk = event_json(event, http_status=response.status_code)
             error = payload_error(chunk, http_status=response.status_code)

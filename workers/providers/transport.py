@@ -10,11 +10,14 @@ from typing import Any, TypeVar
 import httpx
 
 from service.minimax_url import normalize_base_url
-from workers.providers.base import ProgressCallback
+from workers import stopping
+from workers.providers.base import ProgressCallback, UpstreamError
 from workers.providers.errors import invalid_response, payload_error, response_error, transport_error
 from workers.providers.sse import ServerSentEvent, iter_sse
 
 T = TypeVar("T")
+# How long the rest of a whole answer is read for (`drain`); the openai SDK gives it 0.1 s too.
+DRAIN_SECONDS = 0.1
 
 
 def endpoint(base_url: str, path: str) -> str:
@@ -120,6 +123,20 @@ def iter_events(response: httpx.Response) -> Iterator[ServerSentEvent]:
         except httpx.RequestError as exc:
             raise transport_error(exc, in_body=True) from exc
         yield event
+
+
+def drain(events: Iterator[ServerSentEvent]) -> None:
+    """The answer is whole (message_stop, [DONE]): read what is left of the body, the end of its chunked encoding,
+    for at most DRAIN_SECONDS. An HTTP/1.1 connection goes back to the pool only once its response was read to the
+    end; one left unread is closed, and the next call pays a new TCP and TLS handshake. The official SDKs consume
+    the rest of the stream the same way (the openai SDK within 0.1 s). Nothing read or raised here changes the
+    answer: an upstream that keeps the stream open is cut off at the bound, its connection closed."""
+    with stopping.reads_within(DRAIN_SECONDS):
+        try:
+            for _ in events:
+                pass
+        except (UpstreamError, httpx.HTTPError):
+            pass
 
 
 def event_json(event: ServerSentEvent, *, http_status: int) -> dict[str, Any]:
