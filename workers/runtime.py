@@ -4,6 +4,7 @@ shared rate limiter, and the registry of calls in flight whose leases a keeper t
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import os
 import socket
@@ -45,6 +46,49 @@ class Upstream(NamedTuple):
         return hashlib.sha256(f"{self.base_url}\n{self.api_key}".encode()).hexdigest()[:32]
 
 
+# Connections one httpx pool holds at most (`UpstreamClients`).
+SHARD_CONNECTIONS = 32
+
+
+class UpstreamClients:
+    """The process's HTTP clients to MiniMax: MMJOBS_UPSTREAM_MAX_CONNECTIONS split over pools of at most
+    SHARD_CONNECTIONS, each thread keeping to one (assigned in turn on its first call).
+
+    One pool for thousands of call threads cost time quadratic in their number: httpcore's pool walks every
+    connection it holds for each request it assigns and each response it closes, under its lock (measured: 2,500
+    calls in flight per worker, half of the worker's CPU in `ConnectionPool._assign_requests_to_connections` while
+    they ramp up, issue 17.3). Small pools keep each walk short; one SSL context is shared (loading the CA store
+    per pool would cost a few MiB and milliseconds each)."""
+
+    def __init__(self, settings: Settings) -> None:
+        total = settings.upstream_max_connections
+        shards = max(1, -(-total // SHARD_CONNECTIONS))
+        limits = httpx.Limits(max_connections=-(-total // shards), max_keepalive_connections=-(-total // shards))
+        verify = httpx.create_ssl_context()
+        timeout = httpx.Timeout(settings.upstream_read_timeout, connect=settings.upstream_connect_timeout)
+        self.clients = [
+            httpx.Client(
+                timeout=timeout,
+                limits=limits,
+                transport=stoppable_transport(limits=limits, verify=verify),  # a canceled call is closed from outside
+            )
+            for _ in range(shards)
+        ]
+        self._turn = itertools.count()
+        self._local = threading.local()
+
+    def client(self) -> httpx.Client:
+        """This thread's client."""
+        client: httpx.Client | None = getattr(self._local, "client", None)
+        if client is None:
+            client = self._local.client = self.clients[next(self._turn) % len(self.clients)]
+        return client
+
+    def close(self) -> None:
+        for client in self.clients:
+            client.close()
+
+
 class JobAborted(Exception):
     """Raised inside a running call when its job is no longer ours (canceled, or the lease was lost)."""
 
@@ -81,15 +125,7 @@ class Runtime:
             make_engine(settings.database_url, pool_size=1, max_overflow=0)
         )
         self.gate = Gate(settings.worker_active_threads)
-        limits = httpx.Limits(
-            max_connections=settings.upstream_max_connections,
-            max_keepalive_connections=settings.upstream_max_connections,
-        )
-        self.http = httpx.Client(
-            timeout=httpx.Timeout(settings.upstream_read_timeout, connect=settings.upstream_connect_timeout),
-            limits=limits,
-            transport=stoppable_transport(limits=limits),  # a canceled call is closed from outside its thread
-        )
+        self.upstream_clients = UpstreamClients(settings)
         # A bounded pool: thousands of call threads would otherwise open one Redis connection each at a burst of
         # finishes (Redis allows 10,000 clients in all). A thread waits up to `timeout` for a free connection.
         self.redis = redis.Redis(
@@ -157,6 +193,11 @@ class Runtime:
             except redis.RedisError as exc:
                 log.warning("could not free the permit of %s: %s", job_id, exc)
         return handed
+
+    @property
+    def http(self) -> httpx.Client:
+        """The calling thread's client to MiniMax (`UpstreamClients`)."""
+        return self.upstream_clients.client()
 
     def _keep_leases(self) -> None:
         """Renew every held lease in one UPDATE per interval, and stop calls whose job is gone.

@@ -74,6 +74,9 @@ class Outcome:
 # Tenants the operator disabled (`mmjobs tenants disable`): their jobs are neither dispatched nor claimed.
 DISABLED_TENANTS = select(Tenant.id).where(Tenant.disabled_at.is_not(None))
 USAGE_FIELDS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
+# For the worker's UPDATEs, whose sessions hold no loaded objects: the ORM's default matches every returned row
+# against the session's identity map (2,500 rows per lease renewal at 10,000 calls in flight), for nothing.
+UNSYNCED = {"synchronize_session": False}
 # Rows one sweep statement moves at most: small enough for a short transaction, large enough that a
 # 100,000-request batch takes a few dozen chunks.
 CHUNK = 2000
@@ -180,12 +183,13 @@ def extend_leases(
         update(Job)
         .where(id_in(session, Job.id, locked), *ours[1:])
         .values(lease_expires_at=now + timedelta(seconds=lease_seconds))
-        .returning(Job.id, Job.attempt_count)
+        .returning(Job.id, Job.attempt_count),
+        execution_options=UNSYNCED,
     ).all()
     alive = {r.id for r in rows if held[r.id][0] == r.attempt_count}
     progress = [{"id": i, "output_tokens_so_far": held[i][1]} for i in alive]
     if progress:
-        session.execute(update(Job), progress)
+        session.execute(update(Job), progress, execution_options=UNSYNCED)
     return alive
 
 
@@ -204,7 +208,8 @@ def finish(session: Session, *, claim: Claim, outcome: Outcome, prices: PriceTab
         update(Job)
         .where(Job.id == claim.job_id, Job.status == JobStatus.RUNNING, Job.attempt_count == claim.number)
         .values(final)
-        .returning(*LANDED)
+        .returning(*LANDED),
+        execution_options=UNSYNCED,
     ).all()
     if not moved:
         session.execute(select(Job.id).where(Job.id == claim.job_id).with_for_update())
@@ -221,7 +226,8 @@ def finish(session: Session, *, claim: Claim, outcome: Outcome, prices: PriceTab
             upstream_request_id=outcome.upstream_request_id,
             account=claim.account,
             **usage,
-        )
+        ),
+        execution_options=UNSYNCED,
     )
     batch_usage: dict[str, dict[str, Any]] = {}
     if any(usage.values()):

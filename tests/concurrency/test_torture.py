@@ -388,8 +388,8 @@ def worker_role(world: World, seed: int, barrier: Any, stop: Any, reports: Any) 
     settings = _settings(world, pool=6)
     rt = Runtime(settings)
     client = redis.Redis.from_url(world.redis_url)
-    rt.http.close()
-    rt.http = httpx.Client(transport=httpx.MockTransport(FakeUpstream(client, seed)))
+    rt.upstream_clients.close()
+    rt.upstream_clients.clients = [httpx.Client(transport=httpx.MockTransport(FakeUpstream(client, seed)))]
     lock = threading.Lock()
 
     def thread(report: Report, rng: random.Random, stop: Any) -> None:

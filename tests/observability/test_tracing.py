@@ -73,7 +73,7 @@ def run(job_id: str, settings: Settings, session_factory: sessionmaker[Session],
         try:
             run_job(job_id, rt=rt)
         finally:
-            rt.http.close()
+            rt.upstream_clients.close()
 
 
 def by_name(exporter: InMemorySpanExporter) -> dict[str, ReadableSpan]:

@@ -1,0 +1,75 @@
+"""A worker's clients to MiniMax (workers/runtime.py `UpstreamClients`): MMJOBS_UPSTREAM_MAX_CONNECTIONS split over
+small pools, so thousands of call threads never walk one huge pool; the cap on connections still holds in all."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from service.config import Settings
+from simulator.config import SimulatorConfig
+from simulator.remote import SimulatorControl
+from simulator.server import running_simulator
+from workers.providers import get_provider
+from workers.runtime import SHARD_CONNECTIONS, UpstreamClients
+
+KEY = "sk-simulator"
+
+
+@pytest.fixture(scope="module")
+def slow_simulator() -> Iterator[str]:
+    with running_simulator(SimulatorConfig(latency=0.5, output_tokens=8, seed=1)) as url:
+        yield url
+
+
+def call(clients: UpstreamClients, url: str, text: str) -> str:
+    completion = get_provider("anthropic").call(
+        client=clients.client(),
+        base_url=url,
+        api_key=KEY,
+        model="MiniMax-M2.7",
+        params={"messages": [{"role": "user", "content": text}], "max_tokens": 16},
+        stream=True,
+    )
+    return completion.text
+
+
+def test_threads_beyond_the_cap_wait_and_every_call_is_answered(slow_simulator: str) -> None:
+    clients = UpstreamClients(Settings(upstream_max_connections=40))
+    assert len(clients.clients) == 2  # 40 connections: two pools of 20 (at most SHARD_CONNECTIONS each)
+    answers: list[str] = []
+    used: dict[int, set[int]] = {}
+
+    def thread(i: int) -> None:
+        for round_ in range(2):
+            used.setdefault(i, set()).add(id(clients.client()))
+            answers.append(call(clients, slow_simulator, f"thread {i} round {round_}"))
+
+    with SimulatorControl(slow_simulator) as sim:
+        sim.reset()
+        threads = [threading.Thread(target=thread, args=(i,)) for i in range(60)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        stats = sim.stats()
+    clients.close()
+    assert len(answers) == 120
+    assert all("You said: thread" in a for a in answers)
+    # 60 threads, 40 connections: never more than 40 calls at MiniMax at once, and the pools were used together.
+    assert SHARD_CONNECTIONS < stats["peak_in_flight"] <= 40, stats
+    assert all(len(ids) == 1 for ids in used.values())  # a thread keeps to its pool (and its kept-alive connection)
+    assert {next(iter(ids)) for ids in used.values()} == {id(c) for c in clients.clients}
+
+
+def test_one_ssl_context_for_every_pool() -> None:
+    clients = UpstreamClients(Settings(upstream_max_connections=1000))
+    assert len(clients.clients) == 1000 // SHARD_CONNECTIONS + 1
+    contexts = {
+        id(c._transport._pool._ssl_context)  # type: ignore[attr-defined]
+        for c in clients.clients
+    }
+    clients.close()
+    assert len(contexts) == 1
