@@ -204,7 +204,8 @@ class Settings(BaseSettings):
     stream: bool = True
     upstream_connect_timeout: float = 10.0
     upstream_read_timeout: float = 300.0
-    upstream_max_connections: int = 1000
+    # Connections to MiniMax per worker process, split over pools of at most 32 (workers/runtime.py UpstreamClients).
+    upstream_max_connections: int = Field(1000, ge=1)
     # Many calls in flight per worker process (issue 17.3; benchmarks/inflight.py): each call is a thread, so
     # its stack is reserved address space (glibc's default is 8 MiB, of which a call touches a few dozen KiB);
     # 0 keeps the system default. The threads share one bounded Redis pool (they wait for a free connection).
