@@ -12,28 +12,14 @@ from service.config import Settings
 from simulator.config import SimulatorConfig
 from simulator.remote import SimulatorControl
 from simulator.server import running_simulator
-from workers.providers import get_provider
+from tests.workers.providers.conftest import short_call
 from workers.runtime import SHARD_CONNECTIONS, UpstreamClients
-
-KEY = "sk-simulator"
 
 
 @pytest.fixture(scope="module")
 def slow_simulator() -> Iterator[str]:
     with running_simulator(SimulatorConfig(latency=0.5, output_tokens=8, seed=1)) as url:
         yield url
-
-
-def call(clients: UpstreamClients, url: str, text: str) -> str:
-    completion = get_provider("anthropic").call(
-        client=clients.client(),
-        base_url=url,
-        api_key=KEY,
-        model="MiniMax-M2.7",
-        params={"messages": [{"role": "user", "content": text}], "max_tokens": 16},
-        stream=True,
-    )
-    return completion.text
 
 
 def test_threads_beyond_the_cap_wait_and_every_call_is_answered(slow_simulator: str) -> None:
@@ -45,7 +31,7 @@ def test_threads_beyond_the_cap_wait_and_every_call_is_answered(slow_simulator: 
     def thread(i: int) -> None:
         for round_ in range(2):
             used.setdefault(i, set()).add(id(clients.client()))
-            answers.append(call(clients, slow_simulator, f"thread {i} round {round_}"))
+            answers.append(short_call(clients.client(), slow_simulator, f"thread {i} round {round_}"))
 
     with SimulatorControl(slow_simulator) as sim:
         sim.reset()

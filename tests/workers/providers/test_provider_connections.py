@@ -17,10 +17,9 @@ import httpx
 import pytest
 
 from tests.conformance.corpus import FIXTURES, sse_bytes
+from tests.workers.providers.conftest import short_call
 from workers import stopping
-from workers.providers import get_provider
 
-KEY = "sk-simulator"
 FORMATS = ["anthropic", "openai"]
 STREAMED = {"anthropic": "anthropic_stream.json", "openai": "openai_stream_include_usage.json"}
 
@@ -41,21 +40,9 @@ def worker_client() -> Iterator[tuple[httpx.Client, CountingBackend]]:
     limits = httpx.Limits(max_connections=10, max_keepalive_connections=10)
     transport = stopping.stoppable_transport(limits=limits)
     backend = CountingBackend()
-    transport._pool._network_backend = backend  # type: ignore[attr-defined]  # the swap stoppable_transport makes
+    transport._pool._network_backend = backend  # the swap stoppable_transport makes
     with httpx.Client(transport=transport, timeout=httpx.Timeout(60.0, connect=5.0)) as client:
         yield client, backend
-
-
-def call(client: httpx.Client, base_url: str, fmt: str, text: str) -> str:
-    completion = get_provider(fmt).call(
-        client=client,
-        base_url=base_url,
-        api_key=KEY,
-        model="MiniMax-M2.7",
-        params={"messages": [{"role": "user", "content": text}], "max_tokens": 64},
-        stream=True,
-    )
-    return completion.text
 
 
 @pytest.mark.parametrize("watched", [pytest.param(False, id="plain"), pytest.param(True, id="watched")])
@@ -67,7 +54,7 @@ def test_streamed_calls_one_after_another_share_one_connection(
     for i in range(5):
         # The worker makes its calls under a stop signal (workers/execution.py); both read paths keep the connection.
         with stopping.watching(stopping.StopSignal()) if watched else _nothing():
-            assert f"You said: call {i}" in call(client, base_url, fmt, f"call {i}")
+            assert f"You said: call {i}" in short_call(client, base_url, f"call {i}", fmt=fmt)
     assert backend.opened == 1
 
 
@@ -130,8 +117,8 @@ def test_an_upstream_that_keeps_the_stream_open_after_the_answer_costs_the_drain
     client, backend = worker_client  # read timeout 60 s
     try:
         started = time.monotonic()
-        first = call(client, server.url, fmt, "hello")
-        second = call(client, server.url, fmt, "hello again")
+        first = short_call(client, server.url, "hello", fmt=fmt)
+        second = short_call(client, server.url, "hello again", fmt=fmt)
         took = time.monotonic() - started
     finally:
         server.close()
