@@ -199,6 +199,22 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
             raise
 
 
+@contextmanager
+def one_statement(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """For work that is one SQL statement, atomic by itself (the worker's claim, issue 17.1): the session's
+    connection runs in autocommit, so the statement commits as it ends, without a BEGIN and a COMMIT round trip
+    around it. Never for two statements that must land together: each would commit on its own. The connection's
+    isolation level is put back (client-side, no round trip) when it returns to the pool. A factory bound to a
+    connection the caller holds (a test's outer transaction) runs the work in that transaction instead."""
+    if not isinstance(factory.kw.get("bind"), Engine):
+        with transaction(factory) as session:
+            yield session
+        return
+    with factory() as session:
+        session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+        yield session
+
+
 log = logging.getLogger("mmjobs.db")
 T = TypeVar("T")
 # SQLSTATEs that mean "nothing is wrong with this work; run it again": deadlock_detected, serialization_failure.

@@ -14,7 +14,7 @@ from sqlalchemy import exc as sa_exc
 
 from service import accounts
 from service.accounts import tenant_keys
-from service.db import transaction, utcnow
+from service.db import one_statement, transaction, utcnow
 from service.jobs import repository as jobs_repository
 from service.jobs import transitions
 from service.jobs.transitions import Claim, Outcome
@@ -392,7 +392,7 @@ def run_job(job_id: str, *, rt: Runtime) -> None:
     obs_logging.new_context(job_id=job_id)  # every log line of this attempt carries the ids (observability)
 
     def take() -> Claim | None:
-        with transaction(rt.session_factory) as session:
+        with one_statement(rt.session_factory) as session:  # the claim is one statement (transitions.claim)
             return transitions.claim(session, job_id=job_id, owner=rt.owner, lease_seconds=rt.settings.lease_seconds)
 
     claim = persist(f"claim {job_id}", take, give_up_after=30)
@@ -444,7 +444,7 @@ def _return_unused_permit(job_id: str, rt: Runtime) -> None:
     never run. A job that is merely not due yet, or that
     another worker runs, keeps it (the permit then belongs to that attempt)."""
     try:
-        with transaction(rt.session_factory) as session:
+        with one_statement(rt.session_factory) as session:
             ended = jobs_repository.ended_attempt(session, job_id=job_id)
     except _TRANSIENT_DB as exc:
         log.warning("could not look up unclaimed job %s (%s); its permit lapses on its own", job_id, exc)
