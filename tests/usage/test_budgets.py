@@ -165,11 +165,13 @@ def test_the_soft_limit_is_crossed_once(session: Session, api_key: str, settings
     budgets.upsert(session, tenant_id=key.tenant_id, api_key_id=None, period="monthly", limit_usd=Decimal(1),
                    soft_limit_usd=Decimal("0.0001"), now=utcnow())  # fmt: skip
     crossed = []
+    priced = ledger.price({"input_tokens": 1000, "output_tokens": 1000}, model="MiniMax-M2.7", priority=False,
+                          prices=settings.price_table())  # fmt: skip
+    assert priced is not None
     for attempt in (1, 2, 3):
         crossed += ledger.record(
             session, job_id="job_x", attempt=attempt, tenant_id=key.tenant_id, api_key_id=key.id, batch_id=None,
             model="MiniMax-M2.7", format="anthropic", upstream_request_id=None,
-            usage={"input_tokens": 1000, "output_tokens": 1000}, priority=False, prices=settings.price_table(),
-            now=utcnow(),
+            priced=priced, priority=False, prices=settings.price_table(), now=utcnow(),
         )  # fmt: skip
     assert len(crossed) == 1  # the first charge over the soft limit, not every one after

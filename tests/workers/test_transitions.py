@@ -126,3 +126,61 @@ def test_a_finish_charges_the_budgets_the_tenant_had_when_the_attempt_was_claime
     assert job.status == "succeeded"
     assert budget.spent_usd > 0
     assert job.cost_usd > budget.spent_usd  # the job's own total has both attempts; the budget the second only
+
+
+def test_a_billed_attempt_moves_the_jobs_totals_once_whichever_way_it_lands(
+    client: TestClient, auth: dict[str, str], session: Session, settings: Settings
+) -> None:
+    """A finish that moves the job adds its totals in the job's own UPDATE (one statement fewer); one that finds
+    the job gone adds them after its ledger row; one that meets a ledger row already there (a retried finish, or a
+    row that should not exist) leaves the totals as they were. Each way: one ledger row, the job's totals equal it."""
+    from sqlalchemy import func, select
+
+    from service.models import UsageEntry
+    from service.usage import ledger
+
+    prices = settings.price_table()
+    done = Outcome(classification="succeeded", http_status=200, usage={"input_tokens": 700, "output_tokens": 30},
+                   result={"content": [], "text": "", "stop_reason": "end_turn", "usage": {}, "raw": {}})  # fmt: skip
+
+    def billed(job_id: str) -> tuple[int, int, object, object]:
+        session.expire_all()
+        job = session.get(Job, job_id)
+        assert job is not None
+        rows = session.execute(
+            select(func.count(), func.sum(UsageEntry.cost_usd)).where(UsageEntry.job_id == job_id)
+        ).one()
+        return rows[0], job.input_tokens, job.cost_usd, rows[1]
+
+    # Moved: the totals ride on the final UPDATE.
+    moved_id = client.post("/v1/jobs", json=REQ, headers=auth).json()["id"]
+    claim = transitions.claim(session, job_id=moved_id, owner="w1", lease_seconds=30)
+    assert claim is not None
+    assert transitions.finish(session, claim=claim, outcome=done, prices=prices)
+    count, tokens, cost, ledger_cost = billed(moved_id)
+    assert (count, tokens, cost) == (1, 700, ledger_cost)
+    # The same finish again (its COMMIT reply lost): nothing moves.
+    assert not transitions.finish(session, claim=claim, outcome=done, prices=prices)
+    assert billed(moved_id) == (1, 700, ledger_cost, ledger_cost)
+
+    # Not moved (canceled while the call ran): billed after the ledger row all the same.
+    gone_id = client.post("/v1/jobs", json=REQ, headers=auth).json()["id"]
+    claim = transitions.claim(session, job_id=gone_id, owner="w1", lease_seconds=30)
+    assert claim is not None
+    assert client.post(f"/v1/jobs/{gone_id}/cancel", headers=auth).status_code == 200
+    assert not transitions.finish(session, claim=claim, outcome=done, prices=prices)
+    count, tokens, cost, ledger_cost = billed(gone_id)
+    assert (count, tokens, cost) == (1, 700, ledger_cost)
+
+    # Moved, but the attempt's ledger row is somehow there already: the totals added with the move are taken back.
+    odd_id = client.post("/v1/jobs", json=REQ, headers=auth).json()["id"]
+    claim = transitions.claim(session, job_id=odd_id, owner="w1", lease_seconds=30)
+    assert claim is not None
+    earlier = ledger.price({"input_tokens": 5}, model=claim.model, priority=False, prices=prices)
+    assert earlier is not None
+    ledger.record(session, job_id=odd_id, attempt=claim.number, tenant_id=claim.tenant_id, api_key_id=None,
+                  batch_id=None, model=claim.model, format=claim.format, upstream_request_id=None, priced=earlier,
+                  priority=False, prices=prices, now=utcnow(), budgeted=False)  # fmt: skip
+    assert transitions.finish(session, claim=claim, outcome=done, prices=prices)
+    count, tokens, cost, ledger_cost = billed(odd_id)
+    assert (count, tokens, cost) == (1, 5, ledger_cost)
