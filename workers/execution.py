@@ -391,22 +391,41 @@ def run_job(job_id: str, *, rt: Runtime) -> None:
     """Safe to run twice and to run for a job that is not runnable: the claim decides."""
     obs_logging.new_context(job_id=job_id)  # every log line of this attempt carries the ids (observability)
 
-    def take() -> Claim | None:
-        with one_statement(rt.session_factory) as session:  # the claim is one statement (transitions.claim)
-            return transitions.claim(session, job_id=job_id, owner=rt.owner, lease_seconds=rt.settings.lease_seconds)
-
-    claim = persist(f"claim {job_id}", take, give_up_after=30)
-    if claim is None:
-        log.debug("job %s not claimable (taken, finished or not due)", job_id)
-        _return_unused_permit(job_id, rt)
+    if not rt.start_taking(job_id):
+        log.info("job %s: another thread of this worker takes or runs it already (its message came twice)", job_id)
         return
+    tries = 0
+
+    def take() -> Claim | None:
+        nonlocal tries
+        tries += 1
+        with one_statement(rt.session_factory) as session:  # the claim is one statement (transitions.claim)
+            claim = transitions.claim(session, job_id=job_id, owner=rt.owner, lease_seconds=rt.settings.lease_seconds)
+            if claim is None and tries > 1:
+                # The try before failed with a database error, possibly after its claim committed (in autocommit
+                # the claim commits as its statement ends; an answer lost after that is an error here). The job
+                # running under this process's name, which no other thread of it takes or runs (`start_taking`),
+                # is that claim: it is run now, not left to lapse into lease recovery and cost an attempt.
+                claim = transitions.claimed_by(session, job_id=job_id, owner=rt.owner)
+                if claim is not None:
+                    log.warning("job %s: its claim committed though the database's answer was lost", job_id)
+            return claim
+
+    try:
+        claim = persist(f"claim {job_id}", take, give_up_after=30)
+        if claim is None:
+            log.debug("job %s not claimable (taken, finished or not due)", job_id)
+            _return_unused_permit(job_id, rt)
+            return
+        # Registered until the outcome is written: the lease keeper renews the lease while a slow write is retried.
+        deadline, why = _deadline(claim, rt)
+        handle = rt.register(claim.job_id, claim.number, claim.tenant_id, deadline=deadline, deadline_reason=why)
+    finally:
+        rt.done_taking(job_id)
     account = rt.account_pool.chosen_name(permit_id(job_id, claim.number), tenant_id=claim.tenant_id)
     claim = replace(claim, account=account)
     obs_logging.bind(batch_id=claim.batch_id, tenant=claim.tenant_id, attempt=claim.number)
     started = time.monotonic()
-    # Registered until the outcome is written: the lease keeper renews the lease while a slow write is retried.
-    deadline, why = _deadline(claim, rt)
-    handle = rt.register(claim.job_id, claim.number, claim.tenant_id, deadline=deadline, deadline_reason=why)
     try:
         ids = tracing.job_attributes(
             job_id=job_id, tenant=claim.tenant_id, batch_id=claim.batch_id, attempt=claim.number

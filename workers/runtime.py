@@ -46,8 +46,9 @@ class Upstream(NamedTuple):
         return hashlib.sha256(f"{self.base_url}\n{self.api_key}".encode()).hexdigest()[:32]
 
 
-# Connections one httpx pool holds at most (`UpstreamClients`).
+# Connections one httpx pool holds at most, and how long an idle one is kept (`UpstreamClients`).
 SHARD_CONNECTIONS = 32
+KEEPALIVE_SECONDS = 2.0
 
 
 class UpstreamClients:
@@ -63,17 +64,26 @@ class UpstreamClients:
     def __init__(self, settings: Settings) -> None:
         total = settings.upstream_max_connections
         shards = max(1, -(-total // SHARD_CONNECTIONS))
-        limits = httpx.Limits(max_connections=-(-total // shards), max_keepalive_connections=-(-total // shards))
         verify = httpx.create_ssl_context()
         timeout = httpx.Timeout(settings.upstream_read_timeout, connect=settings.upstream_connect_timeout)
-        self.clients = [
-            httpx.Client(
-                timeout=timeout,
-                limits=limits,
-                transport=stoppable_transport(limits=limits, verify=verify),  # a canceled call is closed from outside
+        self.clients = []
+        for i in range(shards):
+            # The pools' sizes add up to `total`: threads are dealt to them in turn, so a process with no more call
+            # threads than connections never waits for one.
+            size = total // shards + (i < total % shards)
+            # An idle connection is dropped after KEEPALIVE_SECONDS, well before the servers' own idle timeouts
+            # (uvicorn and Node close after 5 s): a call sent on a connection the server closes at that moment
+            # fails without an answer, and costs its job an attempt.
+            limits = httpx.Limits(
+                max_connections=size, max_keepalive_connections=size, keepalive_expiry=KEEPALIVE_SECONDS
             )
-            for _ in range(shards)
-        ]
+            self.clients.append(
+                httpx.Client(
+                    timeout=timeout,
+                    limits=limits,
+                    transport=stoppable_transport(limits=limits, verify=verify),  # a stop closes a call from outside
+                )
+            )
         self._turn = itertools.count()
         self._local = threading.local()
 
@@ -151,6 +161,7 @@ class Runtime:
             base_seconds=settings.retry_base_seconds, cap_seconds=settings.retry_cap_seconds
         )
         self._inflight: dict[str, InFlight] = {}
+        self._taking: set[str] = set()  # job ids a thread of this process is claiming right now (`start_taking`)
         self._lock = threading.Lock()
         worker_metrics.CALLS_IN_FLIGHT.set_function(self.in_flight)  # served on MMJOBS_WORKER_METRICS_PORT
         self._keeper = threading.Thread(target=self._keep_leases, name="lease-keeper", daemon=True)
@@ -167,6 +178,20 @@ class Runtime:
         with self._lock:
             self._inflight[job_id] = handle
         return handle
+
+    def start_taking(self, job_id: str) -> bool:
+        """Whether this thread may claim `job_id`: not while another thread of this process claims or runs it (its
+        message delivered twice to this process). Until `done_taking`, a job running under this process's name
+        that no thread runs can only be this thread's own claim (workers/execution.py `run_job`)."""
+        with self._lock:
+            if job_id in self._taking or job_id in self._inflight:
+                return False
+            self._taking.add(job_id)
+            return True
+
+    def done_taking(self, job_id: str) -> None:
+        with self._lock:
+            self._taking.discard(job_id)
 
     def unregister(self, job_id: str) -> None:
         with self._lock:

@@ -101,8 +101,17 @@ def claim(session: Session, *, job_id: str, owner: str, lease_seconds: float) ->
     row = session.execute(
         _CLAIM_SQL, {"job_id": job_id, "owner": owner, "lease_seconds": float(lease_seconds)}
     ).one_or_none()
-    if row is None:
-        return None
+    return None if row is None else _claimed(job_id, row)
+
+
+def claimed_by(session: Session, *, job_id: str, owner: str) -> Claim | None:
+    """The claim `owner` holds on `job_id` (running under its name), as `claim` returned it; None if it holds none.
+    For a worker whose claim may have committed without its answer arriving (workers/execution.py `run_job`)."""
+    row = session.execute(_CLAIMED_BY_SQL, {"job_id": job_id, "owner": owner}).one_or_none()
+    return None if row is None else _claimed(job_id, row)
+
+
+def _claimed(job_id: str, row: Any) -> Claim:
     return Claim(
         job_id=job_id,
         number=row.attempt_count,
@@ -156,6 +165,15 @@ _CLAIM_SQL = text(
     SELECT claimed.*, EXISTS (SELECT 1 FROM budgets WHERE budgets.tenant_id = claimed.tenant_id) AS budgeted
     FROM claimed
     """.format(waiting=", ".join(f"'{status.value}'" for status in sorted(WAITING)))
+).columns(params=Job.params.type, expires_at=Job.expires_at.type)
+_CLAIMED_BY_SQL = text(
+    """
+    SELECT jobs.attempt_count, jobs.tenant_id, jobs.model, jobs.format, jobs.params, jobs.max_attempts,
+           jobs.expires_at, jobs.estimated_input_tokens, jobs.api_key_id, jobs.batch_id, jobs.traceparent,
+           jobs.budget_reserved,
+           EXISTS (SELECT 1 FROM budgets WHERE budgets.tenant_id = jobs.tenant_id) AS budgeted
+    FROM jobs WHERE jobs.id = :job_id AND jobs.status = 'running' AND jobs.lease_owner = :owner
+    """
 ).columns(params=Job.params.type, expires_at=Job.expires_at.type)
 
 

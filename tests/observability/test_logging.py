@@ -169,7 +169,7 @@ def test_an_attempts_log_lines_carry_job_batch_tenant_and_attempt(
                 run_job(job_id, rt=rt)
                 attempt_lines = lines()
         finally:
-            rt.http.close()
+            rt.upstream_clients.close()
 
     outcome = [line for line in attempt_lines if "attempt 1: succeeded" in line["event"]]
     assert len(outcome) == 1, attempt_lines

@@ -211,7 +211,7 @@ def test_a_job_whose_account_is_refused_is_retried_on_another_account_without_us
             dispatch_and_run()  # on `b`
             assert accounts.chosen(r, permit_id(job_id, 2)) == "b"
         finally:
-            rt.http.close()
+            rt.upstream_clients.close()
     job = client.get(f"/v1/jobs/{job_id}", headers=auth).json()
     assert job["status"] == "succeeded", job
     first, second = job["attempts"]

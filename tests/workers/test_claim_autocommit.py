@@ -1,6 +1,7 @@
 """The worker's claim is one statement run in autocommit (service/db.py `one_statement`, issue 17.1): it is
 durable the moment it returns, with no BEGIN or COMMIT round trip, and the pooled connection it used goes back to
-running every later unit of work as one transaction."""
+running every later unit of work as one transaction. A claim that committed though its answer was lost (the
+connection dropped as the statement ended) is taken up by the worker's retry, not left to lapse."""
 
 from __future__ import annotations
 
@@ -11,16 +12,21 @@ from typing import Any
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import update
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.api.app import create_app
-from service.config import Settings
+from service.config import SIMULATOR_API_KEY, Settings
 from service.db import make_engine, make_session_factory, one_statement, transaction
 from service.jobs import transitions
-from service.models import Job
+from service.models import Job, JobAttempt, UsageEntry
 from service.tenants import service as tenants
+from simulator.config import SimulatorConfig
+from simulator.server import running_simulator
 from tests.db import drop_database, fresh_database, redis_url
+from workers.execution import run_job
+from workers.runtime import Runtime
 
 DATABASE = f"mmjobs_claim_autocommit_{os.getpid()}"
 REQ: dict[str, Any] = {
@@ -81,3 +87,52 @@ def test_the_connection_a_claim_used_runs_the_next_unit_of_work_as_one_transacti
         half_way()
     assert seen_inside == ["running"]  # not committed statement by statement
     assert status_seen_by_another_session(url, job_id) == "running"
+
+
+def test_a_claim_whose_answer_was_lost_is_run_by_the_retry_not_left_to_lapse(
+    world: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, factory, client, auth = world
+    job_id = client.post("/v1/jobs", json=REQ, headers=auth).json()["id"]
+    real_claim = transitions.claim
+    lost: list[str] = []
+
+    def claim_then_lose_the_answer(session: Session, **kwargs: Any) -> Any:
+        claimed = real_claim(session, **kwargs)
+        if not lost:  # the first try: committed (autocommit), then the connection drops before the answer arrives
+            lost.append(kwargs["job_id"])
+            raise sa_exc.OperationalError("claim", {}, Exception("server closed the connection unexpectedly"))
+        return claimed
+
+    monkeypatch.setattr(transitions, "claim", claim_then_lose_the_answer)
+    with running_simulator(SimulatorConfig(latency=0, output_tokens=8, seed=1)) as sim:
+        settings = Settings(database_url=url, redis_url=redis_url(13), minimax_api_key=SIMULATOR_API_KEY,
+                            minimax_base_url=sim)  # fmt: skip
+        rt = Runtime(settings)
+        rt.session_factory = factory
+        try:
+            run_job(job_id, rt=rt)
+        finally:
+            rt.upstream_clients.close()
+    assert lost == [job_id]
+    with factory() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        attempts = session.scalar(select(func.count()).select_from(JobAttempt).where(JobAttempt.job_id == job_id))
+        billed = session.scalar(select(func.count()).select_from(UsageEntry).where(UsageEntry.job_id == job_id))
+    # Run once, on the attempt that committed: not running until its lease lapses, not a second attempt.
+    assert (job.status, job.attempt_count, attempts, billed) == ("succeeded", 1, 1, 1)
+
+
+def test_a_job_another_thread_of_the_process_takes_is_not_taken_again() -> None:
+    rt = Runtime(Settings(minimax_api_key="sk-unused"))
+    try:
+        assert rt.start_taking("job_a")
+        assert not rt.start_taking("job_a")  # its message delivered twice: the second thread leaves it
+        rt.done_taking("job_a")
+        rt.register("job_a", 1, "ten_x")
+        assert not rt.start_taking("job_a")  # running here
+        rt.unregister("job_a")
+        assert rt.start_taking("job_a")
+    finally:
+        rt.upstream_clients.close()

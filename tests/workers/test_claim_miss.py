@@ -34,7 +34,7 @@ def rt(settings: Settings, session_factory: sessionmaker[Session]) -> Iterator[R
     try:
         yield runtime
     finally:
-        runtime.http.close()
+        runtime.upstream_clients.close()
         redis.Redis.from_url(settings.redis_url).flushdb()
 
 

@@ -127,7 +127,7 @@ def test_the_key_is_stored_encrypted_and_used_only_for_its_tenants_jobs(
                 {"at": "now", "models": {}, "tenants": {}, "tenant_accounts": dispatcher.pool.tenant_snapshots()},
             )
         finally:
-            rt.http.close()
+            rt.upstream_clients.close()
         for who, job_id in jobs.items():
             job = c.get(f"/v1/jobs/{job_id}", headers=acme if who == "acme" else beta).json()
             assert job["status"] == "succeeded", job
@@ -175,7 +175,7 @@ def test_a_lost_account_record_still_runs_the_tenants_job_on_its_own_key(
         try:
             run_job(job_id, rt=rt)
         finally:
-            rt.http.close()
+            rt.upstream_clients.close()
         assert c.get(f"/v1/jobs/{job_id}", headers=acme).json()["status"] == "succeeded"
     last = httpx.get(sim + "/_sim/ledger").json()["entries"][-1]
     assert last["api_key_suffix"] == OWN_KEY[-4:]
@@ -198,7 +198,7 @@ def _run(settings: Settings, session_factory: sessionmaker[Session], job_id: str
     try:
         run_job(job_id, rt=rt)
     finally:
-        rt.http.close()
+        rt.upstream_clients.close()
 
 
 def _calls(sim: str) -> list[str]:

@@ -50,12 +50,11 @@ def test_threads_beyond_the_cap_wait_and_every_call_is_answered(slow_simulator: 
     assert {next(iter(ids)) for ids in used.values()} == {id(c) for c in clients.clients}
 
 
-def test_one_ssl_context_for_every_pool() -> None:
+def test_the_pools_add_up_to_the_cap_and_share_one_ssl_context() -> None:
     clients = UpstreamClients(Settings(upstream_max_connections=1000))
-    assert len(clients.clients) == 1000 // SHARD_CONNECTIONS + 1
-    contexts = {
-        id(c._transport._pool._ssl_context)  # type: ignore[attr-defined]
-        for c in clients.clients
-    }
+    pools = [c._transport._pool for c in clients.clients]  # type: ignore[attr-defined]
     clients.close()
-    assert len(contexts) == 1
+    assert len(pools) == 32  # 1000 connections: 32 pools of 31 or 32
+    assert sum(p._max_connections for p in pools) == 1000
+    assert max(p._max_connections for p in pools) <= SHARD_CONNECTIONS
+    assert len({id(p._ssl_context) for p in pools}) == 1
