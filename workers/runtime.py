@@ -1,5 +1,6 @@
-"""Per-process resources shared by every task thread: settings, the database engine, one httpx client, the
-shared rate limiter, and the registry of calls in flight whose leases a keeper thread renews."""
+"""Per-process resources shared by every task thread: settings, the database engine, the clients to MiniMax
+(pools of kept-alive connections, `UpstreamClients`), the shared rate limiter, and the registry of calls in flight
+whose leases a keeper thread renews."""
 
 from __future__ import annotations
 
