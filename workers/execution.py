@@ -392,7 +392,7 @@ def run_job(job_id: str, *, rt: Runtime) -> None:
     obs_logging.new_context(job_id=job_id)  # every log line of this attempt carries the ids (observability)
 
     if not rt.start_taking(job_id):
-        log.info("job %s: another thread of this worker takes or runs it already (its message came twice)", job_id)
+        log.info("job %s: another thread of this worker is claiming it already (its message came twice)", job_id)
         return
     tries = 0
 
@@ -401,12 +401,15 @@ def run_job(job_id: str, *, rt: Runtime) -> None:
         tries += 1
         with one_statement(rt.session_factory) as session:  # the claim is one statement (transitions.claim)
             claim = transitions.claim(session, job_id=job_id, owner=rt.owner, lease_seconds=rt.settings.lease_seconds)
-            if claim is None and tries > 1:
+            if claim is None and tries > 1 and not rt.runs(job_id):
                 # The try before failed with a database error, possibly after its claim committed (in autocommit
                 # the claim commits as its statement ends; an answer lost after that is an error here). The job
-                # running under this process's name, which no other thread of it takes or runs (`start_taking`),
-                # is that claim: it is run now, not left to lapse into lease recovery and cost an attempt.
-                claim = transitions.claimed_by(session, job_id=job_id, owner=rt.owner)
+                # running under this process's name (unique per process start), which no other thread of it takes
+                # (`start_taking`) or runs, is that claim: it is run now, its lease renewed, not left to lapse into
+                # lease recovery and cost an attempt.
+                claim = transitions.claimed_by(
+                    session, job_id=job_id, owner=rt.owner, lease_seconds=rt.settings.lease_seconds
+                )
                 if claim is not None:
                     log.warning("job %s: its claim committed though the database's answer was lost", job_id)
             return claim
@@ -417,14 +420,15 @@ def run_job(job_id: str, *, rt: Runtime) -> None:
             log.debug("job %s not claimable (taken, finished or not due)", job_id)
             _return_unused_permit(job_id, rt)
             return
+        account = rt.account_pool.chosen_name(permit_id(job_id, claim.number), tenant_id=claim.tenant_id)
+        claim = replace(claim, account=account)
+        obs_logging.bind(batch_id=claim.batch_id, tenant=claim.tenant_id, attempt=claim.number)
         # Registered until the outcome is written: the lease keeper renews the lease while a slow write is retried.
+        # Nothing may raise between this and the `try` whose `finally` unregisters.
         deadline, why = _deadline(claim, rt)
         handle = rt.register(claim.job_id, claim.number, claim.tenant_id, deadline=deadline, deadline_reason=why)
     finally:
         rt.done_taking(job_id)
-    account = rt.account_pool.chosen_name(permit_id(job_id, claim.number), tenant_id=claim.tenant_id)
-    claim = replace(claim, account=account)
-    obs_logging.bind(batch_id=claim.batch_id, tenant=claim.tenant_id, attempt=claim.number)
     started = time.monotonic()
     try:
         ids = tracing.job_attributes(

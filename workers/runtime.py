@@ -8,6 +8,7 @@ import hashlib
 import itertools
 import logging
 import os
+import secrets
 import socket
 import threading
 import time
@@ -128,7 +129,9 @@ class Runtime:
         self.settings = settings
         tracing.configure(settings, role="worker")  # no-op unless MMJOBS_OTEL_ENABLED
         self.api_key = settings.minimax_api_key or ""
-        self.owner = f"{socket.gethostname()}:{os.getpid()}"
+        # Unique per process start, not only host:pid: containers run their worker as pid 1, a restarted one keeps its
+        # hostname, and a worker takes up a claim of its own by this name (workers/execution.py `run_job`).
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.session_factory: sessionmaker[Session] = make_session_factory(engine_for(settings))
         # The lease keeper's own connection: behind thousands of call threads queueing for the pool, renewals
         # came too late and leases of healthy calls lapsed (issue 17.3).
@@ -181,14 +184,19 @@ class Runtime:
         return handle
 
     def start_taking(self, job_id: str) -> bool:
-        """Whether this thread may claim `job_id`: not while another thread of this process claims or runs it (its
-        message delivered twice to this process). Until `done_taking`, a job running under this process's name
-        that no thread runs can only be this thread's own claim (workers/execution.py `run_job`)."""
+        """Whether this thread may claim `job_id`: not while another thread of this process is claiming it (its
+        message delivered twice to this process). A thread that runs it is no obstacle: its next attempt's message
+        may come before that thread has unregistered, and the claim itself decides."""
         with self._lock:
-            if job_id in self._taking or job_id in self._inflight:
+            if job_id in self._taking:
                 return False
             self._taking.add(job_id)
             return True
+
+    def runs(self, job_id: str) -> bool:
+        """Whether a thread of this process runs `job_id` (registered, its outcome not yet written)."""
+        with self._lock:
+            return job_id in self._inflight
 
     def done_taking(self, job_id: str) -> None:
         with self._lock:

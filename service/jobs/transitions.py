@@ -104,10 +104,13 @@ def claim(session: Session, *, job_id: str, owner: str, lease_seconds: float) ->
     return None if row is None else _claimed(job_id, row)
 
 
-def claimed_by(session: Session, *, job_id: str, owner: str) -> Claim | None:
-    """The claim `owner` holds on `job_id` (running under its name), as `claim` returned it; None if it holds none.
-    For a worker whose claim may have committed without its answer arriving (workers/execution.py `run_job`)."""
-    row = session.execute(_CLAIMED_BY_SQL, {"job_id": job_id, "owner": owner}).one_or_none()
+def claimed_by(session: Session, *, job_id: str, owner: str, lease_seconds: float) -> Claim | None:
+    """The claim `owner` holds on `job_id` (running under its name, its lease not lapsed), as `claim` returned it,
+    its lease renewed from now; None if it holds none. For a worker whose claim may have committed without its
+    answer arriving (workers/execution.py `run_job`). One statement, like the claim."""
+    row = session.execute(
+        _CLAIMED_BY_SQL, {"job_id": job_id, "owner": owner, "lease_seconds": float(lease_seconds)}
+    ).one_or_none()
     return None if row is None else _claimed(job_id, row)
 
 
@@ -168,11 +171,16 @@ _CLAIM_SQL = text(
 ).columns(params=Job.params.type, expires_at=Job.expires_at.type)
 _CLAIMED_BY_SQL = text(
     """
-    SELECT jobs.attempt_count, jobs.tenant_id, jobs.model, jobs.format, jobs.params, jobs.max_attempts,
-           jobs.expires_at, jobs.estimated_input_tokens, jobs.api_key_id, jobs.batch_id, jobs.traceparent,
-           jobs.budget_reserved,
-           EXISTS (SELECT 1 FROM budgets WHERE budgets.tenant_id = jobs.tenant_id) AS budgeted
-    FROM jobs WHERE jobs.id = :job_id AND jobs.status = 'running' AND jobs.lease_owner = :owner
+    WITH now AS (SELECT statement_timestamp() AS at),
+    held AS (
+        UPDATE jobs SET lease_expires_at = (SELECT at FROM now) + make_interval(secs => :lease_seconds)
+        WHERE jobs.id = :job_id AND jobs.status = 'running' AND jobs.lease_owner = :owner
+          AND jobs.lease_expires_at > (SELECT at FROM now)
+        RETURNING jobs.attempt_count, jobs.tenant_id, jobs.model, jobs.format, jobs.params, jobs.max_attempts,
+                  jobs.expires_at, jobs.estimated_input_tokens, jobs.api_key_id, jobs.batch_id, jobs.traceparent,
+                  jobs.budget_reserved
+    )
+    SELECT held.*, EXISTS (SELECT 1 FROM budgets WHERE budgets.tenant_id = held.tenant_id) AS budgeted FROM held
     """
 ).columns(params=Job.params.type, expires_at=Job.expires_at.type)
 

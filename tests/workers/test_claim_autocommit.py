@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.api.app import create_app
@@ -124,15 +124,54 @@ def test_a_claim_whose_answer_was_lost_is_run_by_the_retry_not_left_to_lapse(
     assert (job.status, job.attempt_count, attempts, billed) == ("succeeded", 1, 1, 1)
 
 
-def test_a_job_another_thread_of_the_process_takes_is_not_taken_again() -> None:
+def test_a_job_another_thread_of_the_process_is_claiming_is_not_claimed_again() -> None:
     rt = Runtime(Settings(minimax_api_key="sk-unused"))
     try:
         assert rt.start_taking("job_a")
         assert not rt.start_taking("job_a")  # its message delivered twice: the second thread leaves it
         rt.done_taking("job_a")
         rt.register("job_a", 1, "ten_x")
-        assert not rt.start_taking("job_a")  # running here
-        rt.unregister("job_a")
+        # Running here: the next attempt's message may come before the thread unregisters; the claim decides, but
+        # the take-up of a lost claim is off (`runs`).
+        assert rt.runs("job_a")
         assert rt.start_taking("job_a")
+        rt.done_taking("job_a")
+        rt.unregister("job_a")
+        assert not rt.runs("job_a")
     finally:
         rt.upstream_clients.close()
+
+
+def test_each_worker_process_start_has_its_own_name() -> None:
+    """A take-up matches the claim by the process's name: two containers of one host:pid (pid 1 in each, or one
+    restarted) must not take up each other's claims."""
+    first, second = Runtime(Settings(minimax_api_key="sk-unused")), Runtime(Settings(minimax_api_key="sk-unused"))
+    try:
+        assert first.owner != second.owner
+        assert first.owner.rsplit(":", 1)[0] == second.owner.rsplit(":", 1)[0]  # host:pid, as before, then a nonce
+    finally:
+        first.upstream_clients.close()
+        second.upstream_clients.close()
+
+
+def test_a_take_up_renews_the_lease_and_never_takes_a_lapsed_one(world: Any) -> None:
+    _, factory, client, auth = world
+    job_id = client.post("/v1/jobs", json=REQ, headers=auth).json()["id"]
+    with one_statement(factory) as session:
+        assert transitions.claim(session, job_id=job_id, owner="w1", lease_seconds=5) is not None
+    with one_statement(factory) as session:
+        assert transitions.claimed_by(session, job_id=job_id, owner="w2", lease_seconds=60) is None  # not w2's
+        taken = transitions.claimed_by(session, job_id=job_id, owner="w1", lease_seconds=60)
+        assert taken is not None
+        assert taken.number == 1
+        expires, now = session.execute(
+            select(Job.lease_expires_at, func.statement_timestamp()).where(Job.id == job_id)
+        ).one()
+    assert expires is not None
+    assert (expires - now).total_seconds() > 50  # renewed from now, not the claim's 5 s
+    lapsed = text("now() - interval '1 second'")
+    with transaction(factory) as session:
+        session.execute(update(Job).where(Job.id == job_id).values(lease_expires_at=lapsed))
+    with one_statement(factory) as session:
+        # Lapsed: lease recovery's to hand back, not the worker's to run.
+        assert transitions.claimed_by(session, job_id=job_id, owner="w1", lease_seconds=60) is None
