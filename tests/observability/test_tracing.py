@@ -28,10 +28,9 @@ from service.observability import tracing
 from simulator.config import SimulatorConfig
 from simulator.server import running_simulator
 from tests.db import redis_url
+from tests.workers.runner import run_once
 from workers.dispatcher import Dispatcher
-from workers.execution import run_job
 from workers.limiter import RateLimiter
-from workers.runtime import Runtime
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 CLIENT_SPAN = "00f067aa0ba902b7"
@@ -68,12 +67,8 @@ def dispatch(session: Session, settings: Settings, rclient: redis.Redis) -> list
 
 def run(job_id: str, settings: Settings, session_factory: sessionmaker[Session], *, faults: str = "") -> None:
     with running_simulator(SimulatorConfig(latency=0, output_tokens=16, seed=1, faults=faults)) as url:
-        rt = Runtime(settings.model_copy(update={"minimax_api_key": SIMULATOR_API_KEY, "minimax_base_url": url}))
-        rt.session_factory = session_factory
-        try:
-            run_job(job_id, rt=rt)
-        finally:
-            rt.upstream_clients.close()
+        run_once(settings.model_copy(update={"minimax_api_key": SIMULATOR_API_KEY, "minimax_base_url": url}),
+                 session_factory, job_id)  # fmt: skip
 
 
 def by_name(exporter: InMemorySpanExporter) -> dict[str, ReadableSpan]:

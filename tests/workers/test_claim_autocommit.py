@@ -25,7 +25,7 @@ from service.tenants import service as tenants
 from simulator.config import SimulatorConfig
 from simulator.server import running_simulator
 from tests.db import drop_database, fresh_database, redis_url
-from workers.execution import run_job
+from tests.workers.runner import run_once
 from workers.runtime import Runtime
 
 DATABASE = f"mmjobs_claim_autocommit_{os.getpid()}"
@@ -108,12 +108,7 @@ def test_a_claim_whose_answer_was_lost_is_run_by_the_retry_not_left_to_lapse(
     with running_simulator(SimulatorConfig(latency=0, output_tokens=8, seed=1)) as sim:
         settings = Settings(database_url=url, redis_url=redis_url(13), minimax_api_key=SIMULATOR_API_KEY,
                             minimax_base_url=sim)  # fmt: skip
-        rt = Runtime(settings)
-        rt.session_factory = factory
-        try:
-            run_job(job_id, rt=rt)
-        finally:
-            rt.upstream_clients.close()
+        run_once(settings, factory, job_id)
     assert lost == [job_id]
     with factory() as session:
         job = session.get(Job, job_id)

@@ -24,6 +24,7 @@ from service.db import db_now
 from simulator.config import SimulatorConfig
 from simulator.server import running_simulator
 from tests.conftest import make_key
+from tests.workers.runner import run_once
 from workers.dispatcher import Dispatcher
 from workers.execution import run_job
 from workers.limiter import RateLimiter
@@ -170,12 +171,7 @@ def test_a_lost_account_record_still_runs_the_tenants_job_on_its_own_key(
         dispatcher.run(session_factory, now=now)
         assert published == [job_id]
         r_client.flushdb()  # the records of which account each permit is on are lost
-        rt = Runtime(keyed)
-        rt.session_factory = session_factory
-        try:
-            run_job(job_id, rt=rt)
-        finally:
-            rt.upstream_clients.close()
+        run_once(keyed, session_factory, job_id)
         assert c.get(f"/v1/jobs/{job_id}", headers=acme).json()["status"] == "succeeded"
     last = httpx.get(sim + "/_sim/ledger").json()["entries"][-1]
     assert last["api_key_suffix"] == OWN_KEY[-4:]
@@ -192,13 +188,7 @@ def _dispatch(settings: Settings, session_factory: sessionmaker[Session], r_clie
     return report
 
 
-def _run(settings: Settings, session_factory: sessionmaker[Session], job_id: str) -> None:
-    rt = Runtime(settings)
-    rt.session_factory = session_factory
-    try:
-        run_job(job_id, rt=rt)
-    finally:
-        rt.upstream_clients.close()
+_run = run_once
 
 
 def _calls(sim: str) -> list[str]:
