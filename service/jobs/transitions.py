@@ -193,8 +193,12 @@ def extend_leases(
     `held` maps job id -> (attempt number, output tokens so far). A job missing from the answer was
     canceled or recovered by the sweeper: its call should stop. Rows another transaction holds are skipped,
     never waited for: a renewal queued behind thousands of finishes let every other lease of the process lapse
-    (issue 17.3). A held row is being finished by this worker (its call is over: stopping it changes nothing),
-    canceled, or recovered, so it is reported not ours, like the rows that are gone.
+    (issue 17.3). A skipped row is not renewed this time but judged by what is committed (a plain read): still
+    running this attempt under `owner`, it is ours. A lock says nothing of the outcome: a statement that merely
+    rechecked the row (an UPDATE or a locking sweep whose condition no longer held) keeps it locked until its
+    transaction ends, and reading that as "not ours" stopped a healthy call (the media benchmark: a job failed
+    as canceled half a second after its claim). A cancel or a recovery shows once committed, at the next renewal,
+    and a cancel's stop notice comes sooner.
     """
     if not held:
         return set()
@@ -203,8 +207,13 @@ def extend_leases(
     ours = (id_in(session, Job.id, sorted(held)), Job.status == JobStatus.RUNNING, Job.lease_owner == owner)
     query = select(Job.id).where(*ours).order_by(Job.id).with_for_update(skip_locked=True)
     locked = list(session.scalars(query))
+    skipped = sorted(set(held) - set(locked))
+    still: set[str] = set()
+    if skipped:
+        committed = session.execute(select(Job.id, Job.attempt_count).where(id_in(session, Job.id, skipped), *ours[1:]))
+        still = {r.id for r in committed if held[r.id][0] == r.attempt_count}
     if not locked:
-        return set()
+        return still
     rows = session.execute(
         update(Job)
         .where(id_in(session, Job.id, locked), *ours[1:])
@@ -216,7 +225,7 @@ def extend_leases(
     progress = [{"id": i, "output_tokens_so_far": held[i][1]} for i in alive]
     if progress:
         session.execute(update(Job), progress, execution_options=UNSYNCED)
-    return alive
+    return alive | still
 
 
 def finish(session: Session, *, claim: Claim, outcome: Outcome, prices: PriceTable) -> bool:
