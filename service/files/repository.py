@@ -62,9 +62,7 @@ def upload_held_until(session: Session, *, file_id: str) -> datetime | None:
     return session.scalar(select(File.minimax_upload_until).where(File.id == file_id))
 
 
-def record_upload(
-    session: Session, *, file_id: str, minimax_file_id: str, uploaded_at: datetime, account: str
-) -> None:
+def record_upload(session: Session, *, file_id: str, minimax_file_id: str, uploaded_at: datetime, account: str) -> None:
     session.execute(
         update(File)
         .where(File.id == file_id)

@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, func, select, text, update
 from sqlalchemy.orm import Session
 
-from service.db import db_now, id_in, utcnow
+from service.db import UNSYNCED, db_now, id_in, utcnow
 from service.jobs.landing import LANDED, on_terminal
 from service.models import TERMINAL, WAITING, Batch, BatchStatus, Job, JobAttempt, JobStatus, Tenant
 from service.pricing import PriceTable, is_priority
@@ -74,9 +74,6 @@ class Outcome:
 # Tenants the operator disabled (`mmjobs tenants disable`): their jobs are neither dispatched nor claimed.
 DISABLED_TENANTS = select(Tenant.id).where(Tenant.disabled_at.is_not(None))
 USAGE_FIELDS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
-# For the worker's UPDATEs, whose sessions hold no loaded objects: the ORM's default matches every returned row
-# against the session's identity map (2,500 rows per lease renewal at 10,000 calls in flight), for nothing.
-UNSYNCED = {"synchronize_session": False}
 # Rows one sweep statement moves at most: small enough for a short transaction, large enough that a
 # 100,000-request batch takes a few dozen chunks.
 CHUNK = 2000
@@ -133,6 +130,10 @@ def _claimed(job_id: str, row: Any) -> Claim:
     )
 
 
+# What a claim (and a take-up of one, `claimed_by`) reads back of its job: `_claimed` builds the Claim from it.
+_CLAIM_COLUMNS = """jobs.attempt_count, jobs.tenant_id, jobs.model, jobs.format, jobs.params, jobs.max_attempts,
+                  jobs.expires_at, jobs.estimated_input_tokens, jobs.api_key_id, jobs.batch_id, jobs.traceparent,
+                  jobs.budget_reserved"""
 _CLAIM_SQL = text(
     """
     WITH now AS (SELECT statement_timestamp() AS at),
@@ -152,9 +153,7 @@ _CLAIM_SQL = text(
           AND jobs.tenant_id NOT IN (SELECT tenants.id FROM tenants WHERE tenants.disabled_at IS NOT NULL)
           AND (jobs.batch_id IS NULL OR NOT EXISTS (
                 SELECT 1 FROM batches WHERE batches.id = jobs.batch_id AND batches.status = 'canceling'))
-        RETURNING jobs.attempt_count, jobs.tenant_id, jobs.model, jobs.format, jobs.params, jobs.max_attempts,
-                  jobs.expires_at, jobs.estimated_input_tokens, jobs.api_key_id, jobs.batch_id, jobs.traceparent,
-                  jobs.budget_reserved
+        RETURNING {claim_columns}
     ),
     attempt AS (
         INSERT INTO job_attempts (job_id, number, worker, started_at, input_tokens, output_tokens,
@@ -167,18 +166,16 @@ _CLAIM_SQL = text(
     )
     SELECT claimed.*, EXISTS (SELECT 1 FROM budgets WHERE budgets.tenant_id = claimed.tenant_id) AS budgeted
     FROM claimed
-    """.format(waiting=", ".join(f"'{status.value}'" for status in sorted(WAITING)))
+    """.format(waiting=", ".join(f"'{status.value}'" for status in sorted(WAITING)), claim_columns=_CLAIM_COLUMNS)
 ).columns(params=Job.params.type, expires_at=Job.expires_at.type)
 _CLAIMED_BY_SQL = text(
-    """
+    f"""
     WITH now AS (SELECT statement_timestamp() AS at),
     held AS (
         UPDATE jobs SET lease_expires_at = (SELECT at FROM now) + make_interval(secs => :lease_seconds)
         WHERE jobs.id = :job_id AND jobs.status = 'running' AND jobs.lease_owner = :owner
           AND jobs.lease_expires_at > (SELECT at FROM now)
-        RETURNING jobs.attempt_count, jobs.tenant_id, jobs.model, jobs.format, jobs.params, jobs.max_attempts,
-                  jobs.expires_at, jobs.estimated_input_tokens, jobs.api_key_id, jobs.batch_id, jobs.traceparent,
-                  jobs.budget_reserved
+        RETURNING {_CLAIM_COLUMNS}
     )
     SELECT held.*, EXISTS (SELECT 1 FROM budgets WHERE budgets.tenant_id = held.tenant_id) AS budgeted FROM held
     """

@@ -22,6 +22,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from service.batches import tally
+from service.db import UNSYNCED
 from service.models import Budget, Job, UsageEntry
 from service.pricing import PriceTable, TokenCounts
 from service.usage import budgets
@@ -121,13 +122,13 @@ def record(
         if job_totals_added:
             session.execute(
                 update(Job).where(Job.id == job_id).values(priced.job_totals(-1)),
-                execution_options={"synchronize_session": False},
+                execution_options=UNSYNCED,
             )
         return []
     if not job_totals_added:
         session.execute(
             update(Job).where(Job.id == job_id).values(priced.job_totals()),
-            execution_options={"synchronize_session": False},
+            execution_options=UNSYNCED,
         )
     if batch_id is not None:
         billed: dict[str, Any] = {
