@@ -189,7 +189,11 @@ class Settings(BaseSettings):
     prices: dict[str, dict[str, float]] = Field(default_factory=dict)
 
     # Worker
-    worker_concurrency: int = 200
+    # Upstream calls in flight per worker process: one thread each (workers/runtime.py Calls).
+    worker_concurrency: int = Field(200, ge=1)
+    # Celery threads per worker process that receive messages, claim their jobs and start their calls: a few are
+    # enough, each message naming up to `jobs_per_message` jobs.
+    worker_receivers: int = Field(4, ge=1)
     lease_seconds: float = 60.0
     # SIGTERM on a worker: calls in flight may finish for this long; whatever is still running then is handed
     # back to the queue at once (not after its lease runs out) and the process exits. Keep it below the
@@ -226,6 +230,9 @@ class Settings(BaseSettings):
     # submitted behind a 100,000-request batch is never more than this many messages from a worker. Also the
     # most a pass can start: workers claim a message in 1-2 s under load, so ~this many jobs start per 1-2 s.
     max_unclaimed: int = 300
+    # Jobs one Celery message names at most (workers/scheduler.py): one message, one claim statement for all of
+    # them, instead of one each (issue 17.1). 1 publishes a message per job.
+    jobs_per_message: int = Field(16, ge=1, le=500)
     retry_base_seconds: float = 1.0
     retry_cap_seconds: float = 300.0
 

@@ -15,6 +15,8 @@ from service.config import Settings, get_settings
 
 QUEUE = "mmjobs"
 RUN_JOB = "mmjobs.run_job"
+# A message naming several job ids (issue 17.1): the scheduler's; RUN_JOB names one.
+RUN_JOBS = "mmjobs.run_jobs"
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -31,7 +33,9 @@ def make_celery(settings: Settings) -> Celery:
         # worker takes a message only when it has a thread free for it.
         worker_disable_prefetch=True,
         worker_pool="threads",
-        worker_concurrency=settings.worker_concurrency,
+        # Celery's threads receive messages, claim their jobs and hand each to a call thread of the process's own
+        # (workers/runtime.py `Calls`, MMJOBS_WORKER_CONCURRENCY of them): a few are enough.
+        worker_concurrency=settings.worker_receivers,
         worker_hijack_root_logger=False,
         broker_connection_retry_on_startup=True,
         # Publishing must not block the scheduler for long when Redis is away: it retries next pass.

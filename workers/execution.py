@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import TypeVar
 
@@ -166,6 +166,10 @@ def call_upstream(claim: Claim, rt: Runtime, handle: InFlight) -> tuple[Outcome,
             # Every call of the attempt goes to that account: a file id or a token count of another is not its own.
             claim = media.prepare(claim, rt, upstream)  # mmjobs_file:// -> mm_file:// (once per account) or inline
             preflight.check(claim, rt, upstream)  # near M3's window: count_tokens first, fail early with the figure
+            if handle.aborted.is_set():
+                # Stopped before its request went out (canceled between the claim and the call): nothing billed. A
+                # stop from here on cuts the request or its answer: billed for what MiniMax may have used.
+                return stopped(claim, rt, handle, sent=False, usage=None, request_id=None), None
             _mark_sent(claim, rt)
             sent = True
             sent_at = time.time()
@@ -184,7 +188,10 @@ def call_upstream(claim: Claim, rt: Runtime, handle: InFlight) -> tuple[Outcome,
         return success(completion), None
     except UpstreamError as error:
         if handle.aborted.is_set():
-            sent = sent and not error.unsent
+            # Billed as a stop only if MiniMax may have used something: not if it never received the request, nor
+            # if it refused it (an error answer reporting no usage: 4xx/5xx, a base_resp code), which a stop that
+            # came meanwhile does not change (the torture test: canceled jobs billed for calls answered 500).
+            sent = sent and not error.unsent and not _refused(error)
             return stopped(claim, rt, handle, sent=sent, usage=error.usage, request_id=error.request_id), None
         return failure(error, claim=claim, rt=rt), error
     except JobAborted:
@@ -195,6 +202,12 @@ def call_upstream(claim: Claim, rt: Runtime, handle: InFlight) -> tuple[Outcome,
         # Our own bug, not the upstream's: fail the job with an explanation rather than leave it running.
         log.exception("job %s attempt %s crashed", claim.job_id, claim.number)
         return Outcome(classification="internal", error_type="internal_error", error_message=repr(exc)[:2000]), None
+
+
+def _refused(error: UpstreamError) -> bool:
+    """MiniMax answered the request with an error and reported no usage: nothing was generated, nothing is billed
+    (`failure` bills such an answer nothing either). A stream that broke is not a refusal."""
+    return error.http_status is not None and error.usage is None and error.error_type != "stream_broken"
 
 
 def _deadline(claim: Claim, rt: Runtime) -> tuple[float, str]:
@@ -388,47 +401,75 @@ def _settle(claim: Claim, outcome: Outcome, error: UpstreamError | None, rt: Run
 
 
 def run_job(job_id: str, *, rt: Runtime) -> None:
-    """Safe to run twice and to run for a job that is not runnable: the claim decides."""
-    obs_logging.new_context(job_id=job_id)  # every log line of this attempt carries the ids (observability)
+    """Claim and run one job in this thread. Safe to run twice and to run for a job that is not runnable: the claim
+    decides."""
+    for claim, handle in take([job_id], rt=rt):
+        attempt(claim, handle, rt=rt)
 
-    if not rt.start_taking(job_id):
+
+def take(job_ids: Sequence[str], *, rt: Runtime) -> list[tuple[Claim, InFlight]]:
+    """Claim those of `job_ids` that can run now, in one statement, and register each claimed job as in flight
+    (its lease kept by the runtime's keeper); the caller runs each with `attempt`. A job that is not claimable
+    (taken, finished or not due) gives back the rate-limit permit it will never use. A job id twice in the message,
+    or one another thread of this process is claiming, is left to that thread."""
+    ids = [job_id for job_id in dict.fromkeys(job_ids) if rt.start_taking(job_id)]
+    for job_id in set(job_ids) - set(ids):
         log.info("job %s: another thread of this worker is claiming it already (its message came twice)", job_id)
-        return
+    if not ids:
+        return []
     tries = 0
 
-    def take() -> Claim | None:
+    def claim_them() -> list[Claim]:
         nonlocal tries
         tries += 1
-        with one_statement(rt.session_factory) as session:  # the claim is one statement (transitions.claim)
-            claim = transitions.claim(session, job_id=job_id, owner=rt.owner, lease_seconds=rt.settings.lease_seconds)
-            if claim is None and tries > 1 and not rt.runs(job_id):
+        with one_statement(rt.session_factory) as session:  # the claim is one statement (transitions.claim_many)
+            claims = transitions.claim_many(
+                session, job_ids=ids, owner=rt.owner, lease_seconds=rt.settings.lease_seconds
+            )
+            claimed = {c.job_id for c in claims}
+            lost = [j for j in ids if j not in claimed and not rt.runs(j)] if tries > 1 else []
+            if lost:
                 # The try before failed with a database error, possibly after its claim committed (in autocommit
-                # the claim commits as its statement ends; an answer lost after that is an error here). The job
+                # the claim commits as its statement ends; an answer lost after that is an error here). A job
                 # running under this process's name (unique per process start), which no other thread of it takes
-                # (`start_taking`) or runs, is that claim: it is run now, its lease renewed, not left to lapse into
-                # lease recovery and cost an attempt.
-                claim = transitions.claimed_by(
-                    session, job_id=job_id, owner=rt.owner, lease_seconds=rt.settings.lease_seconds
+                # (`start_taking`) or runs, is from that claim: it is run now, its lease renewed, not left to lapse
+                # into lease recovery and cost an attempt.
+                taken_up = transitions.claimed_by(
+                    session, job_ids=lost, owner=rt.owner, lease_seconds=rt.settings.lease_seconds
                 )
-                if claim is not None:
-                    log.warning("job %s: its claim committed though the database's answer was lost", job_id)
-            return claim
+                for c in taken_up:
+                    log.warning("job %s: its claim committed though the database's answer was lost", c.job_id)
+                order = {j: i for i, j in enumerate(ids)}
+                claims = sorted([*claims, *taken_up], key=lambda c: order[c.job_id])
+            return claims
 
+    taken: list[tuple[Claim, InFlight]] = []
     try:
-        claim = persist(f"claim {job_id}", take, give_up_after=30)
-        if claim is None:
-            log.debug("job %s not claimable (taken, finished or not due)", job_id)
-            _return_unused_permit(job_id, rt)
-            return
-        account = rt.account_pool.chosen_name(permit_id(job_id, claim.number), tenant_id=claim.tenant_id)
-        claim = replace(claim, account=account)
-        obs_logging.bind(batch_id=claim.batch_id, tenant=claim.tenant_id, attempt=claim.number)
-        # Registered until the outcome is written: the lease keeper renews the lease while a slow write is retried.
-        # Nothing may raise between this and the `try` whose `finally` unregisters.
-        deadline, why = _deadline(claim, rt)
-        handle = rt.register(claim.job_id, claim.number, claim.tenant_id, deadline=deadline, deadline_reason=why)
+        claims = persist(f"claim {', '.join(ids)}", claim_them, give_up_after=30)
+        claimed = {c.job_id for c in claims}
+        for job_id in ids:
+            if job_id not in claimed:
+                log.debug("job %s not claimable (taken, finished or not due)", job_id)
+                _return_unused_permit(job_id, rt)
+        for claim in claims:
+            account = rt.account_pool.chosen_name(permit_id(claim.job_id, claim.number), tenant_id=claim.tenant_id)
+            claim = replace(claim, account=account)
+            # Registered until the outcome is written: the lease keeper renews the lease while a slow write is
+            # retried. Nothing may raise between this and the caller's `attempt`, whose `finally` unregisters.
+            deadline, why = _deadline(claim, rt)
+            handle = rt.register(claim.job_id, claim.number, claim.tenant_id, deadline=deadline, deadline_reason=why)
+            taken.append((claim, handle))
     finally:
-        rt.done_taking(job_id)
+        for job_id in ids:
+            rt.done_taking(job_id)
+    return taken
+
+
+def attempt(claim: Claim, handle: InFlight, *, rt: Runtime) -> None:
+    """Make the claimed attempt: call MiniMax, decide on a retry, record the outcome, settle the permit."""
+    job_id = claim.job_id
+    obs_logging.new_context(job_id=job_id)  # every log line of this attempt carries the ids (observability)
+    obs_logging.bind(batch_id=claim.batch_id, tenant=claim.tenant_id, attempt=claim.number)
     started = time.monotonic()
     try:
         ids = tracing.job_attributes(

@@ -12,6 +12,8 @@ import secrets
 import socket
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -101,6 +103,57 @@ class UpstreamClients:
             client.close()
 
 
+class Calls:
+    """The threads a worker process runs its calls on, at most `size` at once (MMJOBS_WORKER_CONCURRENCY).
+
+    A Celery message names several jobs (issue 17.1: one message, one claim statement for all of them); the Celery
+    thread that receives it (a receiver, MMJOBS_WORKER_RECEIVERS of them per process) reserves a slot per job it
+    takes, claims them, starts each job's attempt here and returns. A receiver with no slot free waits for one
+    before it claims anything, and so takes no further message: a full process leaves messages to the others."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._free = size
+        self._cond = threading.Condition()
+        self._pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix="call")
+
+    def reserve(self, wanted: int) -> int:
+        """Wait for one free slot, then take up to `wanted` of those free; returns how many were taken."""
+        if wanted <= 0:
+            return 0
+        with self._cond:
+            while self._free == 0:
+                self._cond.wait()
+            taken = min(wanted, self._free)
+            self._free -= taken
+            return taken
+
+    def release(self, n: int = 1) -> None:
+        if n > 0:
+            with self._cond:
+                self._free += n
+                self._cond.notify(n)
+
+    def start(self, attempt: Callable[[], None]) -> None:
+        """Run `attempt` on a call thread; its slot (reserved by the caller) is released when it returns."""
+        self._pool.submit(self._run, attempt)
+
+    def _run(self, attempt: Callable[[], None]) -> None:
+        try:
+            attempt()
+        except BaseException:
+            log.exception("a call thread crashed; its job's lease will lapse and the scheduler hands it back")
+        finally:
+            self.release()
+
+    def busy(self) -> int:
+        with self._cond:
+            return self.size - self._free
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False)
+
+
 class JobAborted(Exception):
     """Raised inside a running call when its job is no longer ours (canceled, or the lease was lost)."""
 
@@ -139,6 +192,7 @@ class Runtime:
             make_engine(settings.database_url, pool_size=1, max_overflow=0)
         )
         self.gate = Gate(settings.worker_active_threads)
+        self.calls = Calls(settings.worker_concurrency)
         self.upstream_clients = UpstreamClients(settings)
         # A bounded pool: thousands of call threads would otherwise open one Redis connection each at a burst of
         # finishes (Redis allows 10,000 clients in all). A thread waits up to `timeout` for a free connection.
@@ -166,7 +220,9 @@ class Runtime:
         )
         self._inflight: dict[str, InFlight] = {}
         self._taking: set[str] = set()  # job ids a thread of this process is claiming right now (`start_taking`)
+        self._closing = False  # shutting down (`hand_back_all`): no new claims
         self._lock = threading.Lock()
+        self._taken = threading.Condition(self._lock)  # notified when a job leaves `_taking`
         worker_metrics.CALLS_IN_FLIGHT.set_function(self.in_flight)  # served on MMJOBS_WORKER_METRICS_PORT
         self._keeper = threading.Thread(target=self._keep_leases, name="lease-keeper", daemon=True)
         self._keeper.start()
@@ -186,9 +242,10 @@ class Runtime:
     def start_taking(self, job_id: str) -> bool:
         """Whether this thread may claim `job_id`: not while another thread of this process is claiming it (its
         message delivered twice to this process). A thread that runs it is no obstacle: its next attempt's message
-        may come before that thread has unregistered, and the claim itself decides."""
+        may come before that thread has unregistered, and the claim itself decides. Never once the process is
+        shutting down (`hand_back_all`)."""
         with self._lock:
-            if job_id in self._taking:
+            if self._closing or job_id in self._taking:
                 return False
             self._taking.add(job_id)
             return True
@@ -201,6 +258,7 @@ class Runtime:
     def done_taking(self, job_id: str) -> None:
         with self._lock:
             self._taking.discard(job_id)
+            self._taken.notify_all()
 
     def unregister(self, job_id: str) -> None:
         with self._lock:
@@ -209,11 +267,19 @@ class Runtime:
     def in_flight(self) -> int:
         return len(self._inflight)
 
-    def hand_back_all(self) -> list[str]:
+    def hand_back_all(self, *, claims_within: float = 5.0) -> list[str]:
         """Shutting down: give every job still in flight back to the queue and free its permit. Their calls are
         stopped (their sockets shut down at once, workers/stopping.py) and, if their threads get to write before
-        the process exits, billed for what they used."""
+        the process exits, billed for what they used.
+
+        No claim starts from now on, and the claims under way (`_taking`: committed perhaps, not registered yet)
+        get up to `claims_within` seconds to register, so their jobs are handed back too instead of left to lapse
+        into lease recovery at the cost of an attempt."""
         with self._lock:
+            self._closing = True
+            self._taken.wait_for(lambda: not self._taking, timeout=claims_within)
+            if self._taking:
+                log.warning("shutdown: %d claims still under way are not handed back", len(self._taking))
             snapshot = dict(self._inflight)
         if not snapshot:
             return []

@@ -2,14 +2,60 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+from functools import partial
+
+from service.jobs.transitions import Claim
 from workers import shutdown  # noqa: F401  (registers the bounded graceful shutdown)
-from workers.celery_app import RUN_JOB, app
-from workers.execution import run_job
-from workers.runtime import get_runtime
+from workers.celery_app import QUEUE, RUN_JOB, RUN_JOBS, app
+from workers.execution import attempt, take
+from workers.runtime import InFlight, Runtime, get_runtime
+
+log = logging.getLogger(__name__)
+
+
+@app.task(name=RUN_JOBS, ignore_result=True)
+def run_jobs_task(job_ids: list[str]) -> None:
+    """A message names up to MMJOBS_JOBS_PER_MESSAGE jobs (workers/scheduler.py); they are claimed together and
+    each runs on a call thread of its own (workers/runtime.py `Calls`). This thread returns once they started."""
+    start_jobs(job_ids, rt=get_runtime())
 
 
 @app.task(name=RUN_JOB, ignore_result=True)
 def run_job_task(job_id: str) -> None:
-    rt = get_runtime()
-    with rt.gate.held():  # released while the call waits on MiniMax (workers/stopping.py Gate)
-        run_job(job_id, rt=rt)
+    """One job: the message of a scheduler from before messages named several (an upgrade under way), and
+    operators' scripts."""
+    start_jobs([job_id], rt=get_runtime())
+
+
+def pass_on(job_ids: list[str]) -> None:
+    app.send_task(RUN_JOBS, args=[job_ids], queue=QUEUE)
+
+
+def start_jobs(job_ids: list[str], *, rt: Runtime, pass_on: Callable[[list[str]], None] = pass_on) -> None:
+    """Reserve a call slot per job (waiting for the first), claim them, start their attempts. The jobs this
+    process has no slot for go back to the queue as one message of their own (`pass_on`), for a process that
+    has."""
+    job_ids = [str(job_id) for job_id in dict.fromkeys(job_ids)]
+    slots = rt.calls.reserve(len(job_ids))
+    mine, rest = job_ids[:slots], job_ids[slots:]
+    if rest:
+        try:
+            pass_on(rest)
+        except Exception as exc:  # the jobs stay marked dispatched: the scheduler publishes them again
+            log.warning("could not pass on %d jobs (%s); the scheduler publishes them again", len(rest), exc)
+    started = 0
+    try:
+        with rt.gate.held():  # workers/stopping.py Gate
+            taken = take(mine, rt=rt)
+        for claim, handle in taken:
+            rt.calls.start(partial(_attempt, claim, handle, rt))
+            started += 1
+    finally:
+        rt.calls.release(len(mine) - started)
+
+
+def _attempt(claim: Claim, handle: InFlight, rt: Runtime) -> None:
+    with rt.gate.held():  # released while the call waits on MiniMax
+        attempt(claim, handle, rt=rt)

@@ -167,11 +167,15 @@ def _exec(argv: list[str]) -> None:
 
 
 def _worker_argv(concurrency: int | None) -> list[str]:
+    """Celery's own threads only receive messages (MMJOBS_WORKER_RECEIVERS); the calls run on the process's call
+    threads, `concurrency` of them (MMJOBS_WORKER_CONCURRENCY, passed on in the environment)."""
     settings = get_settings()
+    if concurrency:
+        os.environ["MMJOBS_WORKER_CONCURRENCY"] = str(concurrency)
     return [
         "-m", "celery", "-A", "workers.celery_app", "worker",
         "--pool", "threads",
-        "--concurrency", str(concurrency or settings.worker_concurrency),
+        "--concurrency", str(settings.worker_receivers),
         "--queues", "mmjobs",
         # Heartbeats and task events (the app's config) let Flower list the worker and its tasks; gossip and
         # mingle (worker-to-worker chatter) stay off: nothing here uses them.

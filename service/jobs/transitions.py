@@ -87,28 +87,45 @@ def _lock_chunk(session: Session, where: Sequence[ColumnElement[bool]], *, limit
 
 
 def claim(session: Session, *, job_id: str, owner: str, lease_seconds: float) -> Claim | None:
-    """Take a waiting job whose time has come, or None if someone else has it or it is not runnable.
-
-    Lock order (service/db.py): the job row (this UPDATE), its new attempt, then its batch's `started_at`.
-    Due and deadline are judged by the database's clock, so a worker whose own clock lags still claims.
-
-    On Postgres this is one statement (one round trip, issue 17.1): the job's UPDATE, its attempt's INSERT and
-    the batch's `started_at` are data-modifying CTEs; the attempt and the batch hang off the claimed row, so they
-    run after it (and not at all when nothing was claimed)."""
-    row = session.execute(
-        _CLAIM_SQL, {"job_id": job_id, "owner": owner, "lease_seconds": float(lease_seconds)}
-    ).one_or_none()
-    return None if row is None else _claimed(job_id, row)
+    """Take a waiting job whose time has come, or None if someone else has it or it is not runnable."""
+    claims = claim_many(session, job_ids=[job_id], owner=owner, lease_seconds=lease_seconds)
+    return claims[0] if claims else None
 
 
-def claimed_by(session: Session, *, job_id: str, owner: str, lease_seconds: float) -> Claim | None:
-    """The claim `owner` holds on `job_id` (running under its name, its lease not lapsed), as `claim` returned it,
-    its lease renewed from now; None if it holds none. For a worker whose claim may have committed without its
-    answer arriving (workers/execution.py `run_job`). One statement, like the claim."""
-    row = session.execute(
-        _CLAIMED_BY_SQL, {"job_id": job_id, "owner": owner, "lease_seconds": float(lease_seconds)}
-    ).one_or_none()
-    return None if row is None else _claimed(job_id, row)
+def claim_many(session: Session, *, job_ids: Sequence[str], owner: str, lease_seconds: float) -> list[Claim]:
+    """Take those of `job_ids` that wait and whose time has come; the others (someone else has them, or they are
+    not runnable) are left alone. Returns the claims in the order of `job_ids`.
+
+    Lock order (service/db.py): the job rows in id order (a locking read first: a multi-row UPDATE alone locks in
+    whatever order its scan meets them), then their new attempts, then their batches' `started_at`, batches in id
+    order. Due and deadline are judged by the database's clock, so a worker whose own clock lags still claims.
+
+    On Postgres this is one statement (one round trip for the jobs of a whole message, issue 17.1): the jobs'
+    UPDATE, their attempts' INSERT and the batches' `started_at` are data-modifying CTEs hanging off the claimed
+    rows, so they run after them (and not at all when nothing was claimed)."""
+    if not job_ids:
+        return []
+    rows = session.execute(
+        _CLAIM_SQL, {"job_ids": list(job_ids), "owner": owner, "lease_seconds": float(lease_seconds)}
+    ).all()
+    return _in_order(job_ids, rows)
+
+
+def claimed_by(session: Session, *, job_ids: Sequence[str], owner: str, lease_seconds: float) -> list[Claim]:
+    """The claims `owner` holds on `job_ids` (running under its name, their leases not lapsed), as `claim_many`
+    returned them, their leases renewed from now. For a worker whose claim may have committed without its answer
+    arriving (workers/execution.py `take`). One statement, like the claim; the rows in id order."""
+    if not job_ids:
+        return []
+    rows = session.execute(
+        _CLAIMED_BY_SQL, {"job_ids": list(job_ids), "owner": owner, "lease_seconds": float(lease_seconds)}
+    ).all()
+    return _in_order(job_ids, rows)
+
+
+def _in_order(job_ids: Sequence[str], rows: Sequence[Any]) -> list[Claim]:
+    by_id = {row.id: row for row in rows}
+    return [_claimed(job_id, by_id[job_id]) for job_id in dict.fromkeys(job_ids) if job_id in by_id]
 
 
 def _claimed(job_id: str, row: Any) -> Claim:
@@ -130,13 +147,28 @@ def _claimed(job_id: str, row: Any) -> Claim:
     )
 
 
-# What a claim (and a take-up of one, `claimed_by`) reads back of its job: `_claimed` builds the Claim from it.
-_CLAIM_COLUMNS = """jobs.attempt_count, jobs.tenant_id, jobs.model, jobs.format, jobs.params, jobs.max_attempts,
-                  jobs.expires_at, jobs.estimated_input_tokens, jobs.api_key_id, jobs.batch_id, jobs.traceparent,
-                  jobs.budget_reserved"""
+# What a claim (and a take-up of one, `claimed_by`) reads back of its jobs: `_claimed` builds the Claim from it.
+_CLAIM_COLUMNS = """jobs.id, jobs.attempt_count, jobs.tenant_id, jobs.model, jobs.format, jobs.params,
+                  jobs.max_attempts, jobs.expires_at, jobs.estimated_input_tokens, jobs.api_key_id, jobs.batch_id,
+                  jobs.traceparent, jobs.budget_reserved"""
+_CLAIMABLE = """jobs.status IN ({waiting})
+          AND jobs.next_attempt_at <= (SELECT at FROM now)
+          AND jobs.expires_at > (SELECT at FROM now)""".format(
+    waiting=", ".join(f"'{status.value}'" for status in sorted(WAITING))
+)
 _CLAIM_SQL = text(
-    """
+    f"""
     WITH now AS (SELECT statement_timestamp() AS at),
+    picked AS (
+        SELECT jobs.id FROM jobs
+        WHERE jobs.id = ANY(CAST(:job_ids AS text[]))
+          AND {_CLAIMABLE}
+          AND jobs.tenant_id NOT IN (SELECT tenants.id FROM tenants WHERE tenants.disabled_at IS NOT NULL)
+          AND (jobs.batch_id IS NULL OR NOT EXISTS (
+                SELECT 1 FROM batches WHERE batches.id = jobs.batch_id AND batches.status = 'canceling'))
+        ORDER BY jobs.id
+        FOR UPDATE OF jobs
+    ),
     claimed AS (
         UPDATE jobs SET
             status = 'running',
@@ -146,34 +178,42 @@ _CLAIM_SQL = text(
             started_at = coalesce(jobs.started_at, (SELECT at FROM now)),
             output_tokens_so_far = 0,
             updated_at = (SELECT at FROM now)
-        WHERE jobs.id = :job_id
-          AND jobs.status IN ({waiting})
-          AND jobs.next_attempt_at <= (SELECT at FROM now)
-          AND jobs.expires_at > (SELECT at FROM now)
-          AND jobs.tenant_id NOT IN (SELECT tenants.id FROM tenants WHERE tenants.disabled_at IS NOT NULL)
-          AND (jobs.batch_id IS NULL OR NOT EXISTS (
-                SELECT 1 FROM batches WHERE batches.id = jobs.batch_id AND batches.status = 'canceling'))
-        RETURNING {claim_columns}
+        FROM picked
+        WHERE jobs.id = picked.id AND {_CLAIMABLE}
+        RETURNING {_CLAIM_COLUMNS}
     ),
     attempt AS (
         INSERT INTO job_attempts (job_id, number, worker, started_at, input_tokens, output_tokens,
                                   cache_read_tokens, cache_write_tokens)
-        SELECT :job_id, claimed.attempt_count, :owner, (SELECT at FROM now), 0, 0, 0, 0 FROM claimed
+        SELECT claimed.id, claimed.attempt_count, :owner, (SELECT at FROM now), 0, 0, 0, 0 FROM claimed
     ),
     started AS (
         UPDATE batches SET started_at = (SELECT at FROM now), updated_at = (SELECT at FROM now)
-        WHERE batches.id = (SELECT claimed.batch_id FROM claimed) AND batches.started_at IS NULL
+        WHERE batches.id IN (
+            SELECT b.id FROM batches b
+            WHERE b.id IN (SELECT claimed.batch_id FROM claimed) AND b.started_at IS NULL
+            ORDER BY b.id
+            FOR UPDATE
+        )
     )
     SELECT claimed.*, EXISTS (SELECT 1 FROM budgets WHERE budgets.tenant_id = claimed.tenant_id) AS budgeted
     FROM claimed
-    """.format(waiting=", ".join(f"'{status.value}'" for status in sorted(WAITING)), claim_columns=_CLAIM_COLUMNS)
+    """
 ).columns(params=Job.params.type, expires_at=Job.expires_at.type)
 _CLAIMED_BY_SQL = text(
     f"""
     WITH now AS (SELECT statement_timestamp() AS at),
+    picked AS (
+        SELECT jobs.id FROM jobs
+        WHERE jobs.id = ANY(CAST(:job_ids AS text[])) AND jobs.status = 'running' AND jobs.lease_owner = :owner
+          AND jobs.lease_expires_at > (SELECT at FROM now)
+        ORDER BY jobs.id
+        FOR UPDATE
+    ),
     held AS (
         UPDATE jobs SET lease_expires_at = (SELECT at FROM now) + make_interval(secs => :lease_seconds)
-        WHERE jobs.id = :job_id AND jobs.status = 'running' AND jobs.lease_owner = :owner
+        FROM picked
+        WHERE jobs.id = picked.id AND jobs.status = 'running' AND jobs.lease_owner = :owner
           AND jobs.lease_expires_at > (SELECT at FROM now)
         RETURNING {_CLAIM_COLUMNS}
     )

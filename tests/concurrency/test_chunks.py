@@ -4,8 +4,6 @@ budget holds are released however many requests land at once, and canceling it o
 
 from __future__ import annotations
 
-import base64
-import json
 from collections.abc import Iterator
 from datetime import timedelta
 from decimal import Decimal
@@ -25,7 +23,7 @@ from service.usage import budgets
 from tests.concurrency.racing import REDIS_URL, factory_for, make_key, seed_batch, settings_for
 from tests.db import drop_database, fresh_database
 from tests.reading import fold
-from workers.celery_app import QUEUE
+from tests.workers.broker_queue import queued_job_ids
 from workers.scheduler import Scheduler
 
 HUGE = 70_001  # past the 65,535 parameters Postgres allows in one statement
@@ -50,11 +48,6 @@ def broker() -> Iterator[redis.Redis]:
     client.flushdb()
     yield client
     client.flushdb()
-
-
-def queued_job_ids(broker: redis.Redis) -> list[str]:
-    messages = [json.loads(m) for m in broker.lrange(QUEUE, 0, -1)]
-    return [json.loads(base64.b64decode(m["body"]))[0][0] for m in messages]
 
 
 def budget_for(factory: sessionmaker[Session], tenant_id: str) -> str:

@@ -7,12 +7,13 @@ Roles (each a process of its own, released together by a barrier):
   results, jobs and usage. Any 5xx is a failure.
 - 2 schedulers: `Scheduler.run_once` in a loop (lease recovery, expiry, cancel repair, dispatch under the shared
   limiter, webhooks, cron).
-- 2 workers: the real `run_job` (claim, call, finish, settle the permit), four threads each, taking the job ids the
-  schedulers published from the Celery queue in Redis, as Celery would. The upstream is a fake MiniMax inside the
+- 2 workers: the real `take` (one claim statement for a message's jobs) and `attempt` (call, finish, settle the
+  permit), four threads each, taking the messages the schedulers published from the Celery queue in Redis, as
+  Celery would. The upstream is a fake MiniMax inside the
   worker (an httpx transport) that answers at random: streams that succeed (some slowly), 500, 429, 400, a stream
   that breaks midway with an error event, a stream cut short. Each call the upstream accepted (anything but an
-  HTTP error: it bills from then on) is recorded in Redis. One message in twenty is taken by a
-  "crashing" worker instead: it claims the job and vanishes (no outcome, no permit settled).
+  HTTP error: it bills from then on) is recorded in Redis. In one message in twenty a "crashing" worker claims
+  one of the jobs and vanishes (no outcome, no permit settled).
 - 1 lease sweeper: `recover_expired_leases` at random moments (leases are 3 s).
 
 Two tenants: `acme` with a tenant and a key budget (large), `tiny` with a small budget that runs out, a
@@ -54,7 +55,7 @@ from service.tenants import service as tenants
 from service.usage import budgets
 from tests.db import drop_database, fresh_database, redis_url
 from workers.dispatcher import permit_id
-from workers.execution import run_job
+from workers.execution import attempt, take
 from workers.runtime import Runtime
 from workers.scheduler import Scheduler
 
@@ -65,7 +66,7 @@ MODEL = "MiniMax-M2.7"
 DATABASE = "mmjobs_torture"
 REDIS_DB = 11  # its own: test_limiter uses 12
 QUEUE = "mmjobs"  # workers.celery_app.QUEUE; kombu's Redis transport LPUSHes, consumers BRPOP
-RUN_JOB = "mmjobs.run_job"
+RUN_JOB, RUN_JOBS = "mmjobs.run_job", "mmjobs.run_jobs"
 BILLED = "torture:billed"  # message ids of the calls the fake upstream began answering
 CRASHED = "torture:crashed"  # permit ids (job:attempt) held by claims whose worker vanished
 TERMINAL = ("succeeded", "failed", "canceled", "expired")
@@ -375,13 +376,15 @@ class FakeUpstream:
         yield _sse("message_stop", {"type": "message_stop"})
 
 
-def _job_id(message: Any) -> str | None:
-    """The job id of a Celery run_job message as kombu's Redis transport stores it (None: another task)."""
+def _job_ids(message: Any) -> list[str]:
+    """The job ids of a Celery run_jobs (or run_job) message as kombu's Redis transport stores it (none: another
+    task)."""
     envelope = json.loads(message)
-    if envelope["headers"]["task"] != RUN_JOB:
-        return None
+    task = envelope["headers"]["task"]
+    if task not in (RUN_JOB, RUN_JOBS):
+        return []
     args = json.loads(base64.b64decode(envelope["body"]))[0]
-    return str(args[0])
+    return [str(job_id) for job_id in args[0]] if task == RUN_JOBS else [str(args[0])]
 
 
 def worker_role(world: World, seed: int, barrier: Any, stop: Any, reports: Any) -> None:
@@ -398,28 +401,32 @@ def worker_role(world: World, seed: int, barrier: Any, stop: Any, reports: Any) 
             popped = client.brpop([QUEUE], timeout=0.2)
             if popped is None:
                 continue
-            job_id = _job_id(popped[1])
-            if job_id is None:
+            job_ids = _job_ids(popped[1])
+            if not job_ids:
                 continue
             try:
                 if crash_next or rng.random() < 0.05:
-                    # A worker killed mid-call: it holds the claim and its permit and never says anything again.
+                    # A worker killed mid-call: it holds the claim of one of the message's jobs and its permit and
+                    # never says anything again; the message's other jobs run.
+                    victim = rng.choice(job_ids)
                     with transaction(rt.session_factory) as session:
                         claim = transitions.claim(
-                            session, job_id=job_id, owner=f"crashed-{os.getpid()}", lease_seconds=LEASE_SECONDS
+                            session, job_id=victim, owner=f"crashed-{os.getpid()}", lease_seconds=LEASE_SECONDS
                         )
                     if claim is not None:
                         crash_next = False
                         client.sadd(CRASHED, permit_id(claim.job_id, claim.number))
                         with lock:
                             report.stats["crashed"] = report.stats.get("crashed", 0) + 1
-                        continue
-                run_job(job_id, rt=rt)
-                with lock:
-                    report.stats["run_job"] = report.stats.get("run_job", 0) + 1
+                        job_ids.remove(victim)
+                # The real claim of a message's jobs (one statement), then each job's attempt in turn.
+                for claim, handle in take(job_ids, rt=rt):
+                    attempt(claim, handle, rt=rt)
+                    with lock:
+                        report.stats["run_job"] = report.stats.get("run_job", 0) + 1
             except Exception as exc:
                 with lock:
-                    report.problems.append(f"run_job({job_id}) raised {type(exc).__name__}: {str(exc)[:400]}")
+                    report.problems.append(f"run_jobs({job_ids}) raised {type(exc).__name__}: {str(exc)[:400]}")
 
     def body(report: Report, _until: float, stop: Any) -> None:
         threads = [

@@ -3,8 +3,6 @@ pipeline and are marked dispatched; if the broker refuses, nothing is marked and
 
 from __future__ import annotations
 
-import base64
-import json
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -19,8 +17,9 @@ from service.config import ModelRateLimit, Settings
 from service.db import utcnow
 from service.models import Job
 from tests.db import redis_url
+from tests.workers.broker_queue import queued_job_ids, queued_messages
 from tests.workers.test_dispatcher import add_jobs
-from workers.celery_app import QUEUE, make_celery
+from workers.celery_app import make_celery
 from workers.scheduler import Scheduler
 
 REDIS_URL = redis_url(14)
@@ -41,12 +40,6 @@ def scheduler(settings: Settings, session_factory: sessionmaker[Session]) -> Sch
     return s
 
 
-def queued_job_ids(broker: redis.Redis) -> list[str]:
-    """The job id each message in the Celery queue carries (protocol 2: body = [args, kwargs, embed])."""
-    messages = [json.loads(m) for m in broker.lrange(QUEUE, 0, -1)]
-    return [json.loads(base64.b64decode(m["body"]))[0][0] for m in messages]
-
-
 def test_a_pass_publishes_every_due_job_once_and_marks_it_dispatched(
     session: Session, session_factory: sessionmaker[Session], settings: Settings, broker: redis.Redis
 ) -> None:
@@ -54,6 +47,9 @@ def test_a_pass_publishes_every_due_job_once_and_marks_it_dispatched(
     result = scheduler(settings, session_factory).run_once()
     assert result["published"] == 40
     assert sorted(queued_job_ids(broker)) == sorted(ids)
+    # One message per up to 16 jobs (MMJOBS_JOBS_PER_MESSAGE), split evenly, in the order granted (oldest first).
+    assert [len(m) for m in queued_messages(broker)] == [14, 13, 13]
+    assert queued_job_ids(broker) == sorted(ids)
     session.expire_all()
     assert None not in session.scalars(select(Job.dispatched_at).where(Job.id.in_(ids))).all()
 
