@@ -451,11 +451,15 @@ def take(job_ids: Sequence[str], *, rt: Runtime) -> list[tuple[Claim, InFlight]]
             if job_id not in claimed:
                 log.debug("job %s not claimable (taken, finished or not due)", job_id)
                 _return_unused_permit(job_id, rt)
+        # Every account first: what may raise does so before any job is registered (a registered job's lease is
+        # renewed until it is unregistered; an unregistered one lapses, and lease recovery hands it back).
+        claims = [
+            replace(c, account=rt.account_pool.chosen_name(permit_id(c.job_id, c.number), tenant_id=c.tenant_id))
+            for c in claims
+        ]
         for claim in claims:
-            account = rt.account_pool.chosen_name(permit_id(claim.job_id, claim.number), tenant_id=claim.tenant_id)
-            claim = replace(claim, account=account)
             # Registered until the outcome is written: the lease keeper renews the lease while a slow write is
-            # retried. Nothing may raise between this and the caller's `attempt`, whose `finally` unregisters.
+            # retried. The caller runs each with `attempt`, whose `finally` unregisters, or unregisters it.
             deadline, why = _deadline(claim, rt)
             handle = rt.register(claim.job_id, claim.number, claim.tenant_id, deadline=deadline, deadline_reason=why)
             taken.append((claim, handle))

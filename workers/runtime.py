@@ -108,8 +108,9 @@ class Calls:
 
     A Celery message names several jobs (issue 17.1: one message, one claim statement for all of them); the Celery
     thread that receives it (a receiver, MMJOBS_WORKER_RECEIVERS of them per process) reserves a slot per job it
-    takes, claims them, starts each job's attempt here and returns. A receiver with no slot free waits for one
-    before it claims anything, and so takes no further message: a full process leaves messages to the others."""
+    takes, claims them, starts each job's attempt here and returns. A receiver that finds no slot free waits a
+    moment for one, then passes the whole message on (workers/tasks.py): a full process leaves messages to the
+    others, and holds none of them longer than that moment."""
 
     def __init__(self, size: int) -> None:
         self.size = size
@@ -117,13 +118,14 @@ class Calls:
         self._cond = threading.Condition()
         self._pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix="call")
 
-    def reserve(self, wanted: int) -> int:
-        """Wait for one free slot, then take up to `wanted` of those free; returns how many were taken."""
+    def reserve(self, wanted: int, *, wait: float) -> int:
+        """Wait up to `wait` seconds for one free slot, then take up to `wanted` of those free; returns how many were
+        taken (0: none came free in time)."""
         if wanted <= 0:
             return 0
         with self._cond:
-            while self._free == 0:
-                self._cond.wait()
+            if not self._cond.wait_for(lambda: self._free > 0, timeout=wait):
+                return 0
             taken = min(wanted, self._free)
             self._free -= taken
             return taken

@@ -13,6 +13,9 @@ from workers.execution import attempt, take
 from workers.runtime import InFlight, Runtime, get_runtime
 
 log = logging.getLogger(__name__)
+# How long a receiver holding a message waits for a free call slot before it passes the message on: a full process
+# must not sit on jobs another one could start now (as prefetching would), nor bounce messages in a tight loop.
+SLOT_WAIT_SECONDS = 1.0
 
 
 @app.task(name=RUN_JOBS, ignore_result=True)
@@ -33,12 +36,18 @@ def pass_on(job_ids: list[str]) -> None:
     app.send_task(RUN_JOBS, args=[job_ids], queue=QUEUE)
 
 
-def start_jobs(job_ids: list[str], *, rt: Runtime, pass_on: Callable[[list[str]], None] = pass_on) -> None:
-    """Reserve a call slot per job (waiting for the first), claim them, start their attempts. The jobs this
-    process has no slot for go back to the queue as one message of their own (`pass_on`), for a process that
-    has."""
+def start_jobs(
+    job_ids: list[str],
+    *,
+    rt: Runtime,
+    pass_on: Callable[[list[str]], None] = pass_on,
+    wait_for_slot: float = SLOT_WAIT_SECONDS,
+) -> None:
+    """Reserve a call slot per job (waiting up to `wait_for_slot` for the first), claim them, start their attempts.
+    The jobs this process has no slot for go back to the queue as one message of their own (`pass_on`), for a
+    process that has: with every process full, each receiver passes a message on once per `wait_for_slot`."""
     job_ids = [str(job_id) for job_id in dict.fromkeys(job_ids)]
-    slots = rt.calls.reserve(len(job_ids))
+    slots = rt.calls.reserve(len(job_ids), wait=wait_for_slot)
     mine, rest = job_ids[:slots], job_ids[slots:]
     if rest:
         try:
@@ -50,7 +59,12 @@ def start_jobs(job_ids: list[str], *, rt: Runtime, pass_on: Callable[[list[str]]
         with rt.gate.held():  # workers/stopping.py Gate
             taken = take(mine, rt=rt)
         for claim, handle in taken:
-            rt.calls.start(partial(_attempt, claim, handle, rt))
+            try:
+                rt.calls.start(partial(_attempt, claim, handle, rt))
+            except RuntimeError:  # the process is exiting: no new call threads
+                log.warning("job %s not started (shutting down); its lease lapses and it is handed back", claim.job_id)
+                rt.unregister(claim.job_id)
+                continue
             started += 1
     finally:
         rt.calls.release(len(mine) - started)

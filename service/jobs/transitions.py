@@ -103,28 +103,22 @@ def claim_many(session: Session, *, job_ids: Sequence[str], owner: str, lease_se
     On Postgres this is one statement (one round trip for the jobs of a whole message, issue 17.1): the jobs'
     UPDATE, their attempts' INSERT and the batches' `started_at` are data-modifying CTEs hanging off the claimed
     rows, so they run after them (and not at all when nothing was claimed)."""
-    if not job_ids:
-        return []
-    rows = session.execute(
-        _CLAIM_SQL, {"job_ids": list(job_ids), "owner": owner, "lease_seconds": float(lease_seconds)}
-    ).all()
-    return _in_order(job_ids, rows)
+    return _claims(session, _CLAIM_SQL, job_ids=job_ids, owner=owner, lease_seconds=lease_seconds)
 
 
 def claimed_by(session: Session, *, job_ids: Sequence[str], owner: str, lease_seconds: float) -> list[Claim]:
     """The claims `owner` holds on `job_ids` (running under its name, their leases not lapsed), as `claim_many`
     returned them, their leases renewed from now. For a worker whose claim may have committed without its answer
     arriving (workers/execution.py `take`). One statement, like the claim; the rows in id order."""
+    return _claims(session, _CLAIMED_BY_SQL, job_ids=job_ids, owner=owner, lease_seconds=lease_seconds)
+
+
+def _claims(session: Session, sql: Any, *, job_ids: Sequence[str], owner: str, lease_seconds: float) -> list[Claim]:
+    """Run a claim statement (`_CLAIM_SQL`, `_CLAIMED_BY_SQL`); the claims in the order of `job_ids`."""
     if not job_ids:
         return []
-    rows = session.execute(
-        _CLAIMED_BY_SQL, {"job_ids": list(job_ids), "owner": owner, "lease_seconds": float(lease_seconds)}
-    ).all()
-    return _in_order(job_ids, rows)
-
-
-def _in_order(job_ids: Sequence[str], rows: Sequence[Any]) -> list[Claim]:
-    by_id = {row.id: row for row in rows}
+    params = {"job_ids": list(job_ids), "owner": owner, "lease_seconds": float(lease_seconds)}
+    by_id = {row.id: row for row in session.execute(sql, params).all()}
     return [_claimed(job_id, by_id[job_id]) for job_id in dict.fromkeys(job_ids) if job_id in by_id]
 
 

@@ -1,7 +1,7 @@
 """A worker process receives a message naming several jobs (workers/tasks.py `start_jobs`, issue 17.1): it takes as
 many as it has call slots free (MMJOBS_WORKER_CONCURRENCY), claims them in one statement and runs each on a call
-thread of its own; the rest go back to the queue as a message of their own. With every slot taken it waits for
-one before it claims anything. Real Postgres, real Redis, the simulator as MiniMax."""
+thread of its own; the rest go back to the queue as a message of their own. With every slot taken it waits a moment
+for one, then passes the whole message on. Real Postgres, real Redis, the simulator as MiniMax."""
 
 from __future__ import annotations
 
@@ -94,10 +94,14 @@ def test_a_message_larger_than_the_free_slots_passes_the_rest_on(world: Any, run
     wait_for(lambda: statuses(world, ids[:2]) == ["succeeded", "succeeded"] and runtime.calls.busy() == 0)
 
 
-def test_with_every_slot_taken_the_receiver_waits_before_it_claims(world: Any, runtime: Runtime) -> None:
+def test_with_every_slot_taken_the_receiver_waits_for_one_before_it_claims(world: Any, runtime: Runtime) -> None:
     first, later = submit(world, 2), submit(world, 1)
     start_jobs(first, rt=runtime, pass_on=lambda rest: pytest.fail(f"passed on {rest}"))
-    receiver = threading.Thread(target=start_jobs, args=(later,), kwargs={"rt": runtime})
+    receiver = threading.Thread(
+        target=start_jobs,
+        args=(later,),
+        kwargs={"rt": runtime, "wait_for_slot": 60.0, "pass_on": lambda rest: pytest.fail(f"passed on {rest}")},
+    )
     receiver.start()
     time.sleep(LATENCY / 2)
     assert receiver.is_alive()  # waiting for a slot
@@ -105,6 +109,20 @@ def test_with_every_slot_taken_the_receiver_waits_before_it_claims(world: Any, r
     receiver.join(timeout=20)
     assert not receiver.is_alive()
     wait_for(lambda: statuses(world, [*first, *later]) == ["succeeded"] * 3 and runtime.calls.busy() == 0)
+
+
+def test_a_full_process_passes_a_message_on_instead_of_sitting_on_it(world: Any, runtime: Runtime) -> None:
+    """No slot comes free within the wait: the whole message goes back to the queue for another process (a full
+    process holding messages would keep their jobs from one that is idle, for as long as its calls run)."""
+    first, later = submit(world, 2), submit(world, 3)
+    start_jobs(first, rt=runtime)
+    passed: list[list[str]] = []
+    started = time.monotonic()
+    start_jobs(later, rt=runtime, pass_on=passed.append, wait_for_slot=0.3)
+    assert 0.3 <= time.monotonic() - started < LATENCY
+    assert passed == [later]
+    assert statuses(world, later) == ["queued"] * 3
+    wait_for(lambda: statuses(world, first) == ["succeeded"] * 2 and runtime.calls.busy() == 0)
 
 
 def test_a_job_that_cannot_be_claimed_gives_its_slot_back(world: Any, runtime: Runtime) -> None:
