@@ -152,9 +152,6 @@ class Calls:
         with self._cond:
             return self.size - self._free
 
-    def close(self) -> None:
-        self._pool.shutdown(wait=False)
-
 
 class JobAborted(Exception):
     """Raised inside a running call when its job is no longer ours (canceled, or the lease was lost)."""
