@@ -104,13 +104,18 @@ class UpstreamClients:
 
 
 class Calls:
-    """The threads a worker process runs its calls on, at most `size` at once (MMJOBS_WORKER_CONCURRENCY).
+    """The threads a worker process runs its calls (and webhook deliveries) on, at most `size` at once
+    (MMJOBS_WORKER_CONCURRENCY).
 
     A Celery message names several jobs (issue 17.1: one message, one claim statement for all of them); the Celery
     thread that receives it (a receiver, MMJOBS_WORKER_RECEIVERS of them per process) reserves a slot per job it
     takes, claims them, starts each job's attempt here and returns. A receiver that finds no slot free waits a
-    moment for one, then passes the whole message on (workers/tasks.py): a full process leaves messages to the
-    others, and holds none of them longer than that moment."""
+    moment for one (WAIT_SECONDS), then passes the whole message on (workers/tasks.py): a full process leaves
+    messages to the others, and holds none of them longer than that moment."""
+
+    # How long a receiver holding a message waits for a free slot before it passes the message on: a full process
+    # must not sit on work another one could start now (as prefetching would), nor bounce messages in a tight loop.
+    WAIT_SECONDS = 1.0
 
     def __init__(self, size: int) -> None:
         self.size = size

@@ -10,12 +10,9 @@ from service.jobs.transitions import Claim
 from workers import shutdown  # noqa: F401  (registers the bounded graceful shutdown)
 from workers.celery_app import QUEUE, RUN_JOB, RUN_JOBS, app
 from workers.execution import attempt, take
-from workers.runtime import InFlight, Runtime, get_runtime
+from workers.runtime import Calls, InFlight, Runtime, get_runtime
 
 log = logging.getLogger(__name__)
-# How long a receiver holding a message waits for a free call slot before it passes the message on: a full process
-# must not sit on jobs another one could start now (as prefetching would), nor bounce messages in a tight loop.
-SLOT_WAIT_SECONDS = 1.0
 
 
 @app.task(name=RUN_JOBS, ignore_result=True)
@@ -41,7 +38,7 @@ def start_jobs(
     *,
     rt: Runtime,
     pass_on: Callable[[list[str]], None] = pass_on,
-    wait_for_slot: float = SLOT_WAIT_SECONDS,
+    wait_for_slot: float = Calls.WAIT_SECONDS,
 ) -> None:
     """Reserve a call slot per job (waiting up to `wait_for_slot` for the first), claim them, start their attempts.
     The jobs this process has no slot for go back to the queue as one message of their own (`pass_on`), for a

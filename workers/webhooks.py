@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import httpx
@@ -32,7 +33,7 @@ from service.webhooks.events import ENDPOINT_DISABLED, envelope, new_secret, rfc
 from service.webhooks.outbox import emit
 from service.webhooks.retry import DISABLE_AFTER_SECONDS, MAX_ATTEMPTS, next_delay
 from workers.celery_app import QUEUE, app
-from workers.runtime import get_runtime
+from workers.runtime import Calls, get_runtime
 
 DELIVER_WEBHOOK = "mmjobs.deliver_webhook"
 # A delivery handed to the broker and not finished after this long is published again (the message was lost).
@@ -292,8 +293,24 @@ def http_client(settings: Settings) -> httpx.Client:
 
 @app.task(name=DELIVER_WEBHOOK, ignore_result=True)
 def deliver_webhook_task(delivery_id: str) -> None:
-    obs_logging.new_context(delivery_id=delivery_id)
+    """On a call thread (workers/runtime.py `Calls`), never on the receiver: a worker has only a few receivers,
+    and an endpoint that takes the whole timeout (15 s) to answer must not hold one. With no call thread free
+    within a moment the delivery is passed on to another worker (or back to this one later); a pass-on lost with
+    Redis is published again by the scheduler (`dispatch_due`)."""
     rt = get_runtime()
+    if not rt.calls.reserve(1, wait=Calls.WAIT_SECONDS):
+        try:
+            publisher(app)(delivery_id)
+        except Exception as exc:
+            log.warning(
+                "could not pass on webhook delivery %s (%s); the scheduler publishes it again", delivery_id, exc
+            )
+        return
+    rt.calls.start(partial(_deliver_now, delivery_id, rt))
+
+
+def _deliver_now(delivery_id: str, rt: Any) -> None:
+    obs_logging.new_context(delivery_id=delivery_id)
     deliver(rt.session_factory, delivery_id, client=http_client(rt.settings))
 
 

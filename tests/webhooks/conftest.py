@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ class Receiver:
     url: str = ""
     requests: list[Received] = field(default_factory=list)
     answers: deque[tuple[int, dict[str, str], bytes]] = field(default_factory=deque)
+    delay: float = 0.0  # seconds before each answer (a slow endpoint)
 
     def answer(self, status: int, headers: dict[str, str] | None = None, body: bytes = b"") -> None:
         self.answers.append((status, headers or {}, body))
@@ -47,6 +49,7 @@ def _serve(receiver: Receiver) -> Iterator[Receiver]:
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("content-length") or 0))
             receiver.requests.append(Received(self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+            time.sleep(receiver.delay)
             status, headers, reply = receiver.answers.popleft() if receiver.answers else (200, {}, b"ok")
             self.send_response(status)
             for name, value in headers.items():

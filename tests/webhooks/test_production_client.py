@@ -4,6 +4,7 @@ these take the one `deliver_webhook_task` builds in production and prove it is t
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from types import SimpleNamespace
 
@@ -21,6 +22,7 @@ from service.webhooks.outbox import emit
 from tests.conftest import TEST_REDIS_URL
 from tests.webhooks.conftest import Deliverer, Receiver
 from workers import webhooks
+from workers.runtime import Calls
 
 
 @pytest.fixture
@@ -50,9 +52,16 @@ def production_settings(settings: Settings) -> Settings:
 def run_task(
     monkeypatch: pytest.MonkeyPatch, factory: sessionmaker[Session], settings: Settings, delivery_id: str
 ) -> None:
-    # The task's runtime, with the test's session factory (its transaction) and the settings given.
-    monkeypatch.setattr(webhooks, "get_runtime", lambda: SimpleNamespace(session_factory=factory, settings=settings))
+    """The task as a worker runs it: it starts the delivery on a call thread and returns; this waits for the thread.
+    The task's runtime has the test's session factory (its transaction), the settings given and its own calls."""
+    calls = Calls(1)
+    rt = SimpleNamespace(session_factory=factory, settings=settings, calls=calls)
+    monkeypatch.setattr(webhooks, "get_runtime", lambda: rt)
     webhooks.deliver_webhook_task(delivery_id)
+    deadline = time.monotonic() + 30
+    while calls.busy():
+        assert time.monotonic() < deadline, "the delivery did not end"
+        time.sleep(0.02)
 
 
 def test_the_task_refuses_loopback_and_private_addresses(
@@ -133,3 +142,49 @@ def test_the_timeout_follows_the_setting(monkeypatch: pytest.MonkeyPatch, settin
         if webhooks._client is not None:
             webhooks._client.close()
         webhooks._client = None
+
+
+def test_a_slow_endpoint_holds_a_call_thread_not_the_receiver(
+    monkeypatch: pytest.MonkeyPatch,
+    wh_client: TestClient,
+    auth: dict[str, str],
+    tenant_id: str,
+    session: Session,
+    session_factory: sessionmaker[Session],
+    loopback_settings: Settings,
+    receiver: Receiver,
+    deliverer: Deliverer,
+) -> None:
+    """A worker has a few Celery receivers for all its messages: an endpoint that takes its time to answer must not
+    keep one from the next message. The task starts the delivery on a call thread and returns; with no call thread
+    free within a moment it passes the delivery on."""
+    receiver.delay = 1.5
+    wh_client.post("/v1/webhook-endpoints", json={"url": receiver.url}, headers=auth)
+    for n in (1, 2):
+        emit(session, tenant_id=tenant_id, type="job.succeeded", data={"id": f"job_{n}"})
+    session.commit()
+    first, second = deliverer.dispatch(utcnow())
+    calls = Calls(1)
+    monkeypatch.setattr(
+        webhooks, "get_runtime", lambda: SimpleNamespace(session_factory=session_factory, settings=loopback_settings,
+                                                         calls=calls)
+    )  # fmt: skip
+    passed: list[str] = []
+    monkeypatch.setattr(webhooks, "publisher", lambda _app: passed.append)
+    monkeypatch.setattr(webhooks, "_client", None)
+    try:
+        started = time.monotonic()
+        webhooks.deliver_webhook_task(first)
+        assert time.monotonic() - started < 1.0  # returned while the endpoint still takes its time
+        webhooks.deliver_webhook_task(second)  # the only call thread is busy: passed on after a moment
+        assert passed == [second]
+        deadline = time.monotonic() + 30
+        while calls.busy():
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    finally:
+        if webhooks._client is not None:
+            webhooks._client.close()
+        webhooks._client = None
+    assert len(receiver.requests) == 1
+    assert deliverer.delivery(first).status == "delivered"
