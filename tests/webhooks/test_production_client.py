@@ -58,6 +58,11 @@ def run_task(
     rt = SimpleNamespace(session_factory=factory, settings=settings, calls=calls)
     monkeypatch.setattr(webhooks, "get_runtime", lambda: rt)
     webhooks.deliver_webhook_task(delivery_id)
+    wait_idle(calls)
+
+
+def wait_idle(calls: Calls) -> None:
+    """Until the deliveries started on `calls` have ended."""
     deadline = time.monotonic() + 30
     while calls.busy():
         assert time.monotonic() < deadline, "the delivery did not end"
@@ -154,6 +159,7 @@ def test_a_slow_endpoint_holds_a_call_thread_not_the_receiver(
     loopback_settings: Settings,
     receiver: Receiver,
     deliverer: Deliverer,
+    used_clients: list[httpx.Client],
 ) -> None:
     """A worker has a few Celery receivers for all its messages: an endpoint that takes its time to answer must not
     keep one from the next message. The task starts the delivery on a call thread and returns; with no call thread
@@ -171,20 +177,11 @@ def test_a_slow_endpoint_holds_a_call_thread_not_the_receiver(
     )  # fmt: skip
     passed: list[str] = []
     monkeypatch.setattr(webhooks, "publisher", lambda _app: passed.append)
-    monkeypatch.setattr(webhooks, "_client", None)
-    try:
-        started = time.monotonic()
-        webhooks.deliver_webhook_task(first)
-        assert time.monotonic() - started < 1.0  # returned while the endpoint still takes its time
-        webhooks.deliver_webhook_task(second)  # the only call thread is busy: passed on after a moment
-        assert passed == [second]
-        deadline = time.monotonic() + 30
-        while calls.busy():
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
-    finally:
-        if webhooks._client is not None:
-            webhooks._client.close()
-        webhooks._client = None
+    started = time.monotonic()
+    webhooks.deliver_webhook_task(first)
+    assert time.monotonic() - started < 1.0  # returned while the endpoint still takes its time
+    webhooks.deliver_webhook_task(second)  # the only call thread is busy: passed on after a moment
+    assert passed == [second]
+    wait_idle(calls)
     assert len(receiver.requests) == 1
     assert deliverer.delivery(first).status == "delivered"
