@@ -392,8 +392,8 @@ def _settle(claim: Claim, outcome: Outcome, error: UpstreamError | None, rt: Run
             tenant=claim.tenant_id,
             input_tokens=input_tokens,
             output_tokens=outcome.usage.get("output_tokens", 0),
+            release=True,
         )
-        limiter.release(permit, tenant=claim.tenant_id)
         if error is not None and slows_the_limiter(error):
             limiter.penalize(claim.model)
     except redis.RedisError as exc:

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.db import transaction, utcnow
@@ -112,3 +112,30 @@ def test_renewing_leases_does_not_wait_for_a_finish(url: str, factory: sessionma
         assert job.lease_expires_at is not None
         assert job.lease_expires_at > now
         assert job.output_tokens_so_far == 5
+
+
+def test_a_renewal_for_an_older_attempt_neither_extends_nor_writes(url: str, factory: sessionmaker[Session]) -> None:
+    """The lease and the progress are written by one statement, only where the attempt is still the one the call
+    belongs to: a call of attempt 1 whose job moved on to attempt 2 (under the same worker name) is told to stop,
+    and its token count does not overwrite the newer attempt's progress or keep its lease alive."""
+    tenant, key, _ = make_key(factory, "renew-old-attempt")
+    _, claims = running_batch(factory, tenant, key, 2)
+    stale, current = claims
+    with transaction(factory) as session:
+        session.execute(
+            update(Job).where(Job.id == stale.job_id).values(attempt_count=stale.number + 1, output_tokens_so_far=7)
+        )
+        before = session.scalar(select(Job.lease_expires_at).where(Job.id == stale.job_id))
+    held = {stale.job_id: (stale.number, 99), current.job_id: (current.number, 4)}
+
+    with transaction(factory) as session:
+        alive = transitions.extend_leases(session, owner="w1", held=held, lease_seconds=60)
+
+    assert alive == {current.job_id}
+    with factory() as session:
+        rows = {j.id: j for j in session.scalars(select(Job).where(Job.id.in_(held)))}
+    assert (rows[stale.job_id].output_tokens_so_far, rows[stale.job_id].lease_expires_at) == (7, before)
+    assert rows[current.job_id].output_tokens_so_far == 4
+    renewed = rows[current.job_id].lease_expires_at
+    assert renewed is not None
+    assert renewed > utcnow()

@@ -568,3 +568,24 @@ def test_extend_many_keeps_every_slot_a_long_call_holds(limiter: RateLimiter) ->
     assert full("a", 40)  # past the first lease (30): the extended slots still hold
     assert not full("b", 40)  # b's released permit was not revived: one slot free
     assert not full("a", 50.5)  # the extension (20 + 30) lapsed
+
+
+def test_settling_with_release_frees_the_tenant_slot_even_when_settled_before(limiter: RateLimiter) -> None:
+    """The worker settles and frees a finished call's slot in one round trip: the slot is free at once, and a
+    second settle (a retried finish: the marker says "settled already") still frees it; without `release` the
+    slot stays held until it is released or lapses."""
+    model_limits, tenant_limits = Limits(), Limits(concurrency=1)
+
+    def acquire(permit: str, now: float) -> tuple[bool, str | None]:
+        d = limiter.acquire(model="m", tenant="a", tokens=1, model_limits=model_limits,
+                            tenant_limits=tenant_limits, permit_id=permit, hold_seconds=30, now=now)  # fmt: skip
+        return d.granted, d.reason
+
+    assert acquire("p1", 0) == (True, None)
+    limiter.settle("p1", model="m", tenant="a", input_tokens=1, output_tokens=1, now=1)
+    assert acquire("p2", 1) == (False, "tenant_concurrency")  # settled, not released: still held
+    limiter.settle("p1", model="m", tenant="a", input_tokens=1, output_tokens=1, now=2, release=True)
+    assert acquire("p2", 2) == (True, None)
+    limiter.settle("p2", model="m", tenant="a", input_tokens=1, output_tokens=1, now=3)
+    limiter.settle("p2", model="m", tenant="a", input_tokens=1, output_tokens=1, now=3, release=True)
+    assert limiter.tenant_snapshot("a", tenant_limits=tenant_limits, now=3)["used"]["in_flight"] == 0

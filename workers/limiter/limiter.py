@@ -161,19 +161,21 @@ class RateLimiter:
         input_tokens: int,
         output_tokens: int,
         now: float | None = None,
+        release: bool = False,
     ) -> None:
         """Replace a grant's reservation with the real usage: input at the admission time, output now.
+        `release`: the call is over, free the tenant concurrency slot in the same round trip (`release`).
 
         Idempotent. Never settling is safe: the reservation simply stays until it leaves the window.
         """
         if input_tokens < 0 or output_tokens < 0:
             raise ValueError("token counts must not be negative")
         m_req, m_tok, m_amt, _ = self._model_keys(model)
-        t_req, t_tok, t_amt, _ = self._tenant_keys(tenant)
+        t_req, t_tok, t_amt, t_inflight = self._tenant_keys(tenant)
         marker = f"{self._model_key(model)}:settled:{_segment(permit_id)}"
         memory_ms = int(max(SETTLED_MEMORY_SECONDS, 2 * self.window) * 1000)
         self._settle(
-            keys=[m_req, m_tok, m_amt, t_req, t_tok, t_amt, marker],
+            keys=[m_req, m_tok, m_amt, t_req, t_tok, t_amt, marker, *([t_inflight] if release else [])],
             args=[
                 _arg(now),
                 permit_id,

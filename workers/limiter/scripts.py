@@ -202,12 +202,15 @@ return {1, '', '0', fmt(now)}
 """
 )
 
-# KEYS: m_req m_tok m_amt t_req t_tok t_amt settled_marker
+# KEYS: m_req m_tok m_amt t_req t_tok t_amt settled_marker [t_inflight]
 # ARGV: now permit input output window marker_ttl_ms -> 1 settled, 0 already settled
+# With t_inflight, the tenant's concurrency slot is freed too, settled before or not (one round trip per call
+# fewer than a separate release, issue 17.1).
 SETTLE = (
     _PRELUDE
     + r"""
 local now, permit = clock(ARGV[1]), ARGV[2]
+if KEYS[8] then redis.call('ZREM', KEYS[8], permit) end
 local input, output, window = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 if not redis.call('SET', KEYS[7], '1', 'NX', 'PX', ARGV[6]) then return 0 end
 local cutoff = now - window
