@@ -213,4 +213,5 @@ def test_a_shutdown_hands_back_a_job_whose_claim_is_under_way(world: Any) -> Non
         assert (attempt.classification, job.max_attempts) == ("interrupted", max_attempts + 1)  # not counted
     finally:
         thread.join()
+        rt.unregister(job_id)  # as the attempt's own `finally` would: the lease keeper has nothing left to renew
         rt.upstream_clients.close()

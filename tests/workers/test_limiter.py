@@ -55,6 +55,13 @@ def assert_every_window_within(grants: list[Grant], *, window: float, rpm: int, 
 REAL_WINDOW, REAL_RPM, REAL_TPM = 1.0, 40, 4000
 
 
+def _acquire_slot(limiter: RateLimiter, permit: str, now: float, tenant_limits: Limits) -> tuple[bool, str | None]:
+    """One request of tenant `a` on model `m` (no model limits), holding a concurrency slot for 30 s."""
+    d = limiter.acquire(model="m", tenant="a", tokens=1, model_limits=Limits(), tenant_limits=tenant_limits,
+                        permit_id=permit, hold_seconds=30, now=now)  # fmt: skip
+    return d.granted, d.reason
+
+
 def _hammer(limiter: RateLimiter, *, until: float, seed: int) -> list[Grant]:
     rng = random.Random(seed)
     grants: list[Grant] = []
@@ -275,9 +282,7 @@ def test_a_regrant_of_a_released_permit_still_respects_tenant_concurrency(limite
     model_limits, tenant_limits = Limits(), Limits(concurrency=2)
 
     def acquire(permit: str, now: float) -> tuple[bool, str | None]:
-        d = limiter.acquire(model="m", tenant="a", tokens=1, model_limits=model_limits,
-                            tenant_limits=tenant_limits, permit_id=permit, hold_seconds=30, now=now)  # fmt: skip
-        return d.granted, d.reason
+        return _acquire_slot(limiter, permit, now, tenant_limits)
 
     assert acquire("p1", 0) == (True, None)
     limiter.release("p1", tenant="a")
@@ -574,12 +579,10 @@ def test_settling_with_release_frees_the_tenant_slot_even_when_settled_before(li
     """The worker settles and frees a finished call's slot in one round trip: the slot is free at once, and a
     second settle (a retried finish: the marker says "settled already") still frees it; without `release` the
     slot stays held until it is released or lapses."""
-    model_limits, tenant_limits = Limits(), Limits(concurrency=1)
+    tenant_limits = Limits(concurrency=1)
 
     def acquire(permit: str, now: float) -> tuple[bool, str | None]:
-        d = limiter.acquire(model="m", tenant="a", tokens=1, model_limits=model_limits,
-                            tenant_limits=tenant_limits, permit_id=permit, hold_seconds=30, now=now)  # fmt: skip
-        return d.granted, d.reason
+        return _acquire_slot(limiter, permit, now, tenant_limits)
 
     assert acquire("p1", 0) == (True, None)
     limiter.settle("p1", model="m", tenant="a", input_tokens=1, output_tokens=1, now=1)
