@@ -50,17 +50,17 @@ def _scenario_seconds(quick: bool) -> float:
     return sum(expected_seconds(build(n, quick=quick)) for n in NAMES)
 
 
-# In the order they run. Durations: measured on this 2-core machine (run, chaos, load, media) or estimated from
-# the sizes (see README.md); the four new modules' are their authors' to give.
+# In the order they run. Durations: measured on this 2-core machine (run, chaos, load, media; overhead, accounts and
+# inflight in the full runs of c439263 and bc8a3cc) or estimated from the sizes (see README.md); None: not measured.
 BENCHES = (
     Bench("run", "benchmarks.run", "issue 3: the five scenarios", _scenario_seconds(False), _scenario_seconds(True)),
     Bench("media", "benchmarks.media", "issue 6: memory under large payloads", 420, 150),
     Bench("load", "benchmarks.load", "issue 8: the API under load", 180, 90),
     Bench("chaos", "benchmarks.chaos.__main__", "issue 8: chaos", 1100, 600),
     Bench("intake", "benchmarks.intake", "batch intake", 300, 120),
-    Bench("overhead", "benchmarks.overhead", "issue 17: overhead per job", None, None),
-    Bench("accounts", "benchmarks.accounts", "issue 17: accounts", None, None),
-    Bench("inflight", "benchmarks.inflight", "issue 17: 10,000 in flight", None, None),
+    Bench("overhead", "benchmarks.overhead", "issue 17: overhead per job", 150, 90),
+    Bench("accounts", "benchmarks.accounts", "issue 17: accounts", 720, None),
+    Bench("inflight", "benchmarks.inflight", "issue 17: 10,000 in flight", 240, None),
 )
 BY_NAME = {b.name: b for b in BENCHES}
 
