@@ -7,6 +7,7 @@ from collections.abc import Callable
 from functools import partial
 
 from service.jobs.transitions import Claim
+from service.observability import worker as worker_metrics
 from workers import shutdown  # noqa: F401  (registers the bounded graceful shutdown)
 from workers.celery_app import QUEUE, RUN_JOB, RUN_JOBS, app
 from workers.execution import attempt, take
@@ -47,6 +48,8 @@ def start_jobs(
     slots = rt.calls.reserve(len(job_ids), wait=wait_for_slot)
     mine, rest = job_ids[:slots], job_ids[slots:]
     if rest:
+        worker_metrics.JOBS_PASSED_ON.inc(len(rest))
+        log.info("no free call slot for %d of %d jobs: passed on", len(rest), len(job_ids))
         try:
             pass_on(rest)
         except Exception as exc:  # the jobs stay marked dispatched: the scheduler publishes them again

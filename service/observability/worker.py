@@ -18,7 +18,7 @@ from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 from celery import signals
-from prometheus_client import Gauge, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from service.config import Settings, get_settings
 from service.observability import logging as obs_logging
@@ -26,6 +26,11 @@ from service.observability import logging as obs_logging
 log = logging.getLogger(__name__)
 
 CALLS_IN_FLIGHT = Gauge("mmjobs_worker_calls_in_flight", "Upstream calls this worker process is making now")
+# Jobs a receiver handed back to the queue because this process had no free call slot (workers/tasks.py): steady
+# growth means every worker is full; growth while some worker has room means messages bounce between full ones.
+JOBS_PASSED_ON = Counter(
+    "mmjobs_worker_jobs_passed_on", "Jobs this worker process passed on to the queue, having no free call slot"
+)
 # MiniMax calls last from a second to many minutes (long generations, streamed).
 UPSTREAM_SECONDS = Histogram(
     "mmjobs_upstream_call_duration_seconds",

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client import REGISTRY
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -82,13 +83,20 @@ def wait_for(condition: Any, seconds: float = 20.0) -> None:
         time.sleep(0.05)
 
 
+def passed_on() -> float:
+    """The worker metric an operator reads to see jobs handed on for want of a call slot."""
+    return REGISTRY.get_sample_value("mmjobs_worker_jobs_passed_on_total") or 0.0
+
+
 def test_a_message_larger_than_the_free_slots_passes_the_rest_on(world: Any, runtime: Runtime) -> None:
     ids = submit(world, 5)
     passed: list[list[str]] = []
+    counted = passed_on()
     started = time.monotonic()
     start_jobs(ids, rt=runtime, pass_on=passed.append)
     assert time.monotonic() - started < LATENCY  # the receiver returns once the calls started, not when they end
     assert passed == [ids[2:]]  # one message, in the order given
+    assert passed_on() - counted == 3  # on the worker's metrics port: mmjobs_worker_jobs_passed_on_total
     assert runtime.calls.busy() == 2
     assert statuses(world, ids) == ["running", "running", "queued", "queued", "queued"]
     wait_for(lambda: statuses(world, ids[:2]) == ["succeeded", "succeeded"] and runtime.calls.busy() == 0)
@@ -117,10 +125,12 @@ def test_a_full_process_passes_a_message_on_instead_of_sitting_on_it(world: Any,
     first, later = submit(world, 2), submit(world, 3)
     start_jobs(first, rt=runtime)
     passed: list[list[str]] = []
+    counted = passed_on()
     started = time.monotonic()
     start_jobs(later, rt=runtime, pass_on=passed.append, wait_for_slot=0.3)
     assert 0.3 <= time.monotonic() - started < LATENCY
     assert passed == [later]
+    assert passed_on() - counted == 3
     assert statuses(world, later) == ["queued"] * 3
     wait_for(lambda: statuses(world, first) == ["succeeded"] * 2 and runtime.calls.busy() == 0)
 
