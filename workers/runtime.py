@@ -111,7 +111,9 @@ class Calls:
     thread that receives it (a receiver, MMJOBS_WORKER_RECEIVERS of them per process) reserves a slot per job it
     takes, claims them, starts each job's attempt here and returns. A receiver that finds no slot free waits a
     moment for one (WAIT_SECONDS), then passes the whole message on (workers/tasks.py): a full process leaves
-    messages to the others, and holds none of them longer than that moment."""
+    messages to the others, and holds none of them longer than that moment. A full process does not fetch at all
+    (workers/celery_app.py `FetchOnlyWithRoom`): passing on is for the race where the last slot went while a
+    message was on its way."""
 
     # How long a receiver holding a message waits for a free slot before it passes the message on: a full process
     # must not sit on work another one could start now (as prefetching would), nor bounce messages in a tight loop.
@@ -156,6 +158,11 @@ class Calls:
     def busy(self) -> int:
         with self._cond:
             return self.size - self._free
+
+    def free(self) -> int:
+        """Slots free now, read without the lock: a hint for the message consumer (workers/celery_app.py), which
+        stops fetching while it is 0 or fewer than the messages already in hand."""
+        return self._free
 
 
 class JobAborted(Exception):
