@@ -233,6 +233,9 @@ class Settings(BaseSettings):
     # Jobs one Celery message names at most (workers/scheduler.py): one message, one claim statement for all of
     # them, instead of one each (issue 17.1). 1 publishes a message per job.
     jobs_per_message: int = Field(16, ge=1, le=500)
+    # Outcomes a worker process records in one transaction at most (workers/finisher.py): billed successes of batch
+    # jobs without budgets, when they end faster than one transaction takes. 1 records each alone.
+    finish_group_max: int = Field(32, ge=1, le=500)
     retry_base_seconds: float = 1.0
     retry_cap_seconds: float = 300.0
 

@@ -488,11 +488,9 @@ def attempt(claim: Claim, handle: InFlight, *, rt: Runtime) -> None:
         if error is not None:
             outcome = _account_at_fault(outcome, error, claim, rt) or _with_retry_decision(outcome, error, claim, rt)
 
-        def record() -> bool:
-            with transaction(rt.session_factory) as session:
-                return transitions.finish(session, claim=claim, outcome=outcome, prices=rt.prices)
-
-        moved = persist(f"record {job_id}", record, give_up_after=rt.settings.lease_seconds * 10)
+        # Recorded with others ending now (workers/finisher.py: the job moved), or alone.
+        finisher = rt.finisher if transitions.groupable(claim, outcome) else None
+        moved = (finisher is not None and finisher.grouped(claim, outcome)) or record(claim, outcome, rt=rt)
     finally:
         rt.unregister(claim.job_id)
     _settle(claim, outcome, error, rt)
@@ -504,6 +502,16 @@ def attempt(claim: Claim, handle: InFlight, *, rt: Runtime) -> None:
         f" ({outcome.retry_note})" if error is not None else "",
         "" if moved else " (job no longer ours; outcome recorded on the attempt only)",
     )
+
+
+def record(claim: Claim, outcome: Outcome, *, rt: Runtime) -> bool:
+    """Record one attempt's outcome in a transaction of its own; returns whether its job moved."""
+
+    def finish() -> bool:
+        with transaction(rt.session_factory) as session:
+            return transitions.finish(session, claim=claim, outcome=outcome, prices=rt.prices)
+
+    return persist(f"record {claim.job_id}", finish, give_up_after=rt.settings.lease_seconds * 10)
 
 
 def _return_unused_permit(job_id: str, rt: Runtime) -> None:

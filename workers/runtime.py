@@ -27,6 +27,7 @@ from service.dispatch import STOP_CHANNEL
 from service.jobs import transitions
 from service.observability import tracing
 from service.observability import worker as worker_metrics
+from workers.finisher import Finisher
 from workers.limiter import RateLimiter
 from workers.limiter.accounts import AccountPool
 from workers.retry import RetryPolicy
@@ -228,6 +229,12 @@ class Runtime:
         self.prices = settings.price_table()
         self.retry_policy = RetryPolicy(
             base_seconds=settings.retry_base_seconds, cap_seconds=settings.retry_cap_seconds
+        )
+        # Group commit of finished calls (workers/finisher.py); MMJOBS_FINISH_GROUP_MAX=1 records each alone.
+        self.finisher = (
+            Finisher(self.session_factory, self.prices, max_group=settings.finish_group_max)
+            if settings.finish_group_max > 1
+            else None
         )
         self._inflight: dict[str, InFlight] = {}
         self._taking: set[str] = set()  # job ids a thread of this process is claiming right now (`start_taking`)

@@ -9,17 +9,20 @@ compared with the database's clock (`db_now`), never with the clock of whichever
 
 from __future__ import annotations
 
+import json
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, func, select, text, update
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from service.db import UNSYNCED, db_now, id_in, utcnow
 from service.jobs.landing import LANDED, on_terminal
-from service.models import TERMINAL, WAITING, Batch, BatchStatus, Job, JobAttempt, JobStatus, Tenant
+from service.models import TERMINAL, WAITING, Batch, BatchStatus, Job, JobAttempt, JobStatus, Tenant, UsageEntry
 from service.pricing import PriceTable, is_priority
 from service.usage import ledger
 from service.webhooks import outbox
@@ -364,6 +367,148 @@ def finish(session: Session, *, claim: Claim, outcome: Outcome, prices: PriceTab
     # One tally for the batch (its count and usage); reservations released only if the job holds any.
     on_terminal(session, moved, now=now, usage=batch_usage, reserved=claim.budget_reserved)
     return bool(moved)
+
+
+class NotAllLanded(Exception):
+    """`finish_many` found a job of its group no longer running the attempt, or an attempt billed already: its
+    transaction is rolled back, and the caller finishes each job of the group alone (`finish`)."""
+
+
+def groupable(claim: Claim, outcome: Outcome) -> bool:
+    """Whether `finish_many` may record this attempt: a billed success of a batch job whose tenant had no budget
+    and that holds no reservation. Its finish then takes only the job, attempt and tally rows, none of the locks
+    or events of budgets and single jobs' webhooks, which stay with `finish`."""
+    return (
+        outcome.succeeded
+        and claim.batch_id is not None
+        and not claim.budgeted
+        and not claim.budget_reserved
+        and any(outcome.usage.get(k) for k in USAGE_FIELDS)
+    )
+
+
+def finish_many(session: Session, *, group: Sequence[tuple[Claim, Outcome]], prices: PriceTable) -> None:
+    """Record several `groupable` attempts in three statements, whatever their number (issue 17.1): what `finish`
+    does for each, one multi-row statement per table. Every job must still be running its attempt and no attempt
+    be billed yet; else it raises NotAllLanded, and the caller's transaction (rolled back) wrote nothing.
+
+    Lock order (service/db.py): the jobs in id order (the first statement's CTE), then their attempts, then the
+    batches' tallies (inserted, their batch rows only key-shared), as `finish` and lease recovery take them."""
+    now = utcnow()
+    rows = sorted(
+        (
+            (claim, outcome, ledger.price(outcome.usage, model=claim.model, priority=priority, prices=prices), priority)
+            for claim, outcome in group
+            for priority in (is_priority(claim.params),)
+        ),
+        key=lambda row: row[0].job_id,
+    )
+    if len({claim.job_id for claim, *_ in rows}) != len(rows) or any(priced is None for _, _, priced, _ in rows):
+        raise NotAllLanded("a job twice, or an attempt without usage")
+    priced_rows = [(claim, outcome, priced, priority) for claim, outcome, priced, priority in rows if priced]
+    ids = [claim.job_id for claim, *_ in priced_rows]
+    columns: dict[str, list[Any]] = {
+        "ids": ids,
+        "numbers": [claim.number for claim, *_ in priced_rows],
+        "results": [json.dumps(outcome.result) for _, outcome, _, _ in priced_rows],
+        "cost": [priced.cost for _, _, priced, _ in priced_rows],
+        "classification": [outcome.classification for _, outcome, _, _ in priced_rows],
+        "http_status": [outcome.http_status for _, outcome, _, _ in priced_rows],
+        "minimax_code": [outcome.minimax_code for _, outcome, _, _ in priced_rows],
+        "request_id": [outcome.upstream_request_id for _, outcome, _, _ in priced_rows],
+        "account": [claim.account for claim, *_ in priced_rows],
+    }
+    for name in USAGE_FIELDS:
+        columns[name] = [getattr(priced.tokens, name) for _, _, priced, _ in priced_rows]
+    landed = session.execute(_FINISH_JOBS_SQL, {**columns, "now": now}).all()
+    if len(landed) != len(ids):
+        raise NotAllLanded(f"{len(ids) - len(landed)} of {len(ids)} jobs no longer run their attempt")
+    session.execute(_FINISH_ATTEMPTS_SQL, {**columns, "now": now})
+    billed = session.execute(
+        postgresql.insert(UsageEntry)
+        .values(
+            [
+                {
+                    "at": now,
+                    "tenant_id": claim.tenant_id,
+                    "api_key_id": claim.api_key_id,
+                    "job_id": claim.job_id,
+                    "batch_id": claim.batch_id,
+                    "attempt": claim.number,
+                    "model": claim.model,
+                    "format": claim.format,
+                    "upstream_request_id": outcome.upstream_request_id,
+                    "account": claim.account,
+                    **{name: getattr(priced.tokens, name) for name in USAGE_FIELDS},
+                    "priority_tier": priority,
+                    "cost_usd": priced.cost,
+                    "price_version": prices.version,
+                    "estimated": outcome.estimated,
+                }
+                for claim, outcome, priced, priority in priced_rows
+            ]
+        )
+        .on_conflict_do_nothing(index_elements=[UsageEntry.job_id, UsageEntry.attempt])
+        .returning(UsageEntry.job_id)
+    ).all()
+    if len(billed) != len(ids):
+        raise NotAllLanded(f"{len(ids) - len(billed)} of {len(ids)} attempts were billed already")
+    batch_usage: dict[str, Counter[str]] = {}
+    for claim, _, priced, _ in priced_rows:
+        assert claim.batch_id is not None  # groupable
+        batch_usage.setdefault(claim.batch_id, Counter()).update(
+            {**{name: getattr(priced.tokens, name) for name in USAGE_FIELDS}, "cost_usd": priced.cost}
+        )
+    on_terminal(session, landed, now=now, usage=batch_usage, reserved=False)
+
+
+# `finish` for a group: the job rows locked in id order, then moved out of the attempt each names, with its result
+# and its totals. A job no longer running that attempt is locked but not moved (the caller sees fewer rows).
+_FINISH_JOBS_SQL = text(
+    """
+    WITH done AS (
+        SELECT * FROM unnest(
+            CAST(:ids AS text[]), CAST(:numbers AS integer[]), CAST(:results AS text[]),
+            CAST(:input_tokens AS bigint[]), CAST(:output_tokens AS bigint[]), CAST(:cache_read_tokens AS bigint[]),
+            CAST(:cache_write_tokens AS bigint[]), CAST(:cost AS numeric[])
+        ) AS done(id, number, result, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, cost)
+    ),
+    locked AS (
+        SELECT jobs.id FROM jobs WHERE jobs.id = ANY(CAST(:ids AS text[])) ORDER BY jobs.id FOR UPDATE
+    )
+    UPDATE jobs SET
+        status = 'succeeded', result = CAST(done.result AS jsonb), error = NULL,
+        finished_at = :now, updated_at = :now, lease_expires_at = NULL, lease_owner = NULL,
+        input_tokens = jobs.input_tokens + done.input_tokens,
+        output_tokens = jobs.output_tokens + done.output_tokens,
+        cache_read_tokens = jobs.cache_read_tokens + done.cache_read_tokens,
+        cache_write_tokens = jobs.cache_write_tokens + done.cache_write_tokens,
+        cost_usd = jobs.cost_usd + done.cost
+    FROM locked JOIN done ON done.id = locked.id
+    WHERE jobs.id = locked.id AND jobs.status = 'running' AND jobs.attempt_count = done.number
+    RETURNING jobs.id, jobs.batch_id, jobs.status
+    """
+)
+
+# The attempts' ends, as `finish` writes them one by one.
+_FINISH_ATTEMPTS_SQL = text(
+    """
+    UPDATE job_attempts SET
+        ended_at = :now, classification = done.classification, http_status = done.http_status,
+        minimax_code = done.minimax_code, error_type = NULL, error_message = NULL,
+        upstream_request_id = done.request_id, account = done.account,
+        input_tokens = done.input_tokens, output_tokens = done.output_tokens,
+        cache_read_tokens = done.cache_read_tokens, cache_write_tokens = done.cache_write_tokens
+    FROM unnest(
+        CAST(:ids AS text[]), CAST(:numbers AS integer[]), CAST(:classification AS text[]),
+        CAST(:http_status AS integer[]), CAST(:minimax_code AS integer[]), CAST(:request_id AS text[]),
+        CAST(:account AS text[]), CAST(:input_tokens AS bigint[]), CAST(:output_tokens AS bigint[]),
+        CAST(:cache_read_tokens AS bigint[]), CAST(:cache_write_tokens AS bigint[])
+    ) AS done(id, number, classification, http_status, minimax_code, request_id, account,
+              input_tokens, output_tokens, cache_read_tokens, cache_write_tokens)
+    WHERE job_attempts.job_id = done.id AND job_attempts.number = done.number
+    """
+)
 
 
 def _final_values(outcome: Outcome, now: datetime) -> dict[str, Any]:

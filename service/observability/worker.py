@@ -26,8 +26,9 @@ from service.observability import logging as obs_logging
 log = logging.getLogger(__name__)
 
 CALLS_IN_FLIGHT = Gauge("mmjobs_worker_calls_in_flight", "Upstream calls this worker process is making now")
-# Jobs a receiver handed back to the queue because this process had no free call slot (workers/tasks.py): steady
-# growth means every worker is full; growth while some worker has room means messages bounce between full ones.
+# Jobs a receiver handed back to the queue because this process had no free call slot (workers/tasks.py). A full
+# process takes no message (workers/celery_app.py `FetchOnlyWithRoom`): this counts the ones already on their way
+# when its last slot went, and steady growth would mean that guard no longer holds.
 JOBS_PASSED_ON = Counter(
     "mmjobs_worker_jobs_passed_on", "Jobs this worker process passed on to the queue, having no free call slot"
 )

@@ -4,7 +4,9 @@ to retry (the lock order of service/db.py holds), and the counts agree with the 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
@@ -19,7 +21,7 @@ from service.config import ModelRateLimit
 from service.db import new_id, transaction, utcnow
 from service.jobs import transitions
 from service.jobs.transitions import Claim, Outcome
-from service.models import Batch, Budget, Job, JobAttempt, WebhookDelivery, WebhookEndpoint
+from service.models import Batch, Budget, Job, JobAttempt, UsageEntry, WebhookDelivery, WebhookEndpoint
 from service.usage import budgets
 from service.webhooks import outbox
 from service.webhooks.events import new_secret
@@ -27,6 +29,7 @@ from tests.concurrency.racing import ConflictCounter, factory_for, make_key, rac
 from tests.db import drop_database, fresh_database
 from tests.reading import read_batch
 from workers import webhooks
+from workers.finisher import Finisher
 from workers.scheduler import Scheduler
 
 DB = "mmjobs_lock_order"
@@ -204,6 +207,87 @@ def test_finishing_attempts_while_leases_are_recovered(url: str, factory: sessio
                 )
             )
         assert ended == 300  # every attempt has its outcome, from the worker or from recovery
+
+
+# A worker's group commit (workers/finisher.py: jobs in id order, then attempts) against recovery.
+
+
+class GroupFallbacks(logging.Handler):
+    """Counts the groups the Finisher had to record one by one because recording them failed (a deadlock would be
+    one): the lock order leaves only jobs that moved on (NotAllLanded, logged at INFO) as a reason."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.count += 1
+
+
+def finish_in_groups(barrier: Any, url: str, claims: list[Claim]) -> tuple[list[str], int, int, int]:
+    """32 call threads end at once and hand their outcomes to one Finisher, as a busy worker process does."""
+    factory = factory_for(url)
+    prices = settings_for(url).price_table()
+    finisher = Finisher(factory, prices, max_group=16)
+    conflicts = ConflictCounter().install()
+    failures = GroupFallbacks()
+    logging.getLogger("workers.finisher").addHandler(failures)
+
+    def end(claim: Claim) -> tuple[str, str | None]:
+        if finisher.grouped(claim, SUCCESS):
+            return claim.job_id, "group"
+        with transaction(factory) as session:
+            moved = transitions.finish(session, claim=claim, outcome=SUCCESS, prices=prices)
+        return claim.job_id, "alone" if moved else None
+
+    barrier.wait()
+    with ThreadPoolExecutor(32) as pool:
+        ended = list(pool.map(end, claims))
+    moved = [job_id for job_id, how in ended if how]
+    return moved, sum(how == "group" for _, how in ended), conflicts.count, failures.count
+
+
+def test_finishing_attempts_in_groups_while_leases_are_recovered(url: str, factory: sessionmaker[Session]) -> None:
+    tenant, key, _ = make_key(factory, "groups-vs-recovery")
+    grouped = 0
+    for _ in range(ROUNDS):
+        batch_id, claims = running_batch(factory, tenant, key, 300)
+        # The first half's leases still run (recovery leaves them alone, their groups land whole); the second
+        # half's ran out, and the worker ends them while recovery hands them back.
+        with transaction(factory) as session:
+            session.execute(
+                update(Job)
+                .where(Job.id.in_([c.job_id for c in claims[:150]]))
+                .values(lease_expires_at=utcnow() + timedelta(minutes=5))
+            )
+        (moved, in_groups, conflicts, failed_groups), (recovered, recovery_conflicts) = race(
+            finish_in_groups, recover_leases, args=(url, claims)
+        )
+        grouped += in_groups
+        assert conflicts == recovery_conflicts == failed_groups == 0
+        batch, rows = counts(factory, batch_id)
+        # Each job either finished under its worker (in a group or alone) or was handed back first: never both.
+        assert rows.get("succeeded", 0) == len(moved)
+        assert rows.get("retrying", 0) == recovered == 300 - len(moved)
+        assert (batch.succeeded, batch.processing) == (len(moved), 300 - len(moved))
+        ids = [c.job_id for c in claims]
+        with factory() as session:
+            ended = session.scalar(
+                select(func.count()).where(JobAttempt.job_id.in_(ids), JobAttempt.ended_at.is_not(None))
+            )
+            # Every attempt billed once, and each job's totals are its ledger row, whichever way it landed.
+            billed = session.execute(
+                select(UsageEntry.job_id, func.count(), func.sum(UsageEntry.input_tokens))
+                .where(UsageEntry.job_id.in_(ids))
+                .group_by(UsageEntry.job_id)
+            ).all()
+            jobs = session.execute(select(Job.id, Job.input_tokens).where(Job.id.in_(ids)))
+            totals = {row.id: row.input_tokens for row in jobs}
+        assert ended == 300  # every attempt has its outcome, from the worker or from recovery
+        assert set(moved) >= {c.job_id for c in claims[:150]}
+        assert len(billed) == 300
+        assert all(n == 1 and tokens == totals[job_id] == 3 for job_id, n, tokens in billed)
+    assert grouped > 0  # groups did form (else this raced only the one-by-one finish above)
 
 
 # Lease renewal (a worker's multi-row UPDATE) against recovery.
