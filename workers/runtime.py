@@ -162,7 +162,7 @@ class Calls:
 
     def free(self) -> int:
         """Slots free now, read without the lock: a hint for the message consumer (workers/celery_app.py), which
-        stops fetching while it is 0 or fewer than the messages already in hand."""
+        stops fetching while it is no more than the messages its receivers hold."""
         return self._free
 
 
