@@ -389,8 +389,9 @@ def groupable(claim: Claim, outcome: Outcome) -> bool:
 
 def finish_many(session: Session, *, group: Sequence[tuple[Claim, Outcome]], prices: PriceTable) -> None:
     """Record several `groupable` attempts in four statements, whatever their number (issue 17.1): what `finish`
-    does for each, one multi-row statement per table (jobs, attempts, ledger, batch tallies). Every job must still be running its attempt and no attempt
-    be billed yet; else it raises NotAllLanded, and the caller's transaction (rolled back) wrote nothing.
+    does for each, one multi-row statement per table (jobs, attempts, ledger, batch tallies). Every job must still
+    be running its attempt and no attempt be billed yet; else it raises NotAllLanded, and the caller's transaction
+    (rolled back) wrote nothing.
 
     Lock order (service/db.py): the jobs in id order (the first statement's CTE), then their attempts, then the
     batches' tallies (inserted, their batch rows only key-shared), as `finish` and lease recovery take them."""
