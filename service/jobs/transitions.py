@@ -396,17 +396,15 @@ def finish_many(session: Session, *, group: Sequence[tuple[Claim, Outcome]], pri
     Lock order (service/db.py): the jobs in id order (the first statement's CTE), then their attempts, then the
     batches' tallies (inserted, their batch rows only key-shared), as `finish` and lease recovery take them."""
     now = utcnow()
-    rows = sorted(
-        (
-            (claim, outcome, ledger.price(outcome.usage, model=claim.model, priority=priority, prices=prices), priority)
-            for claim, outcome in group
-            for priority in (is_priority(claim.params),)
-        ),
-        key=lambda row: row[0].job_id,
-    )
-    if len({claim.job_id for claim, *_ in rows}) != len(rows) or any(priced is None for _, _, priced, _ in rows):
-        raise NotAllLanded("a job twice, or an attempt without usage")
-    priced_rows = [(claim, outcome, priced, priority) for claim, outcome, priced, priority in rows if priced]
+    priced_rows = []
+    for claim, outcome in sorted(group, key=lambda pair: pair[0].job_id):
+        priority = is_priority(claim.params)
+        priced = ledger.price(outcome.usage, model=claim.model, priority=priority, prices=prices)
+        if priced is None:
+            raise NotAllLanded(f"attempt {claim.number} of job {claim.job_id} used nothing")
+        priced_rows.append((claim, outcome, priced, priority))
+    if len({claim.job_id for claim, *_ in priced_rows}) != len(priced_rows):
+        raise NotAllLanded("a job is in the group twice")
     ids = [claim.job_id for claim, *_ in priced_rows]
     columns: dict[str, list[Any]] = {
         "ids": ids,
