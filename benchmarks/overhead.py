@@ -412,14 +412,15 @@ def run_side(
 
 
 def _start_profilers(procs: Procs, out: Path, label: str, parts: dict[str, list[CodeProc]]) -> list[Proc]:
-    """py-spy record of every process of the stack (and the children of each: uvicorn and Celery pools)."""
+    """py-spy record of every process of the stack (and the children of each: uvicorn and Celery pools), sampling
+    only the thread that holds the GIL (`--gil`): Python's CPU, not threads blocked on a socket."""
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     started: list[Proc] = []
     for name, ps in parts.items():
         for i, p in enumerate(ps):
             target = f"{out}/{label}-{name}-{i}.txt"
             argv = [spy, "record", "--pid", str(p.pid), "--subprocesses", "--format", "raw", "--rate", "50",
-                    "--nonblocking", "-o", target]  # fmt: skip
+                    "--nonblocking", "--gil", "-o", target]  # fmt: skip
             started.append(Program(f"pyspy-{label}-{name}-{i}", argv, procs.log_dir))
             procs.procs.append(started[-1])
     time.sleep(1.0)

@@ -177,7 +177,9 @@ class Scheduler:
         if report is None:
             report = DispatchReport()
         self.next_wake = min(self.settings.scheduler_interval, max(0.01, report.next_wake))
-        if report.saturated or self._more:
+        if report.more:
+            self.next_wake = 0.0  # jobs this pass did not read wait, and the broker has room: read them now
+        elif report.saturated or self._more:
             self.next_wake = SATURATED_RECHECK
         if self.dispatcher.pool.multi:
             self._step("probe accounts", self._probe_accounts, None)

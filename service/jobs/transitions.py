@@ -17,12 +17,11 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, func, select, text, update
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from service.db import UNSYNCED, db_now, id_in, utcnow
 from service.jobs.landing import LANDED, on_terminal
-from service.models import TERMINAL, WAITING, Batch, BatchStatus, Job, JobAttempt, JobStatus, Tenant, UsageEntry
+from service.models import TERMINAL, WAITING, Batch, BatchStatus, Job, JobAttempt, JobStatus, Tenant
 from service.pricing import PriceTable, is_priority
 from service.usage import ledger
 from service.webhooks import outbox
@@ -423,32 +422,17 @@ def finish_many(session: Session, *, group: Sequence[tuple[Claim, Outcome]], pri
     if len(landed) != len(ids):
         raise NotAllLanded(f"{len(ids) - len(landed)} of {len(ids)} jobs no longer run their attempt")
     session.execute(_FINISH_ATTEMPTS_SQL, {**columns, "now": now})
+    ledger_columns = {
+        "tenant_ids": [claim.tenant_id for claim, *_ in priced_rows],
+        "api_key_ids": [claim.api_key_id for claim, *_ in priced_rows],
+        "batch_ids": [claim.batch_id for claim, *_ in priced_rows],
+        "models": [claim.model for claim, *_ in priced_rows],
+        "formats": [claim.format for claim, *_ in priced_rows],
+        "priority": [priority for *_, priority in priced_rows],
+        "estimated": [outcome.estimated for _, outcome, _, _ in priced_rows],
+    }
     billed = session.execute(
-        postgresql.insert(UsageEntry)
-        .values(
-            [
-                {
-                    "at": now,
-                    "tenant_id": claim.tenant_id,
-                    "api_key_id": claim.api_key_id,
-                    "job_id": claim.job_id,
-                    "batch_id": claim.batch_id,
-                    "attempt": claim.number,
-                    "model": claim.model,
-                    "format": claim.format,
-                    "upstream_request_id": outcome.upstream_request_id,
-                    "account": claim.account,
-                    **{name: getattr(priced.tokens, name) for name in USAGE_FIELDS},
-                    "priority_tier": priority,
-                    "cost_usd": priced.cost,
-                    "price_version": prices.version,
-                    "estimated": outcome.estimated,
-                }
-                for claim, outcome, priced, priority in priced_rows
-            ]
-        )
-        .on_conflict_do_nothing(index_elements=[UsageEntry.job_id, UsageEntry.attempt])
-        .returning(UsageEntry.job_id)
+        _BILL_SQL, {**columns, **ledger_columns, "now": now, "price_version": prices.version}
     ).all()
     if len(billed) != len(ids):
         raise NotAllLanded(f"{len(ids) - len(billed)} of {len(ids)} attempts were billed already")
@@ -486,6 +470,32 @@ _FINISH_JOBS_SQL = text(
     FROM locked JOIN done ON done.id = locked.id
     WHERE jobs.id = locked.id AND jobs.status = 'running' AND jobs.attempt_count = done.number
     RETURNING jobs.id, jobs.batch_id, jobs.status
+    """
+)
+
+# The ledger rows, one per attempt, as ledger.record inserts them one by one (a text statement over arrays: the
+# same SQL whatever the group's size, where a multi-row ORM insert is compiled anew for each size and its compile
+# was a sixth of a worker's CPU; issue 17.1). An attempt billed already adds nothing and returns no row.
+_BILL_SQL = text(
+    """
+    INSERT INTO usage_ledger (
+        at, tenant_id, api_key_id, job_id, batch_id, attempt, model, format, upstream_request_id, account,
+        input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, priority_tier, cost_usd,
+        price_version, estimated
+    )
+    SELECT :now, b.tenant_id, b.api_key_id, b.job_id, b.batch_id, b.attempt, b.model, b.format, b.request_id,
+           b.account, b.input_tokens, b.output_tokens, b.cache_read_tokens, b.cache_write_tokens, b.priority,
+           b.cost, :price_version, b.estimated
+    FROM unnest(
+        CAST(:tenant_ids AS text[]), CAST(:api_key_ids AS text[]), CAST(:ids AS text[]), CAST(:batch_ids AS text[]),
+        CAST(:numbers AS integer[]), CAST(:models AS text[]), CAST(:formats AS text[]), CAST(:request_id AS text[]),
+        CAST(:account AS text[]), CAST(:input_tokens AS bigint[]), CAST(:output_tokens AS bigint[]),
+        CAST(:cache_read_tokens AS bigint[]), CAST(:cache_write_tokens AS bigint[]), CAST(:priority AS boolean[]),
+        CAST(:cost AS numeric[]), CAST(:estimated AS boolean[])
+    ) AS b(tenant_id, api_key_id, job_id, batch_id, attempt, model, format, request_id, account, input_tokens,
+           output_tokens, cache_read_tokens, cache_write_tokens, priority, cost, estimated)
+    ON CONFLICT (job_id, attempt) DO NOTHING
+    RETURNING job_id
     """
 )
 

@@ -20,7 +20,8 @@ from tests.db import redis_url
 from tests.workers.broker_queue import queued_job_ids, queued_messages
 from tests.workers.test_dispatcher import add_jobs
 from workers.celery_app import make_celery
-from workers.scheduler import Scheduler
+from workers.dispatcher import CANDIDATES_PER_GROUP
+from workers.scheduler import SATURATED_RECHECK, Scheduler
 
 REDIS_URL = redis_url(14)
 
@@ -118,3 +119,28 @@ def test_a_failing_step_does_not_stop_the_others(
     assert session.get_one(Job, overdue).status == "expired"
     assert session.get_one(Job, abandoned).status == "retrying"
     assert session.get_one(Job, due).dispatched_at is None  # not published, so not marked
+
+
+def test_a_batch_larger_than_one_pass_reads_is_dispatched_without_waiting_between_passes(
+    session: Session, session_factory: sessionmaker[Session], settings: Settings, broker: redis.Redis
+) -> None:
+    """A pass reads at most CANDIDATES_PER_GROUP jobs of a group. When it grants all it read and the broker still
+    has room, the jobs it did not read go in the next pass at once, not scheduler_interval later (that capped
+    one large batch at 200 jobs per ~0.6 s: issue 17.1). When the group is drained, the scheduler sleeps again."""
+    ids = add_jobs(session, "acme", CANDIDATES_PER_GROUP + 50)
+    s = scheduler(settings.model_copy(update={"max_unclaimed": 1_000, "scheduler_interval": 0.5}), session_factory)
+    assert s.run_once()["published"] == CANDIDATES_PER_GROUP
+    assert s.next_wake == 0.0
+    assert s.run_once()["published"] == 50
+    assert s.next_wake == 0.5
+    assert sorted(queued_job_ids(broker)) == sorted(ids)
+
+
+def test_a_pass_stopped_by_the_broker_budget_rechecks_soon_not_at_once(
+    session: Session, session_factory: sessionmaker[Session], settings: Settings, broker: redis.Redis
+) -> None:
+    """max_unclaimed reached: nothing more may go until workers claim some, so no busy loop (SATURATED_RECHECK)."""
+    add_jobs(session, "acme", 60)
+    s = scheduler(settings.model_copy(update={"max_unclaimed": 40}), session_factory)
+    assert s.run_once()["published"] == 40
+    assert s.next_wake == SATURATED_RECHECK > 0
