@@ -49,6 +49,11 @@ _Plan = tuple[
 ]
 
 
+def _per_group(budget: int) -> int:
+    """How many candidates a pass reads of each group: the broker's room, at most CANDIDATES_PER_GROUP."""
+    return max(1, min(budget, CANDIDATES_PER_GROUP))
+
+
 def permit_id(job_id: str, attempt: int) -> str:
     """The permit an attempt runs under; the worker derives the same id from its claim to settle it."""
     return f"{job_id}:{attempt}"
@@ -140,7 +145,6 @@ class Dispatcher:
         if plan is None:
             return report
         groups, caps, budgeted, budget, queues = plan
-        read_full = {g for g in groups if len(queues.get(g, ())) >= min(budget, CANDIDATES_PER_GROUP)}
         self.pool.out_of_rotation(fresh=True)  # accounts that left the rotation since the last pass get nothing
         self.pool.refresh_tenants()  # tenants' own accounts, in clear: never their keys (DESIGN.md decision 10)
         self.pool.tenant_holds(fresh=True)  # own keys a worker found unusable since the last pass
@@ -149,6 +153,7 @@ class Dispatcher:
                 report.waits[group_key(tenant_id, model)] = {"reason": "worker_capacity"}
             report.saturated = True
             return report
+        read_full = {g for g in groups if len(queues[g]) >= _per_group(budget)}  # may have more than were read
         granted: list[Candidate] = []
         too_large: list[tuple[Candidate, str]] = []
         blocked_models: dict[str, dict[str, Any]] = {}
@@ -260,7 +265,7 @@ class Dispatcher:
         tenant_ids = sorted({t for t, _ in groups})
         caps = tenants_repo.caps(session, tenant_ids=tenant_ids)
         budgeted = budgets.budgeted_tenants(session, tenant_ids=tenant_ids)
-        per_group = max(1, min(budget, CANDIDATES_PER_GROUP))
+        per_group = _per_group(budget)
         queues = {
             g: deque(
                 transitions.group_candidates(

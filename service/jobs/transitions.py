@@ -473,9 +473,9 @@ _FINISH_JOBS_SQL = text(
     """
 )
 
-# The ledger rows, one per attempt, as ledger.record inserts them one by one (a text statement over arrays: the
-# same SQL whatever the group's size, where a multi-row ORM insert is compiled anew for each size and its compile
-# was a sixth of a worker's CPU; issue 17.1). An attempt billed already adds nothing and returns no row.
+# The ledger rows, one per attempt, as ledger.record inserts them one by one: a text statement over arrays, the
+# same SQL whatever the group's size, like the two above (a multi-row ORM insert is one compiled statement per row
+# count, each compiled once, then cached). An attempt billed already adds nothing and returns no row.
 _BILL_SQL = text(
     """
     INSERT INTO usage_ledger (
